@@ -1,0 +1,39 @@
+# tracker-daemon developer commands. `make run` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint typecheck demo bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when a pyproject changes, so a second `make setup` takes well under a second.
+$(STAMP): pyproject.toml client/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ./client -e '.[test]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/tracker-daemon run $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check tracker_daemon client tests
+	$(BIN)/ruff format --check tracker_daemon client tests
+
+typecheck: setup
+	$(BIN)/mypy tracker_daemon client/tracker_client
+
+demo: setup
+	$(BIN)/python -m tracker_daemon.demo $(ARGS)
+
+bench: setup
+	$(BIN)/tracker-daemon bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info client/*.egg-info

@@ -1,0 +1,59 @@
+"""Where the daemon listens by default (shared by the client and the daemon; pure, no I/O but stat).
+
+Resolution order for a client: ``$TRACKER_DAEMON_ADDRESS``; else the first existing socket among the
+per-user socket (``$XDG_RUNTIME_DIR/tracker-daemon/tracker.sock``), the system socket
+(``/run/tracker-daemon/tracker.sock``) and the /tmp fallback (``/tmp/tracker-daemon-$UID/tracker.sock``);
+else the address a daemon started by this user would bind by default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "ENV_ADDRESS",
+    "SOCKET_NAME",
+    "client_default_address",
+    "daemon_default_address",
+    "ipc_path",
+]
+
+ENV_ADDRESS = "TRACKER_DAEMON_ADDRESS"
+SOCKET_NAME = "tracker.sock"
+SYSTEM_RUNTIME_DIR = Path("/run/tracker-daemon")
+
+
+def _user_runtime_dir() -> Path:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "tracker-daemon"
+    return Path(f"/tmp/tracker-daemon-{os.getuid()}")
+
+
+def daemon_default_address() -> str:
+    """The address a daemon binds when none is configured: system socket as root, else per-user."""
+    base = SYSTEM_RUNTIME_DIR if os.getuid() == 0 else _user_runtime_dir()
+    return f"ipc://{base / SOCKET_NAME}"
+
+
+def client_default_address() -> str:
+    env = os.environ.get(ENV_ADDRESS)
+    if env:
+        return env
+    candidates = [
+        _user_runtime_dir() / SOCKET_NAME,
+        SYSTEM_RUNTIME_DIR / SOCKET_NAME,
+        Path(f"/tmp/tracker-daemon-{os.getuid()}") / SOCKET_NAME,
+    ]
+    for path in candidates:
+        if path.exists():
+            return f"ipc://{path}"
+    return daemon_default_address()
+
+
+def ipc_path(address: str) -> Path | None:
+    """The filesystem path of an ``ipc://`` address, or None for other transports."""
+    if address.startswith("ipc://"):
+        return Path(address[len("ipc://") :])
+    return None

@@ -1,0 +1,360 @@
+"""The user-facing client: ``connect()`` → :class:`Tracker` → :class:`Run`.
+
+Log calls validate their arguments with MLflow's rules (bad input raises at the call site), then
+append to the transport's bounded buffer and return; they never wait on the daemon. ``start_run``
+is a round trip (it returns MLflow's run id); ``flush`` and ``end`` are barriers that return once
+the daemon has committed everything this process logged before them, or raise
+:class:`~tracker_client.errors.CommitError` listing the records that failed and why.
+"""
+
+from __future__ import annotations
+
+import atexit
+import getpass
+import os
+import shutil
+import sys
+import time
+import uuid
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from . import protocol as p
+from . import validation as v
+from .address import client_default_address
+from .errors import CommitError, DaemonError
+from .transport import Transport
+
+__all__ = ["Run", "Tracker", "connect", "default_tags"]
+
+CONNECT_TIMEOUT = float(os.environ.get("TRACKER_CONNECT_TIMEOUT", "10"))
+BARRIER_TIMEOUT = float(os.environ.get("TRACKER_FLUSH_TIMEOUT", "120"))
+EXIT_TIMEOUT = float(os.environ.get("TRACKER_EXIT_TIMEOUT", "10"))
+
+_TRACKERS: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+def connect(address: str | None = None, *, max_buffer: int = 1_000_000) -> Tracker:
+    """A :class:`Tracker` for the daemon at ``address`` (default: ``$TRACKER_DAEMON_ADDRESS``,
+    else the daemon's default socket). Connecting is lazy: nothing waits until ``start_run``."""
+    return Tracker(address or client_default_address(), max_buffer=max_buffer)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Tracker:
+    """One process's connection to the daemon. Thread-safe; fork-safe (a child gets its own)."""
+
+    def __init__(self, address: str, *, max_buffer: int = 1_000_000) -> None:
+        self.address = address
+        self._transport = Transport(address, max_buffer=max_buffer)
+        self._open_runs: dict[str, Run] = {}
+        _TRACKERS.add(self)
+
+    @property
+    def client_id(self) -> str:
+        return self._transport.client_id
+
+    def start_run(
+        self,
+        experiment: str | None = None,
+        *,
+        experiment_id: str | None = None,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        timeout: float = CONNECT_TIMEOUT,
+    ) -> Run:
+        """Create a run (in experiment ``experiment`` by name, get-or-create, or ``experiment_id``),
+        or resume ``run_id``. ``parent_run_id`` makes it a nested run. Waits for the daemon."""
+        if experiment is not None:
+            experiment = v.check_experiment_name(experiment)
+        if experiment_id is not None and not isinstance(experiment_id, str):
+            raise TypeError(f"experiment_id must be a string, got {type(experiment_id).__name__}")
+        if run_id is not None:
+            run_id = v.check_run_id(run_id)
+        if parent_run_id is not None:
+            parent_run_id = v.check_run_id(parent_run_id)
+        all_tags = {} if run_id is not None else default_tags()
+        for key, value in (tags or {}).items():
+            k, val = v.check_tag(key, value)
+            all_tags[k] = val
+        start = _now_ms()
+
+        def make(req: int, seq: int) -> p.ClientMessage:
+            return p.StartRun(
+                req, experiment_id, experiment, run_id, run_name, parent_run_id, all_tags, start
+            )
+
+        reply = self._transport.request(make, timeout)
+        assert isinstance(reply, p.RunStarted)
+        run = Run(self, reply.run_id, reply.experiment_id, reply.artifact_uri, reply.run_name)
+        self._open_runs[run.run_id] = run
+        return run
+
+    def flush(self, timeout: float = BARRIER_TIMEOUT) -> None:
+        """Barrier over all runs of this process."""
+        self._barrier(None, timeout)
+
+    def status(self, timeout: float = CONNECT_TIMEOUT) -> dict[str, Any]:
+        reply = self._transport.request(lambda req, seq: p.StatusRequest(req), timeout)
+        assert isinstance(reply, p.StatusReply)
+        return reply.status
+
+    def close(self, timeout: float = EXIT_TIMEOUT) -> None:
+        """Flush (bounded by ``timeout``) and stop the I/O thread. Open runs stay open."""
+        deadline = time.monotonic() + timeout
+        try:
+            if self._transport.buffered or self._transport.unacked:
+                self.flush(timeout)
+        finally:
+            self._transport.close(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals used by Run
+
+    def _barrier(self, run_id: str | None, timeout: float) -> None:
+        cid = self._transport.client_id
+
+        def make(req: int, seq: int) -> p.ClientMessage:
+            return p.Flush(req, cid, seq, run_id)
+
+        reply = self._transport.request(make, timeout)
+        assert isinstance(reply, p.Done)
+        if reply.failures:
+            raise CommitError(reply.failures)
+
+    def _end(self, run_id: str, status: str, timeout: float) -> None:
+        cid = self._transport.client_id
+        end_time = _now_ms()
+
+        def make(req: int, seq: int) -> p.ClientMessage:
+            return p.EndRun(req, cid, seq, run_id, status, end_time)
+
+        try:
+            reply = self._transport.request(make, timeout)
+        finally:
+            self._open_runs.pop(run_id, None)
+        assert isinstance(reply, p.Done)
+        if reply.failures:
+            raise CommitError(reply.failures)
+
+    def _staging_dir(self) -> Path:
+        self._transport.wait_welcome(CONNECT_TIMEOUT)
+        staging = self._transport.staging_dir
+        if not staging:
+            raise DaemonError("no_staging", "the daemon did not announce an artifact staging dir")
+        return Path(staging)
+
+    def _at_exit(self) -> None:
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        try:
+            for run in list(self._open_runs.values()):
+                run.end("FINISHED", timeout=max(0.1, deadline - time.monotonic()))
+            self.close(max(0.1, deadline - time.monotonic()))
+        except Exception as exc:  # never let exit hang or raise
+            sys.stderr.write(f"tracker-client: at exit: {exc}\n")
+
+
+class Run:
+    """An MLflow run logged through the daemon. Use as a context manager to end it."""
+
+    def __init__(
+        self, tracker: Tracker, run_id: str, experiment_id: str, artifact_uri: str, run_name: str
+    ) -> None:
+        self._tracker = tracker
+        self._put = tracker._transport.put
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self.artifact_uri = artifact_uri
+        self.run_name = run_name
+
+    def __repr__(self) -> str:
+        return f"<Run {self.run_id} experiment={self.experiment_id} name={self.run_name!r}>"
+
+    def log_metric(
+        self,
+        key: str,
+        value: float,
+        step: int = 0,
+        timestamp: int | None = None,
+        *,
+        model_id: str | None = None,
+        dataset_name: str | None = None,
+        dataset_digest: str | None = None,
+    ) -> None:
+        if timestamp is None:
+            timestamp = time.time_ns() // 1_000_000
+        key, value, step, timestamp = v.check_metric(key, value, step, timestamp)
+        if model_id is None and dataset_name is None and dataset_digest is None:
+            self._put(["m", self.run_id, key, value, timestamp, step, None, None, None])
+            return
+        extras = v.check_metric_extras(model_id, dataset_name, dataset_digest)
+        self._put(["m", self.run_id, key, value, timestamp, step, *extras])
+
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int = 0, timestamp: int | None = None
+    ) -> None:
+        if timestamp is None:
+            timestamp = time.time_ns() // 1_000_000
+        checked = [v.check_metric(k, x, step, timestamp) for k, x in metrics.items()]
+        for key, value, step_, ts in checked:
+            self._put(["m", self.run_id, key, value, ts, step_, None, None, None])
+
+    def log_param(self, key: str, value: Any) -> None:
+        key, sval = v.check_param(key, value)
+        self._put(["p", self.run_id, key, sval])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        for key, sval in [v.check_param(k, x) for k, x in params.items()]:
+            self._put(["p", self.run_id, key, sval])
+
+    def set_tag(self, key: str, value: Any) -> None:
+        key, sval = v.check_tag(key, value)
+        self._put(["t", self.run_id, key, sval])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, sval in [v.check_tag(k, x) for k, x in tags.items()]:
+            self._put(["t", self.run_id, key, sval])
+
+    def log_artifact(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Log a file. Its content now is what gets logged: it is copied before this returns."""
+        src = Path(local_path)
+        if not src.is_file():
+            raise FileNotFoundError(f"log_artifact: {src} is not a file")
+        self._stage(src, v.check_artifact_path(artifact_path), is_dir=False)
+
+    def log_artifacts(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Log a directory's files (recursively), as of now."""
+        src = Path(local_dir)
+        if not src.is_dir():
+            raise NotADirectoryError(f"log_artifacts: {src} is not a directory")
+        self._stage(src, v.check_artifact_path(artifact_path), is_dir=True)
+
+    def _stage(self, src: Path, artifact_path: str | None, *, is_dir: bool) -> None:
+        tracker = self._tracker
+        slot = tracker._staging_dir() / tracker.client_id / uuid.uuid4().hex
+        slot.mkdir(parents=True, mode=0o770)
+        target = slot / src.name
+        if is_dir:
+            shutil.copytree(src, target, symlinks=False)
+        else:
+            shutil.copyfile(src, target)
+        cid, run_id, staged = tracker.client_id, self.run_id, str(target)
+
+        def make(req: int, seq: int) -> p.ClientMessage:
+            return p.LogArtifact(cid, seq, run_id, staged, artifact_path)
+
+        tracker._transport.send_sequenced(make)
+
+    def flush(self, timeout: float = BARRIER_TIMEOUT) -> None:
+        """Return once everything this process logged is committed; raise CommitError on failures."""
+        self._tracker._barrier(self.run_id, timeout)
+
+    def end(self, status: str = "FINISHED", timeout: float = BARRIER_TIMEOUT) -> None:
+        """Commit everything logged, then set the run's status (FINISHED, FAILED or KILLED)."""
+        status = v.check_status(status)
+        self._tracker._end(self.run_id, status, timeout)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.run_id not in self._tracker._open_runs:
+            return
+        if exc_type is None:
+            self.end("FINISHED")
+            return
+        try:
+            self.end("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+        except Exception as end_exc:  # the original exception matters more; keep it raising
+            if exc is not None:
+                exc.add_note(f"tracker-client: ending the run also failed: {end_exc}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Default tags, as MLflow's fluent API sets them
+
+
+def default_tags() -> dict[str, str]:
+    tags = {
+        "mlflow.user": _user(),
+        "mlflow.source.name": sys.argv[0] if sys.argv and sys.argv[0] else "<console>",
+        "mlflow.source.type": "LOCAL",
+    }
+    commit = _git_commit(Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else Path.cwd())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _git_commit(start: Path) -> str | None:
+    """The commit of the git checkout containing ``start``, read from .git without running git."""
+    for d in (start, *start.parents):
+        git = d / ".git"
+        if git.is_file():  # worktree or submodule: "gitdir: <path>"
+            text = git.read_text(errors="replace").strip()
+            if not text.startswith("gitdir:"):
+                return None
+            git = (d / text.split(":", 1)[1].strip()).resolve()
+        if not git.is_dir():
+            continue
+        try:
+            head = (git / "HEAD").read_text().strip()
+            if not head.startswith("ref:"):
+                return head or None
+            ref = head.split(":", 1)[1].strip()
+            common = git
+            if (git / "commondir").is_file():
+                common = (git / (git / "commondir").read_text().strip()).resolve()
+            for base in (git, common):
+                if (base / ref).is_file():
+                    return (base / ref).read_text().strip()
+            packed = common / "packed-refs"
+            if packed.is_file():
+                for line in packed.read_text().splitlines():
+                    parts = line.split()
+                    if len(parts) == 2 and parts[1] == ref:
+                        return parts[0]
+        except OSError:
+            return None
+        return None
+    return None
+
+
+@atexit.register
+def _flush_all_at_exit() -> None:
+    for tracker in list(_TRACKERS):
+        tracker._at_exit()
+
+
+def _forget_runs_in_child() -> None:
+    # A forked child gets a fresh connection; the parent's open runs are the parent's to end.
+    for tracker in list(_TRACKERS):
+        tracker._open_runs.clear()
+
+
+os.register_at_fork(after_in_child=_forget_runs_in_child)

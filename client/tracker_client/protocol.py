@@ -1,0 +1,466 @@
+"""Wire protocol between training processes and tracker-daemon (pure, no I/O).
+
+Every ZeroMQ message from a client DEALER to the daemon ROUTER (and back) is one frame holding one
+msgpack *envelope*: ``[version, kind, body]`` where ``version`` is an int, ``kind`` a string and
+``body`` a map with string keys. ``client/PROTOCOL.md`` is the language-neutral specification; the
+test vectors there are checked against this module by ``tests/unit/test_protocol.py``.
+
+Decoding is strict: a wrong version, unknown kind, missing/unknown/mistyped field or an oversize
+frame raises :class:`ProtocolError` with a stable ``code`` and a message naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+import msgpack
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_BYTES",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "Ack",
+    "ClientMessage",
+    "DaemonMessage",
+    "Data",
+    "Done",
+    "EndRun",
+    "ErrorReply",
+    "Failure",
+    "Flush",
+    "Hello",
+    "LogArtifact",
+    "Message",
+    "Metric",
+    "Param",
+    "ProtocolError",
+    "Record",
+    "RunStarted",
+    "StartRun",
+    "StatusReply",
+    "StatusRequest",
+    "Tag",
+    "Welcome",
+    "decode",
+    "decode_record",
+    "encode",
+    "encode_data",
+    "record_to_wire",
+]
+
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = frozenset({1})
+DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+
+
+class ProtocolError(ValueError):
+    """A frame that does not follow the protocol. ``code`` is stable and machine-readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------------
+# Records (the payload of DATA frames)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    run_id: str
+    key: str
+    value: float
+    timestamp: int
+    step: int
+    model_id: str | None = None
+    dataset_name: str | None = None
+    dataset_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    run_id: str
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    run_id: str
+    key: str
+    value: str
+
+
+Record: TypeAlias = Metric | Param | Tag
+
+
+def record_to_wire(record: Record) -> list[Any]:
+    """The msgpack array form of a record (see PROTOCOL.md, "Records")."""
+    if isinstance(record, Metric):
+        return [
+            "m",
+            record.run_id,
+            record.key,
+            float(record.value),
+            record.timestamp,
+            record.step,
+            record.model_id,
+            record.dataset_name,
+            record.dataset_digest,
+        ]
+    kind = "p" if isinstance(record, Param) else "t"
+    return [kind, record.run_id, record.key, record.value]
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int and _INT64_MIN <= v <= _INT64_MAX  # noqa: E721 (bool is excluded)
+
+
+def decode_record(item: object, where: str = "record") -> Record:
+    """Decode one wire record; raises ProtocolError naming ``where`` on any type error."""
+    if not isinstance(item, list) or not item or not isinstance(item[0], str):
+        raise ProtocolError("bad_field", f"{where}: expected an array starting with a kind string")
+    kind = item[0]
+    if kind == "m":
+        if len(item) != 9:
+            raise ProtocolError("bad_field", f"{where}: metric record needs 9 elements, got {len(item)}")
+        _, run_id, key, value, ts, step, model_id, ds_name, ds_digest = item
+        _need_str(run_id, f"{where}.run_id")
+        _need_str(key, f"{where}.key")
+        if type(value) is int and _is_int(value):
+            value = float(value)
+        if type(value) is not float:
+            raise ProtocolError("bad_field", f"{where}.value: expected a float64, got {_tname(value)}")
+        if not _is_int(ts):
+            raise ProtocolError("bad_field", f"{where}.timestamp: expected an int64, got {_tname(ts)}")
+        if not _is_int(step):
+            raise ProtocolError("bad_field", f"{where}.step: expected an int64, got {_tname(step)}")
+        for name, v in (("model_id", model_id), ("dataset_name", ds_name), ("dataset_digest", ds_digest)):
+            if v is not None:
+                _need_str(v, f"{where}.{name}")
+        return Metric(run_id, key, value, ts, step, model_id, ds_name, ds_digest)
+    if kind in ("p", "t"):
+        if len(item) != 4:
+            raise ProtocolError("bad_field", f"{where}: {kind!r} record needs 4 elements, got {len(item)}")
+        _, run_id, key, value = item
+        _need_str(run_id, f"{where}.run_id")
+        _need_str(key, f"{where}.key")
+        _need_str(value, f"{where}.value")
+        return Param(run_id, key, value) if kind == "p" else Tag(run_id, key, value)
+    raise ProtocolError("bad_field", f"{where}: unknown record kind {kind!r} (expected 'm', 'p' or 't')")
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A record the daemon could not commit, with MLflow's error code and a reason."""
+
+    record: Record | None
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    req: int
+    client_id: str
+    pid: int
+    host: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    client_id: str
+    seq: int
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LogArtifact:
+    client_id: str
+    seq: int
+    run_id: str
+    staged_path: str
+    artifact_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    req: int
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+    run_id: str | None = None
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    start_time: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EndRun:
+    req: int
+    client_id: str
+    seq: int
+    run_id: str
+    status: str
+    end_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    req: int
+    client_id: str
+    seq: int
+    run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    req: int
+    daemon_version: str
+    acked_seq: int
+    staging_dir: str
+    max_frame: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    req: int
+    run_id: str
+    experiment_id: str
+    artifact_uri: str
+    run_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    req: int
+    failures: tuple[Failure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    req: int
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    req: int | None
+    code: str
+    message: str
+
+
+ClientMessage: TypeAlias = Hello | Data | LogArtifact | StartRun | EndRun | Flush | StatusRequest
+DaemonMessage: TypeAlias = Welcome | Ack | RunStarted | Done | StatusReply | ErrorReply
+Message: TypeAlias = ClientMessage | DaemonMessage
+
+# kind string <-> class; the field order of each dataclass is the documented field list.
+_KINDS: Final[dict[str, type[Any]]] = {
+    "hello": Hello,
+    "data": Data,
+    "artifact": LogArtifact,
+    "start_run": StartRun,
+    "end_run": EndRun,
+    "flush": Flush,
+    "status": StatusRequest,
+    "welcome": Welcome,
+    "ack": Ack,
+    "run": RunStarted,
+    "done": Done,
+    "status_reply": StatusReply,
+    "error": ErrorReply,
+}
+_KIND_OF: Final[dict[type[Any], str]] = {cls: kind for kind, cls in _KINDS.items()}
+
+# Field type rules: "str", "str?", "int", "int?", "map", "records", "failures", "tags".
+_SCHEMA: Final[dict[type[Any], dict[str, str]]] = {
+    Hello: {"req": "int", "client_id": "str", "pid": "int", "host": "str", "version": "str"},
+    Data: {"client_id": "str", "seq": "int", "records": "records"},
+    LogArtifact: {
+        "client_id": "str",
+        "seq": "int",
+        "run_id": "str",
+        "staged_path": "str",
+        "artifact_path": "str?",
+    },
+    StartRun: {
+        "req": "int",
+        "experiment_id": "str?",
+        "experiment_name": "str?",
+        "run_id": "str?",
+        "run_name": "str?",
+        "parent_run_id": "str?",
+        "tags": "tags",
+        "start_time": "int",
+    },
+    EndRun: {
+        "req": "int",
+        "client_id": "str",
+        "seq": "int",
+        "run_id": "str",
+        "status": "str",
+        "end_time": "int",
+    },
+    Flush: {"req": "int", "client_id": "str", "seq": "int", "run_id": "str?"},
+    StatusRequest: {"req": "int"},
+    Welcome: {
+        "req": "int",
+        "daemon_version": "str",
+        "acked_seq": "int",
+        "staging_dir": "str",
+        "max_frame": "int",
+    },
+    Ack: {"seq": "int"},
+    RunStarted: {
+        "req": "int",
+        "run_id": "str",
+        "experiment_id": "str",
+        "artifact_uri": "str",
+        "run_name": "str",
+    },
+    Done: {"req": "int", "failures": "failures"},
+    StatusReply: {"req": "int", "status": "map"},
+    ErrorReply: {"req": "int?", "code": "str", "message": "str"},
+}
+
+
+def _tname(v: object) -> str:
+    return "nil" if v is None else type(v).__name__
+
+
+def _need_str(v: object, where: str) -> None:
+    if not isinstance(v, str):
+        raise ProtocolError("bad_field", f"{where}: expected a string, got {_tname(v)}")
+
+
+def _check(rule: str, v: object, where: str) -> object:
+    optional = rule.endswith("?")
+    if optional and v is None:
+        return None
+    base = rule.rstrip("?")
+    if base == "str":
+        _need_str(v, where)
+        return v
+    if base == "int":
+        if not _is_int(v):
+            raise ProtocolError("bad_field", f"{where}: expected an int64, got {_tname(v)}")
+        return v
+    if base == "map":
+        if not isinstance(v, dict):
+            raise ProtocolError("bad_field", f"{where}: expected a map, got {_tname(v)}")
+        return v
+    if base == "tags":
+        if not isinstance(v, dict) or not all(
+            isinstance(k, str) and isinstance(x, str) for k, x in v.items()
+        ):
+            raise ProtocolError("bad_field", f"{where}: expected a map of string to string")
+        return v
+    if base == "records":
+        if not isinstance(v, list):
+            raise ProtocolError("bad_field", f"{where}: expected an array, got {_tname(v)}")
+        return tuple(decode_record(item, f"{where}[{i}]") for i, item in enumerate(v))
+    if base == "failures":
+        if not isinstance(v, list):
+            raise ProtocolError("bad_field", f"{where}: expected an array, got {_tname(v)}")
+        return tuple(_decode_failure(item, f"{where}[{i}]") for i, item in enumerate(v))
+    raise AssertionError(rule)  # pragma: no cover - schema typo
+
+
+def _decode_failure(item: object, where: str) -> Failure:
+    if not isinstance(item, list) or len(item) != 3:
+        raise ProtocolError("bad_field", f"{where}: expected [record|nil, code, message]")
+    rec, code, message = item
+    _need_str(code, f"{where}.code")
+    _need_str(message, f"{where}.message")
+    return Failure(None if rec is None else decode_record(rec, f"{where}.record"), code, message)
+
+
+def _to_wire(kind_cls: type[Any], msg: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    for name, rule in _SCHEMA[kind_cls].items():
+        v = getattr(msg, name)
+        if rule == "records":
+            v = [record_to_wire(r) for r in v]
+        elif rule == "failures":
+            v = [
+                [None if f.record is None else record_to_wire(f.record), f.code, f.message]
+                for f in v
+            ]
+        body[name] = v
+    return body
+
+
+def encode(msg: Message) -> bytes:
+    """Encode a message into one frame."""
+    cls = type(msg)
+    body = _to_wire(cls, msg)
+    return msgpack.packb([PROTOCOL_VERSION, _KIND_OF[cls], body], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode_data(client_id: str, seq: int, wire_records: list[list[Any]]) -> bytes:
+    """Fast path for the client: records already in wire form (see :func:`record_to_wire`)."""
+    body = {"client_id": client_id, "seq": seq, "records": wire_records}
+    return msgpack.packb([PROTOCOL_VERSION, "data", body], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
+    """Decode one frame strictly. Raises :class:`ProtocolError`, never anything else."""
+    if len(frame) > max_frame:
+        raise ProtocolError(
+            "frame_too_large", f"frame is {len(frame)} bytes; the limit is {max_frame} bytes"
+        )
+    try:
+        obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+    except msgpack.ExtraData:
+        raise ProtocolError("bad_msgpack", "trailing bytes after the msgpack envelope") from None
+    except Exception as exc:  # msgpack raises several types (ValueError, FormatError, ...)
+        raise ProtocolError("bad_msgpack", f"not a msgpack document: {exc}") from None
+    if not isinstance(obj, list) or len(obj) != 3:
+        raise ProtocolError("bad_envelope", "envelope must be an array [version, kind, body]")
+    version, kind, body = obj
+    if not _is_int(version):
+        raise ProtocolError("bad_envelope", f"version: expected an int, got {_tname(version)}")
+    if version not in SUPPORTED_VERSIONS:
+        raise ProtocolError(
+            "unsupported_version",
+            f"protocol version {version} is not supported (supported: {sorted(SUPPORTED_VERSIONS)})",
+        )
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise ProtocolError("unknown_kind", f"unknown message kind {kind!r}")
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_envelope", f"{kind}: body must be a map, got {_tname(body)}")
+    cls = _KINDS[kind]
+    schema = _SCHEMA[cls]
+    if not all(isinstance(k, str) for k in body):
+        raise ProtocolError("bad_field", f"{kind}: every body key must be a string")
+    unknown = sorted(set(body) - set(schema))
+    if unknown:
+        raise ProtocolError("bad_field", f"{kind}: unknown field(s) {', '.join(map(repr, unknown))}")
+    missing = [name for name in schema if name not in body]
+    if missing:
+        raise ProtocolError("bad_field", f"{kind}: missing field(s) {', '.join(map(repr, missing))}")
+    values = {name: _check(rule, body[name], f"{kind}.{name}") for name, rule in schema.items()}
+    return cls(**values)  # type: ignore[no-any-return]
+

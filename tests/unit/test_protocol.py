@@ -1,0 +1,715 @@
+"""Wire protocol: the PROTOCOL.md test vectors, round trips and strict rejection of bad frames."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from tracker_client.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Data,
+    Done,
+    EndRun,
+    ErrorReply,
+    Failure,
+    Flush,
+    Hello,
+    LogArtifact,
+    Message,
+    Metric,
+    Param,
+    ProtocolError,
+    RunStarted,
+    StartRun,
+    StatusReply,
+    StatusRequest,
+    Tag,
+    Welcome,
+    decode,
+    decode_record,
+    encode,
+    encode_data,
+    record_to_wire,
+)
+
+SPEC = Path(__file__).resolve().parents[2] / "client" / "PROTOCOL.md"
+
+ALL_CLASSES = {
+    Hello,
+    Data,
+    LogArtifact,
+    StartRun,
+    EndRun,
+    Flush,
+    StatusRequest,
+    Welcome,
+    Ack,
+    RunStarted,
+    Done,
+    StatusReply,
+    ErrorReply,
+}
+
+CID = "6f1c2a9e0b3d4c5e8f7a1b2c3d4e5f60"
+RUN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+STAGING = "/run/user/1000/tracker-daemon/staging"
+MODEL = "m-0f9e8d7c6b5a49382716051f2e3d4c5b"
+
+# The messages the valid vectors of PROTOCOL.md must encode / decode to, by vector name.
+EXPECTED: dict[str, Message] = {
+    "hello": Hello(req=1, client_id=CID, pid=4242, host="gpu-node-01", version="0.1.0"),
+    "welcome": Welcome(
+        req=1, daemon_version="0.1.0", acked_seq=0, staging_dir=STAGING, max_frame=4194304
+    ),
+    "start_run": StartRun(
+        req=2,
+        experiment_name="resnet50",
+        run_name="baseline",
+        tags={"team": "vision"},
+        start_time=1700000000000,
+    ),
+    "start_run_nested": StartRun(
+        req=3,
+        experiment_id="1",
+        run_name="fold-0",
+        parent_run_id=RUN,
+        start_time=1700000000500,
+    ),
+    "run": RunStarted(
+        req=2,
+        run_id=RUN,
+        experiment_id="1",
+        artifact_uri=f"mlflow-artifacts:/1/{RUN}/artifacts",
+        run_name="baseline",
+    ),
+    "data": Data(
+        client_id=CID,
+        seq=1,
+        records=(
+            Metric(RUN, "loss", 0.25, 1700000001000, 1),
+            Param(RUN, "lr", "0.001"),
+            Tag(RUN, "phase", "train"),
+        ),
+    ),
+    "data_nan_dataset": Data(
+        client_id=CID,
+        seq=2,
+        records=(
+            Metric(RUN, "loss", math.nan, 1700000002000, 2),
+            Metric(
+                RUN,
+                "val_acc",
+                0.875,
+                1700000002000,
+                2,
+                model_id=MODEL,
+                dataset_name="imagenet-val",
+                dataset_digest="3f2a9c1e",
+            ),
+            Metric(RUN, "grad_norm", math.inf, 1700000002000, -1),
+        ),
+    ),
+    "artifact": LogArtifact(
+        client_id=CID,
+        seq=3,
+        run_id=RUN,
+        staged_path=f"{STAGING}/{CID}-3/model.pt",
+        artifact_path="checkpoints",
+    ),
+    "ack": Ack(seq=3),
+    "flush": Flush(req=4, client_id=CID, seq=3, run_id=RUN),
+    "flush_all": Flush(req=5, client_id=CID, seq=3, run_id=None),
+    "done": Done(
+        req=4,
+        failures=(
+            Failure(
+                Param(RUN, "lr", "0.01"),
+                "INVALID_PARAMETER_VALUE",
+                "Changing param values is not allowed. Param with key='lr' was already logged "
+                "with value='0.001'.",
+            ),
+        ),
+    ),
+    "done_empty": Done(req=5, failures=()),
+    "end_run": EndRun(
+        req=6, client_id=CID, seq=3, run_id=RUN, status="FINISHED", end_time=1700000100000
+    ),
+    "status": StatusRequest(req=7),
+    "status_reply": StatusReply(
+        req=7, status={"daemon_version": "0.1.0", "clients": 1, "pending": 0}
+    ),
+    "error": ErrorReply(
+        req=6, code="unknown_client", message="unknown client_id; send hello again"
+    ),
+    "error_no_req": ErrorReply(req=None, code="bad_msgpack", message="not a msgpack document"),
+}
+
+DOCUMENTED_CODES = {
+    "bad_msgpack",
+    "bad_envelope",
+    "unsupported_version",
+    "unknown_kind",
+    "bad_field",
+    "frame_too_large",
+}
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+_VECTOR_RE = re.compile(
+    r"^### (?P<sort>vector|invalid): (?P<name>[a-z0-9_]+)[ \t]*\n"
+    r"(?P<prose>(?:(?!^###).)*?)"
+    r"^```hex[ \t]*\n(?P<hex>[0-9a-f \n]*?)^```[ \t]*$",
+    re.MULTILINE | re.DOTALL,
+)
+_EXPECTED_ERROR_RE = re.compile(r"^Expected error: `([a-z_]+)`[ \t]*$", re.MULTILINE)
+
+
+def _parse_vectors(text: str) -> tuple[dict[str, bytes], dict[str, tuple[bytes, str]]]:
+    valid: dict[str, bytes] = {}
+    invalid: dict[str, tuple[bytes, str]] = {}
+    for m in _VECTOR_RE.finditer(text):
+        name, frame = m["name"], bytes.fromhex(m["hex"])
+        if m["sort"] == "vector":
+            assert name not in valid, f"duplicate vector {name!r}"
+            valid[name] = frame
+        else:
+            codes = _EXPECTED_ERROR_RE.findall(m["prose"])
+            assert len(codes) == 1, f"invalid vector {name!r} needs one 'Expected error:' line"
+            assert name not in invalid, f"duplicate invalid vector {name!r}"
+            invalid[name] = (frame, codes[0])
+    return valid, invalid
+
+
+SPEC_TEXT = SPEC.read_text(encoding="utf-8")
+VALID_VECTORS, INVALID_VECTORS = _parse_vectors(SPEC_TEXT)
+
+
+def _canon(obj: Any) -> Any:
+    """A comparable form of a message in which NaN equals NaN (math.isnan) and types count."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return (type(obj).__name__,) + tuple(
+            _canon(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+        )
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, *(_canon(x) for x in obj))
+    if isinstance(obj, dict):
+        return ("dict", *((k, _canon(v)) for k, v in obj.items()))
+    if isinstance(obj, float):
+        return ("float", "NaN" if math.isnan(obj) else obj)
+    return (type(obj).__name__, obj)
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _frame(kind: str, body: Any, version: Any = PROTOCOL_VERSION) -> bytes:
+    return _pack([version, kind, body])
+
+
+def _body(msg: Message) -> dict[str, Any]:
+    """The wire body of a valid message, as a mutable msgpack-level dict."""
+    envelope = msgpack.unpackb(encode(msg), raw=False)
+    return envelope[2]
+
+
+def _kind(msg: Message) -> str:
+    return msgpack.unpackb(encode(msg), raw=False)[1]
+
+
+def _reject(frame: bytes, code: str, *fragments: str, **kw: Any) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decode(frame, **kw)
+    exc = info.value
+    assert type(exc) is ProtocolError
+    assert exc.code == code, f"expected {code}, got {exc.code}: {exc}"
+    assert exc.message == str(exc)
+    for fragment in fragments:
+        assert fragment in str(exc), f"{fragment!r} not in {str(exc)!r}"
+    return exc
+
+
+DATA_FRAME = encode(EXPECTED["data"])
+
+# ---------------------------------------------------------------------------------------------
+# PROTOCOL.md test vectors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_spec_contains_every_vector() -> None:
+    assert len(VALID_VECTORS) == len(EXPECTED) == 18
+    assert set(VALID_VECTORS) == set(EXPECTED)
+    assert len(INVALID_VECTORS) == 7
+    assert {type(m) for m in EXPECTED.values()} == ALL_CLASSES  # all 13 kinds
+    assert {code for _, code in INVALID_VECTORS.values()} <= DOCUMENTED_CODES
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_vector_encodes_to_documented_bytes(name: str) -> None:
+    assert encode(EXPECTED[name]) == VALID_VECTORS[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_vector_decodes_to_documented_message(name: str) -> None:
+    decoded = decode(VALID_VECTORS[name])
+    assert type(decoded) is type(EXPECTED[name])
+    assert _canon(decoded) == _canon(EXPECTED[name])
+
+
+def test_nan_vector_decodes_to_nan() -> None:
+    decoded = decode(VALID_VECTORS["data_nan_dataset"])
+    assert isinstance(decoded, Data)
+    nan_metric, dataset_metric, inf_metric = decoded.records
+    assert isinstance(nan_metric, Metric) and math.isnan(nan_metric.value)
+    assert dataclasses.replace(nan_metric, value=0.0) == Metric(RUN, "loss", 0.0, 1700000002000, 2)
+    assert dataset_metric == EXPECTED["data_nan_dataset"].records[1]  # type: ignore[union-attr]
+    assert isinstance(inf_metric, Metric) and inf_metric.value == math.inf
+
+
+@pytest.mark.parametrize("name", sorted(INVALID_VECTORS))
+def test_invalid_vector_rejected_with_documented_code(name: str) -> None:
+    frame, code = INVALID_VECTORS[name]
+    _reject(frame, code)
+
+
+def test_vector_parser_rejects_empty_document() -> None:
+    assert _parse_vectors("") == ({}, {})
+    text = "### vector: x\nhello\n```hex\n93 01\n```\n### invalid: y\nExpected error: `bad_field`\n"
+    text += "```hex\n90\n```\n"
+    assert _parse_vectors(text) == ({"x": b"\x93\x01"}, {"y": (b"\x90", "bad_field")})
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips
+# ---------------------------------------------------------------------------------------------
+
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+ROUND_TRIP: list[Message] = [
+    Hello(req=I64_MAX, client_id="f" * 32, pid=1, host="h\u00f6st-\u65e5\u672c", version=""),
+    Data(client_id="c" * 32, seq=I64_MAX, records=()),
+    Data(
+        client_id="c" * 32,
+        seq=7,
+        records=(
+            Metric("r", "k", -1.5e300, I64_MIN, I64_MAX, "m-1", "ds", "dg"),
+            Metric("r", "k", -math.inf, 0, 0),
+            Metric("r", "k" * 300, 5e-324, 1, -1, None, "only-name", None),
+            Param("r", "", "x" * 70000),
+            Tag("r", "mlflow.note.content", "\u2603"),
+        ),
+    ),
+    LogArtifact(client_id="c", seq=2, run_id="r", staged_path="/s/x/d", artifact_path=None),
+    LogArtifact(client_id="c", seq=3, run_id="r", staged_path="/s/y/f.txt", artifact_path="a/b"),
+    StartRun(
+        req=9,
+        experiment_id="42",
+        experiment_name="e",
+        run_id="r",
+        run_name="n",
+        parent_run_id="p",
+        tags={"a": "1", "b": ""},
+        start_time=I64_MIN,
+    ),
+    StartRun(req=10),
+    EndRun(req=11, client_id="c", seq=0, run_id="r", status="KILLED", end_time=-5),
+    Flush(req=-1, client_id="c", seq=99, run_id=None),
+    StatusRequest(req=0),
+    Welcome(req=12, daemon_version="9.9", acked_seq=123456789, staging_dir="/x", max_frame=1),
+    Ack(seq=I64_MIN),
+    RunStarted(req=13, run_id="r", experiment_id="0", artifact_uri="s3://b/k", run_name="n"),
+    Done(
+        req=14,
+        failures=(
+            Failure(None, "INTERNAL_ERROR", "upload failed"),
+            Failure(Metric("r", "k", 1.0, 2, 3, None, None, "d"), "RESOURCE_DOES_NOT_EXIST", "m"),
+            Failure(Tag("r", "k", "v"), "INVALID_PARAMETER_VALUE", ""),
+        ),
+    ),
+    StatusReply(req=15, status={"nested": {"list": [1, "a", None, 2.5]}, "ok": True}),
+    StatusReply(req=16, status={}),
+    ErrorReply(req=17, code="limit_exceeded", message="too much"),
+    ErrorReply(req=None, code="internal", message=""),
+]
+
+
+def test_round_trip_covers_every_class() -> None:
+    assert {type(m) for m in ROUND_TRIP} == ALL_CLASSES
+
+
+@pytest.mark.parametrize("msg", ROUND_TRIP, ids=lambda m: type(m).__name__)
+def test_round_trip(msg: Message) -> None:
+    frame = encode(msg)
+    assert frame[:2] == bytes([0x93, PROTOCOL_VERSION])
+    decoded = decode(frame)
+    assert type(decoded) is type(msg)
+    assert _canon(decoded) == _canon(msg)
+    assert encode(decoded) == frame
+
+
+def test_round_trip_nan_metric() -> None:
+    msg = Data(client_id="c", seq=1, records=(Metric("r", "k", math.nan, 1, 2),))
+    (metric,) = decode(encode(msg)).records  # type: ignore[union-attr]
+    assert isinstance(metric, Metric) and math.isnan(metric.value)
+
+
+@pytest.mark.parametrize(
+    "msg", [m for m in [*EXPECTED.values(), *ROUND_TRIP] if isinstance(m, Data)]
+)
+def test_encode_data_matches_encode(msg: Data) -> None:
+    wire = [record_to_wire(r) for r in msg.records]
+    assert encode_data(msg.client_id, msg.seq, wire) == encode(msg)
+
+
+def test_record_to_wire_shapes() -> None:
+    wire = record_to_wire(Metric("r", "k", 1.0, 2, 3))
+    assert wire == ["m", "r", "k", 1.0, 2, 3, None, None, None]
+    assert type(wire[3]) is float
+    assert record_to_wire(Param("r", "k", "v")) == ["p", "r", "k", "v"]
+    assert record_to_wire(Tag("r", "k", "v")) == ["t", "r", "k", "v"]
+    for rec in (
+        Metric("r", "k", 1.0, 2, 3, "m", "n", "d"),
+        Param("r", "k", "v"),
+        Tag("r", "k", "v"),
+    ):
+        assert decode_record(record_to_wire(rec)) == rec
+
+
+def test_lenient_metric_value_int_and_float32() -> None:
+    """Documented decoder leniency: an int64 or float32 metric value decodes as a float64."""
+    (metric,) = decode(_data(_metric(value=3))).records  # type: ignore[union-attr]
+    assert type(metric.value) is float and metric.value == 3.0
+    body = {"client_id": CID, "seq": 1, "records": [_metric(value=0.5)]}
+    as_float32 = msgpack.packb([1, "data", body], use_bin_type=True, use_single_float=True)
+    assert b"\xca\x3f\x00\x00\x00" in as_float32
+    (metric,) = decode(as_float32).records  # type: ignore[union-attr]
+    assert type(metric.value) is float and metric.value == 0.5
+
+
+def test_decode_accepts_any_field_order_and_int_width() -> None:
+    body = dict(reversed(list(_body(EXPECTED["hello"]).items())))
+    frame = _frame("hello", body)
+    assert frame != VALID_VECTORS["hello"]
+    assert decode(frame) == EXPECTED["hello"]
+    wide = bytes.fromhex("9301a361636b81a3736571") + b"\xd3" + (3).to_bytes(8, "big", signed=True)
+    assert decode(wide) == Ack(seq=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rejection of malformed frames
+# ---------------------------------------------------------------------------------------------
+
+
+def test_empty_frame() -> None:
+    _reject(b"", "bad_msgpack")
+
+
+def test_random_garbage_never_raises_anything_else() -> None:
+    rng = random.Random(20240611)
+    for _ in range(500):
+        frame = rng.randbytes(rng.randint(0, 64))
+        try:
+            msg = decode(frame)
+        except ProtocolError as exc:
+            assert exc.code in DOCUMENTED_CODES
+        else:
+            assert type(msg) in ALL_CLASSES
+
+
+def test_mutated_frames_never_raise_anything_else() -> None:
+    rng = random.Random(7)
+    frames = [VALID_VECTORS[name] for name in sorted(VALID_VECTORS)]
+    for _ in range(2000):
+        frame = bytearray(rng.choice(frames))
+        for _ in range(rng.randint(1, 3)):
+            frame[rng.randrange(len(frame))] = rng.randrange(256)
+        try:
+            msg = decode(bytes(frame))
+        except ProtocolError as exc:
+            assert exc.code in DOCUMENTED_CODES
+        else:
+            assert type(msg) in ALL_CLASSES
+
+
+def test_every_truncation_of_a_data_frame() -> None:
+    for n in range(len(DATA_FRAME)):
+        _reject(DATA_FRAME[:n], "bad_msgpack")
+    assert decode(DATA_FRAME) == EXPECTED["data"]
+
+
+@pytest.mark.parametrize("extra", [b"\x00", b"\xc0", DATA_FRAME])
+def test_trailing_bytes(extra: bytes) -> None:
+    _reject(DATA_FRAME + extra, "bad_msgpack", "trailing")
+
+
+def test_invalid_utf8_string() -> None:
+    frame = _frame("ack", {"seq": 1}).replace(b"\xa3ack", b"\xa3a\xffk")
+    _reject(frame, "bad_msgpack")
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"version": 1, "kind": "ack", "body": {"seq": 1}},
+        "ack",
+        1,
+        None,
+        [],
+        [1],
+        [1, "ack"],
+        [1, "ack", {"seq": 1}, None],
+    ],
+    ids=repr,
+)
+def test_envelope_not_a_three_element_array(obj: Any) -> None:
+    _reject(_pack(obj), "bad_envelope", "envelope")
+
+
+@pytest.mark.parametrize("version", ["1", 1.0, None, True, [1], 2**64 - 1], ids=repr)
+def test_version_not_an_int(version: Any) -> None:
+    _reject(_frame("ack", {"seq": 1}, version=version), "bad_envelope", "version")
+
+
+@pytest.mark.parametrize("version", [0, 2, -1, I64_MAX])
+def test_unsupported_version(version: int) -> None:
+    _reject(_frame("ack", {"seq": 1}, version=version), "unsupported_version", str(version))
+
+
+@pytest.mark.parametrize("kind", ["ping", "", "ACK", "Hello", 5, None, b"ack"], ids=repr)
+def test_unknown_kind(kind: Any) -> None:
+    _reject(_frame(kind, {"seq": 1}), "unknown_kind")
+
+
+@pytest.mark.parametrize("body", [[], ["seq", 1], None, "seq", 1], ids=repr)
+def test_body_not_a_map(body: Any) -> None:
+    _reject(_frame("ack", body), "bad_envelope", "ack", "body")
+
+
+def _all_fields() -> list[tuple[str, dict[str, Any], str]]:
+    out = []
+    for name in sorted(EXPECTED):
+        msg = EXPECTED[name]
+        for field in _body(msg):
+            out.append((_kind(msg), _body(msg), field))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "field"), _all_fields(), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_missing_field(kind: str, body: dict[str, Any], field: str) -> None:
+    del body[field]
+    _reject(_frame(kind, body), "bad_field", kind, "missing", repr(field))
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_unknown_extra_field(name: str) -> None:
+    body = _body(EXPECTED[name])
+    body["zz_extra"] = None
+    kind = _kind(EXPECTED[name])
+    _reject(_frame(kind, body), "bad_field", kind, "unknown", "'zz_extra'")
+
+
+def test_absent_optional_field_must_still_be_present() -> None:
+    body = _body(EXPECTED["flush_all"])
+    del body["run_id"]
+    _reject(_frame("flush", body), "bad_field", "flush", "run_id")
+
+
+def _metric(**changes: Any) -> list[Any]:
+    rec = ["m", "r", "k", 1.0, 1700000000000, 1, None, None, None]
+    names = ["kind", "run_id", "key", "value", "timestamp", "step", "model_id", "name", "digest"]
+    for key, value in changes.items():
+        rec[names.index(key)] = value
+    return rec
+
+
+def _data(*records: Any) -> bytes:
+    return _frame("data", {"client_id": CID, "seq": 1, "records": list(records)})
+
+
+# (frame, fragment the error message must contain)
+WRONG_TYPES: dict[str, tuple[bytes, str]] = {
+    # str
+    "str-int": (_frame("hello", {**_body(EXPECTED["hello"]), "client_id": 5}), "hello.client_id"),
+    "str-nil": (_frame("hello", {**_body(EXPECTED["hello"]), "host": None}), "hello.host"),
+    "str-bin": (_frame("hello", {**_body(EXPECTED["hello"]), "version": b"0.1"}), "hello.version"),
+    "str-float": (_frame("error", {"req": 1, "code": 1.5, "message": ""}), "error.code"),
+    # int
+    "int-str": (_frame("data", {"client_id": CID, "seq": "1", "records": []}), "data.seq"),
+    "int-float": (_frame("data", {"client_id": CID, "seq": 1.0, "records": []}), "data.seq"),
+    "int-bool": (_frame("data", {"client_id": CID, "seq": True, "records": []}), "data.seq"),
+    "int-nil": (_frame("data", {"client_id": CID, "seq": None, "records": []}), "data.seq"),
+    "int-uint64": (_frame("ack", {"seq": 2**63}), "ack.seq"),
+    "int-uint64-max": (
+        _frame("welcome", {**_body(EXPECTED["welcome"]), "max_frame": 2**64 - 1}),
+        "welcome.max_frame",
+    ),
+    "int-in-hello": (_frame("hello", {**_body(EXPECTED["hello"]), "pid": "4242"}), "hello.pid"),
+    # optional str
+    "optstr-int": (_frame("flush", {**_body(EXPECTED["flush"]), "run_id": 7}), "flush.run_id"),
+    "optstr-list": (
+        _frame("artifact", {**_body(EXPECTED["artifact"]), "artifact_path": ["a"]}),
+        "artifact.artifact_path",
+    ),
+    "optstr-bool": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "parent_run_id": False}),
+        "start_run.parent_run_id",
+    ),
+    # optional int
+    "optint-str": (_frame("error", {"req": "1", "code": "x", "message": ""}), "error.req"),
+    # tags map
+    "tags-int-value": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "tags": {"a": 1}}),
+        "start_run.tags",
+    ),
+    "tags-nil-value": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "tags": {"a": None}}),
+        "start_run.tags",
+    ),
+    "tags-bin-key": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "tags": {b"a": "1"}}),
+        "start_run.tags",
+    ),
+    "tags-list": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "tags": [["a", "1"]]}),
+        "start_run.tags",
+    ),
+    "tags-nil": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "tags": None}),
+        "start_run.tags",
+    ),
+    # map
+    "map-list": (_frame("status_reply", {"req": 1, "status": []}), "status_reply.status"),
+    "map-nil": (_frame("status_reply", {"req": 1, "status": None}), "status_reply.status"),
+    # records
+    "records-map": (_frame("data", {"client_id": CID, "seq": 1, "records": {}}), "data.records"),
+    "records-str": (_frame("data", {"client_id": CID, "seq": 1, "records": "m"}), "data.records"),
+    "records-nil": (_frame("data", {"client_id": CID, "seq": 1, "records": None}), "data.records"),
+    "record-not-array": (_data(5), "data.records[0]"),
+    "record-map": (_data({"kind": "m"}), "data.records[0]"),
+    "record-empty": (_data([]), "data.records[0]"),
+    "record-kind-int": (_data([1, "r", "k", "v"]), "data.records[0]"),
+    "record-kind-unknown": (_data(["x", "r", "k", "v"]), "data.records[0]"),
+    "record-kind-long": (_data(["metric", *_metric()[1:]]), "data.records[0]"),
+    "metric-8-elements": (_data(_metric()[:8]), "data.records[0]"),
+    "metric-10-elements": (_data([*_metric(), None]), "data.records[0]"),
+    "param-3-elements": (_data(["p", "r", "k"]), "data.records[0]"),
+    "tag-5-elements": (_data(["t", "r", "k", "v", "w"]), "data.records[0]"),
+    "second-record-bad": (
+        _data(_metric(), ["p", "r", "k", 1]),
+        "data.records[1].value",
+    ),
+    "metric-run-id-int": (_data(_metric(run_id=1)), "data.records[0].run_id"),
+    "metric-key-nil": (_data(_metric(key=None)), "data.records[0].key"),
+    "metric-value-str": (_data(_metric(value="1.0")), "data.records[0].value"),
+    "metric-value-nil": (_data(_metric(value=None)), "data.records[0].value"),
+    "metric-value-bool": (_data(_metric(value=True)), "data.records[0].value"),
+    "metric-value-uint64": (_data(_metric(value=2**63)), "data.records[0].value"),
+    "metric-timestamp-float": (_data(_metric(timestamp=1.0)), "data.records[0].timestamp"),
+    "metric-timestamp-overflow": (_data(_metric(timestamp=2**63)), "data.records[0].timestamp"),
+    "metric-step-bool": (_data(_metric(step=False)), "data.records[0].step"),
+    "metric-step-str": (_data(_metric(step="1")), "data.records[0].step"),
+    "metric-step-overflow": (_data(_metric(step=2**64 - 1)), "data.records[0].step"),
+    "metric-model-id-int": (_data(_metric(model_id=1)), "data.records[0].model_id"),
+    "metric-dataset-name-bin": (_data(_metric(name=b"ds")), "data.records[0].dataset_name"),
+    "metric-dataset-digest-float": (_data(_metric(digest=1.0)), "data.records[0].dataset_digest"),
+    "param-value-int": (_data(["p", "r", "k", 1]), "data.records[0].value"),
+    "param-value-nil": (_data(["p", "r", "k", None]), "data.records[0].value"),
+    "tag-key-nil": (_data(["t", "r", None, "v"]), "data.records[0].key"),
+    "tag-run-id-bin": (_data(["t", b"r", "k", "v"]), "data.records[0].run_id"),
+    # failures
+    "failures-map": (_frame("done", {"req": 1, "failures": {}}), "done.failures"),
+    "failures-nil": (_frame("done", {"req": 1, "failures": None}), "done.failures"),
+    "failure-not-array": (_frame("done", {"req": 1, "failures": ["x"]}), "done.failures[0]"),
+    "failure-2-elements": (
+        _frame("done", {"req": 1, "failures": [[None, "CODE"]]}),
+        "done.failures[0]",
+    ),
+    "failure-code-int": (
+        _frame("done", {"req": 1, "failures": [[None, 1, "m"]]}),
+        "done.failures[0].code",
+    ),
+    "failure-message-nil": (
+        _frame("done", {"req": 1, "failures": [[None, "CODE", None]]}),
+        "done.failures[0].message",
+    ),
+    "failure-record-bad": (
+        _frame("done", {"req": 1, "failures": [[["p", "r", "k"], "CODE", "m"]]}),
+        "done.failures[0].record",
+    ),
+    "failure-record-step": (
+        _frame("done", {"req": 1, "failures": [[_metric(step=1.5), "CODE", "m"]]}),
+        "done.failures[0].record.step",
+    ),
+    # ext types are never valid field values
+    "ext-in-str": (
+        _frame("ack", {"seq": msgpack.ExtType(1, b"\x01")}),
+        "ack.seq",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_TYPES))
+def test_wrong_field_type(case: str) -> None:
+    frame, fragment = WRONG_TYPES[case]
+    _reject(frame, "bad_field", fragment)
+
+
+def test_error_messages_name_the_field() -> None:
+    assert "data.seq" in str(_reject(WRONG_TYPES["int-str"][0], "bad_field"))
+    assert "data.records[0].step" in str(_reject(WRONG_TYPES["metric-step-bool"][0], "bad_field"))
+    assert "start_run.tags" in str(_reject(WRONG_TYPES["tags-int-value"][0], "bad_field"))
+    assert "flush.run_id" in str(_reject(WRONG_TYPES["optstr-int"][0], "bad_field"))
+
+
+def test_oversize_frame() -> None:
+    frame = VALID_VECTORS["data"]
+    assert decode(frame, max_frame=len(frame)) == EXPECTED["data"]
+    _reject(frame, "frame_too_large", str(len(frame)), max_frame=len(frame) - 1)
+    _reject(encode(Ack(seq=1)), "frame_too_large", max_frame=0)
+
+
+def test_default_frame_limit_is_4_mib() -> None:
+    assert DEFAULT_MAX_FRAME_BYTES == 4 * 1024 * 1024
+    big_value = "x" * DEFAULT_MAX_FRAME_BYTES
+    frame = encode(Data(client_id="c", seq=1, records=(Param("r", "k", big_value),)))
+    assert len(frame) > DEFAULT_MAX_FRAME_BYTES
+    _reject(frame, "frame_too_large", str(DEFAULT_MAX_FRAME_BYTES))
+    # Checked before parsing: even garbage of that size is "too large", not "bad msgpack".
+    _reject(bytes(DEFAULT_MAX_FRAME_BYTES + 1), "frame_too_large")
+    assert decode(frame, max_frame=len(frame)).records[0].value == big_value  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        _frame("ack", {1: 1}),
+        _frame("ack", {"seq": 1, 2: 2}),
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "tags": {1: "x"}}),
+        _frame("status_reply", {"req": 1, "status": {"nested": {3: "x"}}}),
+        _pack({1: "x"}),
+    ],
+    ids=["body-int-key", "body-mixed-keys", "tags-int-key", "status-int-key", "envelope-map"],
+)
+def test_map_with_non_string_keys(frame: bytes) -> None:
+    _reject(frame, "bad_msgpack")
+
+
+def test_body_with_single_bin_key() -> None:
+    _reject(_frame("ack", {b"seq": 1}), "bad_field", "ack")
+
+
+def test_body_with_bin_and_str_unknown_keys() -> None:
+    _reject(_frame("ack", {"seq": 1, b"x": 1, "y": 2}), "bad_field", "ack")

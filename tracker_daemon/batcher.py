@@ -1,0 +1,503 @@
+"""Per-run buffering of records into MLflow ``log_batch`` calls (pure: no I/O, no clock).
+
+The daemon hands every decoded DATA frame to :meth:`Batcher.add` together with its
+:class:`Origin` (client id and frame seq) and the current monotonic time, and asks
+:meth:`Batcher.pop_ready` for batches to send. Time only ever comes in as an argument, so the
+module is deterministic and trivially testable.
+
+Rules
+-----
+Buffering
+    Records are buffered per ``run_id``, one FIFO per kind (metrics, params, tags).
+
+Batch shape
+    MLflow limits one ``log_batch`` call to ``max_metrics`` (1000) metrics, ``max_params`` (100)
+    params, ``max_tags`` (100) tags and ``max_entities`` (1000) entities in total. A batch takes,
+    from one run, in FIFO order within each kind: params up to ``max_params``, then tags up to
+    ``max_tags`` (and what is left of ``max_entities``), then metrics up to
+    ``min(max_metrics, max_entities - params - tags)``. 2,500 metrics and 250 params therefore
+    become ``[100 p + 900 m]``, ``[100 p + 900 m]``, ``[50 p + 700 m]``. Records that do not fit
+    stay buffered in their order. Kinds are independent in MLflow, so a metric may be sent
+    before a param that arrived earlier, but order within a kind is never changed.
+    :attr:`Batch.items` lists the records of one batch in their exact arrival order.
+
+Params are write-once
+    Per run, the batcher remembers every param key -> value it has accepted (buffered, handed
+    out in a batch, or declared by :meth:`Batcher.seed_params` for a resumed run). A param whose
+    key is already known is not buffered: with the same value it is settled at once as a no-op
+    (``Settled(..., failure=None)``); with another value it is settled at once with an
+    ``INVALID_PARAMETER_VALUE`` :class:`~tracker_client.protocol.Failure`. The first of two
+    same-key params in one :meth:`~Batcher.add` call wins. :meth:`Batcher.param_failed`
+    forgets a key whose commit failed, so it may be logged again. The memory of a run lasts
+    until :meth:`Batcher.forget_run`; the daemon calls it when the run ends.
+
+When a run is due
+    A run with buffered records is *due* when ``now >= oldest_arrival + max_age`` (its oldest
+    buffered record has waited ``max_age``), when it holds enough to fill a batch (metrics >=
+    ``max_metrics`` or params >= ``max_params`` or tags >= ``max_tags`` or all records >=
+    ``max_entities``), or when it is *expedited*. :meth:`Batcher.expedite` marks a run (or all
+    runs) with buffered records; it stays expedited, including for records that arrive later,
+    until its buffer is empty. Expediting a run with nothing buffered does nothing.
+
+Fairness
+    :meth:`Batcher.pop_ready` returns one batch from the due run whose oldest buffered record
+    is the oldest, so a busy run cannot starve a quiet one.
+
+Cost
+    ``add`` is O(records); ``pop_ready`` is O(batch size + log(runs)) (a heap of runs ordered by
+    oldest record, plus a set of runs due by size or expedite); ``next_deadline`` is amortised
+    O(1). Buffers are lists with a moving head (sliced out in one C call per batch) plus one
+    small "chunk" tuple per contiguous same-kind stretch of one ``add`` call, which records the
+    arrival time and the arrival order across kinds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from tracker_client.protocol import Failure, Metric, Param, Record, Tag
+
+__all__ = ["Batch", "Batcher", "Origin", "Settled"]
+
+INVALID_PARAMETER_VALUE: Final = "INVALID_PARAMETER_VALUE"
+_MAX_SHOWN: Final = 100  # characters of a param value quoted in an error message
+_COMPACT_AT: Final = 1024  # a lane's consumed prefix is dropped once it is this long and > half
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a record came from: one DATA frame of one client."""
+
+    client_id: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A record that finished without going to MLflow.
+
+    ``failure`` is ``None`` when the record was accepted as a no-op (a param re-logged with the
+    value it already has).
+    """
+
+    origin: Origin
+    record: Record
+    failure: Failure | None
+
+
+_Item: TypeAlias = tuple[Record, Origin]
+
+
+@dataclass(slots=True)
+class Batch:
+    """One MLflow ``log_batch`` call for one run.
+
+    ``items`` holds every record this batch settles, with its origin, in arrival order. The
+    :attr:`metrics`, :attr:`params` and :attr:`tags` properties are what to pass to
+    ``log_batch``; they are computed from ``items`` on each access.
+    """
+
+    run_id: str
+    items: list[_Item]
+
+    @property
+    def metrics(self) -> list[Metric]:
+        return [r for r, _ in self.items if type(r) is Metric]
+
+    @property
+    def params(self) -> list[Param]:
+        return [r for r, _ in self.items if type(r) is Param]
+
+    @property
+    def tags(self) -> list[Tag]:
+        """One tag per key: the value of the LAST record with that key (MLflow rejects duplicate
+        keys in one call). Keys are listed in order of first appearance. Every tag record,
+        superseded or not, is still in ``items``."""
+        by_key: dict[str, Tag] = {}
+        for r, _ in self.items:
+            if type(r) is Tag:
+                by_key[r.key] = r
+        return list(by_key.values())
+
+    def split(self) -> tuple[Batch, Batch]:
+        """The first and second half of ``items`` (the first half is the smaller one when the
+        length is odd), for isolating a bad record by bisection. Needs at least two items."""
+        n = len(self.items)
+        if n < 2:
+            raise ValueError(f"cannot split a batch of {n} record(s)")
+        mid = n // 2
+        return Batch(self.run_id, self.items[:mid]), Batch(self.run_id, self.items[mid:])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class _Lane:
+    """The FIFO of one kind of record of one run.
+
+    ``buf[head:]`` are the buffered items. Positions are also counted absolutely (``base`` is
+    how many items were dropped from the front of ``buf``), so that ``chunks`` can refer to
+    them: each chunk ``(start, arrival_time, serial)`` marks the first item of a contiguous
+    stretch of records of this kind appended by one ``add`` call. ``serial`` is unique and
+    increasing across all lanes of all runs, which gives the arrival order across kinds.
+    Invariant: the lane is empty if and only if ``chunks`` is empty.
+    """
+
+    __slots__ = ("base", "buf", "chunks", "head")
+
+    def __init__(self) -> None:
+        self.buf: list[_Item] = []
+        self.head = 0
+        self.base = 0
+        self.chunks: deque[tuple[int, float, int]] = deque()
+
+    def __len__(self) -> int:
+        return len(self.buf) - self.head
+
+    def take(self, n: int, segments: list[tuple[int, int, int, list[_Item]]] | None) -> list[_Item]:
+        """Remove and return the first ``n`` (>= 1) items. If ``segments`` is given, append
+        ``(serial, lo, hi, out)`` for each chunk stretch ``out[lo:hi]`` of the result."""
+        buf = self.buf
+        head = self.head
+        end = head + n
+        out = buf[head:end]
+        first = self.base + head
+        last = first + n
+        total = self.base + len(buf)
+        chunks = self.chunks
+        pos = first
+        while pos < last:
+            serial = chunks[0][2]
+            nxt = chunks[1][0] if len(chunks) > 1 else total
+            stop = nxt if nxt < last else last
+            if segments is not None:
+                segments.append((serial, pos - first, stop - first, out))
+            if nxt <= last:
+                chunks.popleft()
+            pos = stop
+        if end == len(buf):
+            buf.clear()
+            self.base += end
+            self.head = 0
+        elif end >= _COMPACT_AT and end * 2 > len(buf):
+            del buf[:end]
+            self.base += end
+            self.head = 0
+        else:
+            self.head = end
+        return out
+
+
+class _Run:
+    """Everything the batcher knows about one run."""
+
+    __slots__ = (
+        "active",
+        "expedited",
+        "known",
+        "metrics",
+        "oldest",
+        "params",
+        "run_id",
+        "tags",
+        "token",
+    )
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.metrics = _Lane()
+        self.params = _Lane()
+        self.tags = _Lane()
+        self.known: dict[str, str] = {}
+        self.active = False  # has buffered records
+        self.expedited = False
+        self.oldest = 0.0  # arrival time of the oldest buffered record (when active)
+        self.token = -1  # serial of this run's live heap entry; -1 when not in the heap
+
+    def oldest_arrival(self) -> float:
+        return min(lane.chunks[0][1] for lane in (self.metrics, self.params, self.tags) if lane)
+
+    def buffered(self) -> int:
+        return len(self.metrics) + len(self.params) + len(self.tags)
+
+
+def _shown(value: str) -> str:
+    return value if len(value) <= _MAX_SHOWN else value[: _MAX_SHOWN - 3] + "..."
+
+
+def _conflict(rec: Param, old: str) -> Failure:
+    return Failure(
+        rec,
+        INVALID_PARAMETER_VALUE,
+        f"param {rec.key!r} was already logged with value {_shown(old)!r} for run {rec.run_id}; "
+        f"MLflow does not allow changing it to {_shown(rec.value)!r}",
+    )
+
+
+class Batcher:
+    """Buffers records per run and cuts them into MLflow-sized batches (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        max_age: float = 0.05,
+        max_metrics: int = 1000,
+        max_params: int = 100,
+        max_tags: int = 100,
+        max_entities: int = 1000,
+    ) -> None:
+        if not (isinstance(max_age, int | float) and math.isfinite(max_age) and max_age >= 0):
+            raise ValueError(f"max_age must be a finite number >= 0, got {max_age!r}")
+        for name, limit in (
+            ("max_metrics", max_metrics),
+            ("max_params", max_params),
+            ("max_tags", max_tags),
+            ("max_entities", max_entities),
+        ):
+            if type(limit) is not int or limit < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {limit!r}")
+        self._max_age = float(max_age)
+        self._max_metrics = max_metrics
+        self._max_params = max_params
+        self._max_tags = max_tags
+        self._max_entities = max_entities
+        self._runs: dict[str, _Run] = {}  # every run with state (buffer and/or known params)
+        self._heap: list[tuple[float, int, _Run]] = []  # (oldest arrival, token, run); lazy
+        self._urgent: set[_Run] = set()  # active runs due by size or expedite
+        self._serial = 0
+        self._pending = 0
+        self._active = 0
+
+    # ----------------------------------------------------------------------------------------
+    # Input
+
+    def add(self, origin: Origin, records: Iterable[Record], now: float) -> list[Settled]:
+        """Buffer ``records`` (all from the DATA frame ``origin``) that arrived at ``now``.
+
+        Returns the records settled at once instead of being buffered: params whose key is
+        already known for the run (no-op if same value, ``INVALID_PARAMETER_VALUE`` if not).
+        """
+        settled: list[Settled] = []
+        runs = self._runs
+        serial = self._serial
+        run_id: str | None = None
+        run = _NO_RUN
+        lane: _Lane | None = None
+        touched: list[_Run] = []
+        added = 0
+        try:
+            for rec in records:
+                if rec.run_id != run_id:
+                    run_id = rec.run_id
+                    found = runs.get(run_id)
+                    if found is None:
+                        found = runs[run_id] = _Run(run_id)
+                    run = found
+                    touched.append(run)
+                    lane = None
+                cls = type(rec)
+                if cls is Metric:
+                    target = run.metrics
+                elif type(rec) is Param:  # (not `cls`: mypy narrows `rec` only this way)
+                    old = run.known.get(rec.key)
+                    if old is not None:
+                        fail = None if old == rec.value else _conflict(rec, old)
+                        settled.append(Settled(origin, rec, fail))
+                        continue
+                    run.known[rec.key] = rec.value
+                    target = run.params
+                elif cls is Tag:
+                    target = run.tags
+                else:
+                    raise TypeError(f"not a record: {rec!r}")
+                if target is not lane:
+                    lane = target
+                    serial += 1
+                    lane.chunks.append((lane.base + len(lane.buf), now, serial))
+                lane.buf.append((rec, origin))
+                added += 1
+        finally:  # even if a bad record raised, account for the ones buffered before it
+            self._serial = serial
+            if added:
+                self._activate(touched, added, now)
+        return settled
+
+    def seed_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        """Declare params already stored in MLflow for ``run_id`` (a resumed run). They count as
+        known: re-logging one with the same value is a no-op, with another value a failure.
+        Seeded values replace what the batcher remembered for those keys."""
+        run = self._runs.get(run_id)
+        if run is None:
+            run = self._runs[run_id] = _Run(run_id)
+        run.known.update(params)
+
+    def param_failed(self, run_id: str, key: str) -> None:
+        """Forget param ``key`` of ``run_id``: its commit failed, so it may be logged again."""
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.known.pop(key, None)
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop all state of ``run_id``: its known params and, if any, its buffered records.
+        Dropped records are discarded without being settled, so call this only once the run's
+        buffer is empty (e.g. after its end-of-run flush) unless they are meant to be lost."""
+        run = self._runs.pop(run_id, None)
+        if run is None:
+            return
+        if run.active:
+            self._pending -= run.buffered()
+            self._active -= 1
+            self._urgent.discard(run)
+        run.active = False
+        run.token = -1  # its heap entry becomes stale
+        run.known.clear()
+        run.metrics = _Lane()
+        run.params = _Lane()
+        run.tags = _Lane()
+
+    def expedite(self, run_id: str | None = None) -> None:
+        """Make ``run_id`` (every run when ``None``) due now, and keep it due, including for
+        records that arrive later, until its buffer has been emptied. No effect on a run with
+        nothing buffered."""
+        if run_id is None:
+            candidates: Iterable[_Run] = self._runs.values()
+        else:
+            found = self._runs.get(run_id)
+            candidates = () if found is None else (found,)
+        for run in candidates:
+            if run.active:
+                run.expedited = True
+                self._urgent.add(run)
+
+    # ----------------------------------------------------------------------------------------
+    # Output
+
+    def pop_ready(self, now: float) -> Batch | None:
+        """One batch from the due run with the oldest buffered record, or ``None`` if no run is
+        due at ``now``."""
+        top = self._top()
+        if top is None:
+            return None
+        run = top[2]
+        if not (top[0] + self._max_age <= now or run in self._urgent):
+            if not self._urgent:
+                return None
+            run = min(self._urgent, key=_age_order)
+        return self._take(run)
+
+    def next_deadline(self) -> float | None:
+        """The earliest monotonic time at which a run becomes due by age; if a run is already
+        due by size or expedite, the arrival time of the oldest buffered record (<= now).
+        ``None`` when nothing is buffered."""
+        top = self._top()
+        if top is None:
+            return None
+        return top[0] if self._urgent else top[0] + self._max_age
+
+    @property
+    def pending(self) -> int:
+        """Records buffered, not yet handed out in a batch."""
+        return self._pending
+
+    @property
+    def runs(self) -> int:
+        """Runs with buffered records."""
+        return self._active
+
+    # ----------------------------------------------------------------------------------------
+    # Internals
+
+    def _activate(self, touched: list[_Run], added: int, now: float) -> None:
+        """Bookkeeping after ``add`` buffered ``added`` records of the ``touched`` runs."""
+        self._pending += added
+        for run in touched:
+            if not run.active:
+                if not (run.metrics or run.params or run.tags):
+                    continue  # only already-known params for this run
+                run.active = True
+                self._active += 1
+                self._serial += 1
+                run.token = self._serial
+                run.oldest = now
+                heapq.heappush(self._heap, (now, run.token, run))
+            if run not in self._urgent and self._full(run):
+                self._urgent.add(run)
+
+    def _full(self, run: _Run) -> bool:
+        m, p, t = len(run.metrics), len(run.params), len(run.tags)
+        return (
+            m >= self._max_metrics
+            or p >= self._max_params
+            or t >= self._max_tags
+            or m + p + t >= self._max_entities
+        )
+
+    def _top(self) -> tuple[float, int, _Run] | None:
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            if entry[2].token == entry[1]:
+                return entry
+            heapq.heappop(heap)
+        return None
+
+    def _take(self, run: _Run) -> Batch:
+        mp, pp, tp = run.metrics, run.params, run.tags
+        n_p = min(len(pp), self._max_params, self._max_entities)
+        n_t = min(len(tp), self._max_tags, self._max_entities - n_p)
+        n_m = min(len(mp), self._max_metrics, self._max_entities - n_p - n_t)
+        if n_p == 0 and n_t == 0:
+            items = mp.take(n_m, None)
+        elif n_m == 0 and n_t == 0:
+            items = pp.take(n_p, None)
+        elif n_m == 0 and n_p == 0:
+            items = tp.take(n_t, None)
+        else:  # several kinds: interleave their stretches back into arrival order
+            segments: list[tuple[int, int, int, list[_Item]]] = []
+            for lane, n in ((mp, n_m), (pp, n_p), (tp, n_t)):
+                if n:
+                    lane.take(n, segments)
+            segments.sort(key=_serial_of)
+            items = []
+            for _, lo, hi, out in segments:
+                items += out[lo:hi]
+        self._pending -= len(items)
+        old_token = run.token
+        if mp or pp or tp:
+            run.oldest = run.oldest_arrival()
+            self._serial += 1
+            run.token = self._serial
+            entry = (run.oldest, run.token, run)
+            heap = self._heap
+            if heap[0][1] == old_token:  # usual case: the run was the heap top
+                heapq.heapreplace(heap, entry)
+            else:
+                heapq.heappush(heap, entry)
+                if len(heap) > 2 * self._active + 64:
+                    self._heap = [e for e in heap if e[2].token == e[1]]
+                    heapq.heapify(self._heap)
+            if not run.expedited and not self._full(run):
+                self._urgent.discard(run)
+        else:
+            run.active = False
+            run.expedited = False
+            run.token = -1
+            self._active -= 1
+            self._urgent.discard(run)
+        return Batch(run.run_id, items)
+
+
+def _age_order(run: _Run) -> tuple[float, int]:
+    return run.oldest, run.token
+
+
+def _serial_of(segment: tuple[int, int, int, list[_Item]]) -> int:
+    return segment[0]
+
+
+_NO_RUN: Final = _Run("")  # placeholder before the first record of an add() call

@@ -1,0 +1,137 @@
+"""Per-client sequence bookkeeping (pure): which sequenced messages were received, which are
+committed, and the failures to report at the client's next barrier.
+
+Each client numbers its sequenced messages (DATA frames, artifacts) 1, 2, 3, ... A message is
+*received* when the daemon has accepted it (and acks it), *done* once every record in it has been
+committed to MLflow or has failed. ``received_upto``/``committed_upto`` are the highest seq such
+that it and every lower seq are received/done. Barriers wait for ``committed_upto >= seq``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracker_client.protocol import Failure
+
+__all__ = ["ClientBook", "Ledger"]
+
+
+@dataclass(slots=True)
+class ClientBook:
+    received_upto: int = 0
+    committed_upto: int = 0
+    received_above: set[int] = field(default_factory=set)
+    remaining: dict[int, int] = field(default_factory=dict)  # seq -> records not yet settled
+    done_above: set[int] = field(default_factory=set)
+    failures: list[tuple[str | None, Failure]] = field(default_factory=list)  # (run_id, failure)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.remaining)
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self._books: dict[str, ClientBook] = {}
+
+    def book(self, client_id: str) -> ClientBook:
+        b = self._books.get(client_id)
+        if b is None:
+            b = self._books[client_id] = ClientBook()
+        return b
+
+    def __contains__(self, client_id: str) -> bool:
+        return client_id in self._books
+
+    def forget(self, client_id: str) -> None:
+        self._books.pop(client_id, None)
+
+    def floor(self, client_id: str, seq: int) -> None:
+        """Every seq <= ``seq`` was accepted by an earlier daemon instance: treat it as done."""
+        b = self.book(client_id)
+        if seq > b.received_upto:
+            b.received_upto = seq
+            b.received_above = {s for s in b.received_above if s > seq}
+            self._advance_received(b)
+        if seq > b.committed_upto:
+            b.committed_upto = seq
+            for s in [s for s in b.remaining if s <= seq]:
+                del b.remaining[s]
+            b.done_above = {s for s in b.done_above if s > seq}
+            self._advance_committed(b)
+
+    def accept(self, client_id: str, seq: int, count: int) -> bool:
+        """Register message ``seq`` holding ``count`` records. False if it is a duplicate."""
+        b = self.book(client_id)
+        if seq <= b.received_upto or seq in b.received_above:
+            return False
+        if seq == b.received_upto + 1:
+            b.received_upto = seq
+            self._advance_received(b)
+        else:
+            b.received_above.add(seq)
+        if count > 0:
+            b.remaining[seq] = count
+        else:
+            self._done(b, seq)
+        return True
+
+    def settle(self, client_id: str, seq: int, n: int = 1) -> bool:
+        """``n`` records of message ``seq`` are committed or failed. True if committed_upto moved."""
+        b = self._books.get(client_id)
+        if b is None or seq not in b.remaining:
+            return False
+        left = b.remaining[seq] - n
+        if left > 0:
+            b.remaining[seq] = left
+            return False
+        del b.remaining[seq]
+        before = b.committed_upto
+        self._done(b, seq)
+        return b.committed_upto != before
+
+    def fail(self, client_id: str, run_id: str | None, failure: Failure) -> None:
+        self.book(client_id).failures.append((run_id, failure))
+
+    def take_failures(self, client_id: str, run_id: str | None = None) -> list[Failure]:
+        """Failures to report at a barrier: all of them, or those of one run."""
+        b = self._books.get(client_id)
+        if b is None or not b.failures:
+            return []
+        if run_id is None:
+            out = [f for _, f in b.failures]
+            b.failures.clear()
+            return out
+        out = [f for r, f in b.failures if r == run_id]
+        b.failures = [(r, f) for r, f in b.failures if r != run_id]
+        return out
+
+    def received_upto(self, client_id: str) -> int:
+        b = self._books.get(client_id)
+        return 0 if b is None else b.received_upto
+
+    def committed_upto(self, client_id: str) -> int:
+        b = self._books.get(client_id)
+        return 0 if b is None else b.committed_upto
+
+    def clients(self) -> list[str]:
+        return list(self._books)
+
+    @staticmethod
+    def _advance_received(b: ClientBook) -> None:
+        while b.received_above and b.received_upto + 1 in b.received_above:
+            b.received_upto += 1
+            b.received_above.discard(b.received_upto)
+
+    def _done(self, b: ClientBook, seq: int) -> None:
+        if seq == b.committed_upto + 1:
+            b.committed_upto = seq
+            self._advance_committed(b)
+        else:
+            b.done_above.add(seq)
+
+    @staticmethod
+    def _advance_committed(b: ClientBook) -> None:
+        while b.done_above and b.committed_upto + 1 in b.done_above:
+            b.committed_upto += 1
+            b.done_above.discard(b.committed_upto)

@@ -1,0 +1,232 @@
+"""The only writer to the MLflow backend. Blocking calls: the daemon runs them in worker threads.
+
+This module is the one boundary where MLflow is imported and where its exceptions are mapped
+into :mod:`tracker_daemon.errors` (:func:`classify`). It talks to MLflow's tracking *store*
+(``AbstractStore``: ``log_batch``, ``create_run``, ...) rather than ``MlflowClient`` so the
+daemon's own default artifact root applies and no client-side re-validation runs twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracker_client import protocol as p
+
+from .errors import PermanentSinkError, RetryableSinkError, SinkError
+
+__all__ = ["RunHandle", "Sink", "classify"]
+
+_RETRYABLE_CODES = frozenset(
+    {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"}
+)
+_RETRYABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EAGAIN, errno.EBUSY, errno.EIO, errno.EDQUOT})
+_RUN_GONE_HINTS = ("must be in the 'active' state", "Run with id=", "not found")
+
+
+@dataclass(frozen=True, slots=True)
+class RunHandle:
+    run_id: str
+    experiment_id: str
+    artifact_uri: str
+    run_name: str
+    params: dict[str, str]
+
+
+def classify(exc: BaseException) -> SinkError:
+    """Map an exception raised by MLflow (or below it) to a retryable or permanent SinkError."""
+    if isinstance(exc, SinkError):
+        return exc
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        code = str(exc.error_code)
+        message = exc.message if isinstance(exc.message, str) else str(exc.message)
+        if code in _RETRYABLE_CODES or "database is locked" in message:
+            return RetryableSinkError(code, message)
+        whole_run = code == "RESOURCE_DOES_NOT_EXIST" or any(h in message for h in _RUN_GONE_HINTS)
+        return PermanentSinkError(code, message, whole_run=whole_run)
+    if isinstance(exc, ConnectionError | TimeoutError) or (
+        isinstance(exc, OSError) and exc.errno in _RETRYABLE_ERRNOS
+    ):
+        return RetryableSinkError("TEMPORARILY_UNAVAILABLE", f"{type(exc).__name__}: {exc}")
+    name = type(exc).__module__ + "." + type(exc).__name__
+    if name.startswith("requests.") or name.startswith("urllib3.") or "OperationalError" in name:
+        return RetryableSinkError("TEMPORARILY_UNAVAILABLE", f"{type(exc).__name__}: {exc}")
+    return PermanentSinkError("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
+
+
+class Sink:
+    """MLflow writes for one backend store. Methods block; every one raises only SinkError."""
+
+    def __init__(self, backend_uri: str, artifact_root: str) -> None:
+        self.backend_uri = backend_uri
+        self.artifact_root = artifact_root
+        self._store: Any = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        """Create the store (and, for SQLite, the database and its schema). Blocking, slow once."""
+        try:
+            if self.backend_uri.startswith("sqlite:///"):
+                Path(self.backend_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            if "://" not in self.artifact_root:
+                Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
+            from mlflow.tracking._tracking_service.utils import _get_store
+
+            self._store = _get_store(self.backend_uri, self.artifact_root)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            raise RuntimeError("Sink.open() was not called")
+        return self._store
+
+    # ------------------------------------------------------------------ records
+
+    def log_batch(
+        self,
+        run_id: str,
+        metrics: Sequence[p.Metric],
+        params: Sequence[p.Param],
+        tags: Sequence[p.Tag],
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        try:
+            self.store.log_batch(
+                run_id,
+                [
+                    Metric(
+                        m.key,
+                        m.value,
+                        m.timestamp,
+                        m.step,
+                        model_id=m.model_id,
+                        dataset_name=m.dataset_name,
+                        dataset_digest=m.dataset_digest,
+                    )
+                    for m in metrics
+                ],
+                [Param(x.key, x.value) for x in params],
+                [RunTag(t.key, t.value) for t in tags],
+            )
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    # ------------------------------------------------------------------ runs and experiments
+
+    def get_or_create_experiment(self, name: str) -> str:
+        """Experiment id by name, creating it if missing; safe against concurrent creators."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            with self._lock:
+                exp = self.store.get_experiment_by_name(name)
+                if exp is None:
+                    try:
+                        return str(self.store.create_experiment(name))
+                    except MlflowException as exc:
+                        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                            raise
+                        exp = self.store.get_experiment_by_name(name)
+                if exp.lifecycle_stage != "active":
+                    raise PermanentSinkError(
+                        "INVALID_PARAMETER_VALUE",
+                        f"experiment {name!r} is deleted; restore it or choose another name",
+                    )
+                return str(exp.experiment_id)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    def create_run(
+        self,
+        experiment_id: str,
+        start_time: int,
+        tags: dict[str, str],
+        run_name: str | None,
+        parent_run_id: str | None,
+    ) -> RunHandle:
+        from mlflow.entities import RunTag
+
+        try:
+            all_tags = dict(tags)
+            if parent_run_id:
+                self.store.get_run(parent_run_id)  # fail clearly if the parent does not exist
+                all_tags["mlflow.parentRunId"] = parent_run_id
+            run = self.store.create_run(
+                experiment_id=experiment_id,
+                user_id=all_tags.get("mlflow.user", "unknown"),
+                start_time=start_time,
+                tags=[RunTag(k, v) for k, v in all_tags.items()],
+                run_name=run_name,
+            )
+        except Exception as exc:
+            raise classify(exc) from exc
+        info = run.info
+        return RunHandle(info.run_id, str(info.experiment_id), info.artifact_uri, info.run_name, {})
+
+    def resume_run(self, run_id: str) -> RunHandle:
+        """Reopen an existing run (status back to RUNNING, as MLflow's start_run(run_id) does)."""
+        try:
+            run = self.store.get_run(run_id)
+            if run.info.lifecycle_stage != "active":
+                raise PermanentSinkError(
+                    "INVALID_PARAMETER_VALUE", f"run {run_id} is deleted; it cannot be resumed"
+                )
+            if run.info.status != "RUNNING":
+                self.store.update_run_info(run_id, 1, None, None)  # RunStatus.RUNNING == 1
+        except Exception as exc:
+            raise classify(exc) from exc
+        info = run.info
+        return RunHandle(
+            info.run_id,
+            str(info.experiment_id),
+            info.artifact_uri,
+            info.run_name,
+            dict(run.data.params),
+        )
+
+    def run_info(self, run_id: str) -> RunHandle:
+        """A run's identity and artifact location (read only)."""
+        try:
+            info = self.store.get_run(run_id).info
+        except Exception as exc:
+            raise classify(exc) from exc
+        return RunHandle(info.run_id, str(info.experiment_id), info.artifact_uri, info.run_name, {})
+
+    def end_run(self, run_id: str, status: str, end_time: int) -> None:
+        from mlflow.entities import RunStatus
+
+        try:
+            self.store.update_run_info(run_id, RunStatus.from_string(status), end_time, None)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    # ------------------------------------------------------------------ artifacts
+
+    def upload_artifact(self, artifact_uri: str, local_path: str, artifact_path: str | None) -> None:
+        """Upload a staged file or directory to the run's artifact location, then delete it."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            repo = get_artifact_repository(artifact_uri)
+            if os.path.isdir(local_path):  # like mlflow.log_artifacts: the directory's contents
+                repo.log_artifacts(local_path, artifact_path)
+            else:
+                repo.log_artifact(local_path, artifact_path)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    @staticmethod
+    def discard_staged(local_path: str) -> None:
+        slot = os.path.dirname(local_path)
+        shutil.rmtree(slot, ignore_errors=True)
