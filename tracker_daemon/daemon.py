@@ -206,6 +206,8 @@ class Daemon:
     def _on_hello(self, identity: bytes, msg: p.Hello) -> Any:
         info = self._client(msg.client_id)
         info.pid, info.host, info.version = msg.pid, msg.host, msg.version
+        self.ledger.floor(msg.client_id, msg.acked_floor)
+        self._release(msg.client_id)
         log.debug("event=hello client=%s pid=%d host=%s", msg.client_id, msg.pid, msg.host)
         welcome = p.Welcome(
             msg.req,

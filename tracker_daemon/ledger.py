@@ -47,18 +47,17 @@ class Ledger:
         self._books.pop(client_id, None)
 
     def floor(self, client_id: str, seq: int) -> None:
-        """Every seq <= ``seq`` was accepted by an earlier daemon instance: treat it as done."""
+        """The client says every seq <= ``seq`` was acked by a daemon (possibly an earlier run of
+        this one). Seqs up to there that this daemon never received are treated as done; ones it
+        holds keep their real state (acked is not committed)."""
         b = self.book(client_id)
-        if seq > b.received_upto:
-            b.received_upto = seq
-            b.received_above = {s for s in b.received_above if s > seq}
-            self._advance_received(b)
-        if seq > b.committed_upto:
-            b.committed_upto = seq
-            for s in [s for s in b.remaining if s <= seq]:
-                del b.remaining[s]
-            b.done_above = {s for s in b.done_above if s > seq}
-            self._advance_committed(b)
+        if seq <= b.received_upto:
+            return
+        for s in range(b.received_upto + 1, seq + 1):
+            if s not in b.received_above:
+                b.received_above.add(s)
+                self._done(b, s)
+        self._advance_received(b)
 
     def accept(self, client_id: str, seq: int, count: int) -> bool:
         """Register message ``seq`` holding ``count`` records. False if it is a duplicate."""

@@ -177,6 +177,7 @@ class Hello:
     pid: int
     host: str
     version: str
+    acked_floor: int = 0  # every seq <= this was acked by a daemon before (resume after restart)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +297,14 @@ _KIND_OF: Final[dict[type[Any], str]] = {cls: kind for kind, cls in _KINDS.items
 
 # Field type rules: "str", "str?", "int", "int?", "map", "records", "failures", "tags".
 _SCHEMA: Final[dict[type[Any], dict[str, str]]] = {
-    Hello: {"req": "int", "client_id": "str", "pid": "int", "host": "str", "version": "str"},
+    Hello: {
+        "req": "int",
+        "client_id": "str",
+        "pid": "int",
+        "host": "str",
+        "version": "str",
+        "acked_floor": "int",
+    },
     Data: {"client_id": "str", "seq": "int", "records": "records"},
     LogArtifact: {
         "client_id": "str",

@@ -134,7 +134,7 @@ class Transport:
     def close(self, timeout: float = 5.0) -> None:
         """Stop the I/O thread after it has sent what is queued (waits at most ``timeout``)."""
         thread = self._thread
-        if thread is None:
+        if thread is None or self._stopped.is_set():
             return
         self._queue.append(_STOP)
         self._wake()
@@ -170,8 +170,15 @@ class Transport:
                 self._space_waiters -= 1
 
     def _ensure_started(self) -> None:
-        if self._thread is None:
+        """Start the I/O thread; after ``close`` this reconnects (unacked data is resent)."""
+        if self._thread is None or self._stopped.is_set():
             with self._start_lock:
+                if self._thread is not None and self._stopped.is_set():
+                    self._thread.join()
+                    self._thread = None
+                    self._stopped.clear()
+                    if self._queue and self._queue[0] is _STOP:
+                        self._queue.popleft()
                 if self._thread is None:
                     self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                     t = threading.Thread(target=self._run, name="tracker-client-io", daemon=True)
@@ -179,11 +186,11 @@ class Transport:
                     self._thread = t
 
     def _wake(self) -> None:
-        if self._thread is None:
+        if self._thread is None or self._stopped.is_set():
             self._ensure_started()
         try:
             os.eventfd_write(self._wake_fd, 1)
-        except OSError:  # closed during shutdown
+        except (OSError, ValueError):  # the thread is closing its fd right now
             pass
 
     # ---------------------------------------------------------------- the I/O thread
@@ -203,7 +210,7 @@ class Transport:
         poller.register(self._wake_fd, zmq.POLLIN)
         try:
             sock.connect(self.address)
-            self._send_hello(sock, resend=False)
+            self._send_hello(sock, resend=bool(self._unacked))
             connections = 0
             while True:
                 sent = self._drain(sock)
@@ -253,7 +260,8 @@ class Transport:
         req = self._new_req()
         if resend:
             self._resend_req = req
-        hello = p.Hello(req, self.client_id, os.getpid(), os.uname().nodename, _version())
+        floor = next(iter(self._unacked)) - 1 if self._unacked else self._seq
+        hello = p.Hello(req, self.client_id, os.getpid(), os.uname().nodename, _version(), floor)
         sock.send(p.encode(hello))
 
     def _new_req(self) -> int:

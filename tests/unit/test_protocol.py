@@ -63,10 +63,16 @@ CID = "6f1c2a9e0b3d4c5e8f7a1b2c3d4e5f60"
 RUN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 STAGING = "/run/user/1000/tracker-daemon/staging"
 MODEL = "m-0f9e8d7c6b5a49382716051f2e3d4c5b"
+SLOT = "3e7a1c5b9d2f4e6a8b0c1d2e3f4a5b6c"
 
 # The messages the valid vectors of PROTOCOL.md must encode / decode to, by vector name.
 EXPECTED: dict[str, Message] = {
-    "hello": Hello(req=1, client_id=CID, pid=4242, host="gpu-node-01", version="0.1.0"),
+    "hello": Hello(
+        req=1, client_id=CID, pid=4242, host="gpu-node-01", version="0.1.0", acked_floor=0
+    ),
+    "hello_reconnect": Hello(
+        req=8, client_id=CID, pid=4242, host="gpu-node-01", version="0.1.0", acked_floor=12
+    ),
     "welcome": Welcome(
         req=1, daemon_version="0.1.0", acked_seq=0, staging_dir=STAGING, max_frame=4194304
     ),
@@ -122,7 +128,7 @@ EXPECTED: dict[str, Message] = {
         client_id=CID,
         seq=3,
         run_id=RUN,
-        staged_path=f"{STAGING}/{CID}-3/model.pt",
+        staged_path=f"{STAGING}/{CID}/{SLOT}/model.pt",
         artifact_path="checkpoints",
     ),
     "ack": Ack(seq=3),
@@ -147,8 +153,10 @@ EXPECTED: dict[str, Message] = {
     "status_reply": StatusReply(
         req=7, status={"daemon_version": "0.1.0", "clients": 1, "pending": 0}
     ),
-    "error": ErrorReply(
-        req=6, code="unknown_client", message="unknown client_id; send hello again"
+    "error_timeout": ErrorReply(
+        req=6,
+        code="timeout",
+        message="records up to seq 3 were not committed within 600 s; last sink error: none",
     ),
     "error_no_req": ErrorReply(req=None, code="bad_msgpack", message="not a msgpack document"),
 }
@@ -248,7 +256,7 @@ DATA_FRAME = encode(EXPECTED["data"])
 
 
 def test_spec_contains_every_vector() -> None:
-    assert len(VALID_VECTORS) == len(EXPECTED) == 18
+    assert len(VALID_VECTORS) == len(EXPECTED) == 19
     assert set(VALID_VECTORS) == set(EXPECTED)
     assert len(INVALID_VECTORS) == 7
     assert {type(m) for m in EXPECTED.values()} == ALL_CLASSES  # all 13 kinds
@@ -297,7 +305,14 @@ def test_vector_parser_rejects_empty_document() -> None:
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
 ROUND_TRIP: list[Message] = [
-    Hello(req=I64_MAX, client_id="f" * 32, pid=1, host="h\u00f6st-\u65e5\u672c", version=""),
+    Hello(
+        req=I64_MAX,
+        client_id="f" * 32,
+        pid=1,
+        host="h\u00f6st-\u65e5\u672c",
+        version="",
+        acked_floor=I64_MAX,
+    ),
     Data(client_id="c" * 32, seq=I64_MAX, records=()),
     Data(
         client_id="c" * 32,
@@ -339,8 +354,8 @@ ROUND_TRIP: list[Message] = [
     ),
     StatusReply(req=15, status={"nested": {"list": [1, "a", None, 2.5]}, "ok": True}),
     StatusReply(req=16, status={}),
-    ErrorReply(req=17, code="limit_exceeded", message="too much"),
-    ErrorReply(req=None, code="internal", message=""),
+    ErrorReply(req=17, code="RESOURCE_DOES_NOT_EXIST", message="Run 'x' not found"),
+    ErrorReply(req=None, code="invalid_request", message=""),
 ]
 
 
@@ -557,6 +572,14 @@ WRONG_TYPES: dict[str, tuple[bytes, str]] = {
         "welcome.max_frame",
     ),
     "int-in-hello": (_frame("hello", {**_body(EXPECTED["hello"]), "pid": "4242"}), "hello.pid"),
+    "acked-floor-nil": (
+        _frame("hello", {**_body(EXPECTED["hello"]), "acked_floor": None}),
+        "hello.acked_floor",
+    ),
+    "acked-floor-str": (
+        _frame("hello", {**_body(EXPECTED["hello"]), "acked_floor": "12"}),
+        "hello.acked_floor",
+    ),
     # optional str
     "optstr-int": (_frame("flush", {**_body(EXPECTED["flush"]), "run_id": 7}), "flush.run_id"),
     "optstr-list": (
@@ -707,9 +730,49 @@ def test_map_with_non_string_keys(frame: bytes) -> None:
     _reject(frame, "bad_msgpack")
 
 
+BODY_KEY_MESSAGE = "every body key must be a string"
+
+
 def test_body_with_single_bin_key() -> None:
-    _reject(_frame("ack", {b"seq": 1}), "bad_field", "ack")
+    exc = _reject(_frame("ack", {b"seq": 1}), "bad_field", "ack")
+    assert exc.message == f"ack: {BODY_KEY_MESSAGE}"
 
 
 def test_body_with_bin_and_str_unknown_keys() -> None:
-    _reject(_frame("ack", {"seq": 1, b"x": 1, "y": 2}), "bad_field", "ack")
+    exc = _reject(_frame("ack", {"seq": 1, b"x": 1, "y": 2}), "bad_field", "ack")
+    assert exc.message == f"ack: {BODY_KEY_MESSAGE}"
+
+
+def test_hello_without_acked_floor_is_rejected() -> None:
+    """A version-1 peer that predates ``acked_floor`` is rejected, not silently defaulted."""
+    body = _body(EXPECTED["hello_reconnect"])
+    del body["acked_floor"]
+    _reject(_frame("hello", body), "bad_field", "hello", "missing", "'acked_floor'")
+
+
+# ---------------------------------------------------------------------------------------------
+# PROTOCOL.md prose that the implementation settled
+# ---------------------------------------------------------------------------------------------
+
+
+def test_spec_documents_body_key_message_and_hello_floor() -> None:
+    assert BODY_KEY_MESSAGE in SPEC_TEXT
+    assert "| `acked_floor` | `int` |" in SPEC_TEXT
+
+
+def test_spec_drops_codes_the_daemon_never_sends() -> None:
+    assert "unknown_client" not in SPEC_TEXT
+    assert "`internal`" not in SPEC_TEXT
+    for code in ("timeout", "invalid_request", "limit_exceeded"):
+        assert f"| `{code}` |" in SPEC_TEXT
+    (row,) = [line for line in SPEC_TEXT.splitlines() if line.startswith("| `limit_exceeded` |")]
+    assert "Reserved" in row
+
+
+def test_spec_documents_staging_layout() -> None:
+    assert "<staging_dir>/<client_id>/<uuid>/<file or directory name>" in SPEC_TEXT
+    artifact = EXPECTED["artifact"]
+    assert isinstance(artifact, LogArtifact)
+    slot = Path(artifact.staged_path).parent
+    assert slot.parent == Path(STAGING) / CID
+    assert re.fullmatch(r"[0-9a-f]{32}", slot.name)
