@@ -43,6 +43,13 @@ class Config:
     sink_concurrency: int = 0  # 0: 1 for SQLite (one writer), 4 for other backends
     barrier_timeout_s: float = 600.0
     retry_max_backoff_s: float = 30.0
+    durability: str = "fsync"  # "fsync": ack after the journal is fsynced; "os": after write()
+    fsync_interval_ms: int = 50
+    journal_max_bytes: int = 8 * 1024**3
+    journal_segment_bytes: int = 64 * 1024**2
+    max_buffered_records: int = 200_000  # beyond this the backlog stays in the journal only
+    drain_timeout_s: float = 30.0
+    orphan_status: str = "FAILED"  # status for runs whose process died without ending them
     log_level: str = "INFO"
 
     # ---- derived values
@@ -132,6 +139,23 @@ def _check(cfg: Config) -> Config:
                 f"address = {addr!r}: tcp is only allowed on loopback (127.0.0.1); "
                 "other interfaces need CURVE authentication, which is not configured"
             )
+    if cfg.durability not in ("fsync", "os"):
+        raise ConfigError(f"durability = {cfg.durability!r}: must be 'fsync' or 'os'")
+    if not 1 <= cfg.fsync_interval_ms <= 10_000:
+        raise ConfigError(f"fsync_interval_ms = {cfg.fsync_interval_ms}: must be 1 .. 10000")
+    if cfg.journal_segment_bytes < 4096:
+        raise ConfigError(f"journal_segment_bytes = {cfg.journal_segment_bytes}: must be >= 4096")
+    if cfg.journal_max_bytes < 2 * cfg.journal_segment_bytes:
+        raise ConfigError(
+            f"journal_max_bytes = {cfg.journal_max_bytes}: must be at least two segments "
+            f"(2 x journal_segment_bytes = {2 * cfg.journal_segment_bytes})"
+        )
+    if cfg.max_buffered_records < 1000:
+        raise ConfigError(f"max_buffered_records = {cfg.max_buffered_records}: must be >= 1000")
+    if cfg.drain_timeout_s < 0:
+        raise ConfigError(f"drain_timeout_s = {cfg.drain_timeout_s}: must be >= 0")
+    if cfg.orphan_status not in ("FAILED", "KILLED"):
+        raise ConfigError(f"orphan_status = {cfg.orphan_status!r}: must be FAILED or KILLED")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level = {cfg.log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
     return cfg

@@ -1,22 +1,30 @@
 """Wires the daemon together in one anyio task group.
 
-    server.serve ──► dispatch ──► ledger.accept ─► batcher.add ─► ack
-                                       │
-    sink loop: batcher.pop_ready ─► sink.log_batch (worker thread, one writer for SQLite)
-               ─► ledger.settle ─► barriers (flush / end_run) released
+    server.serve ─► dispatch ─► journal.append ─► ledger.accept ─► batcher.add
+                                     │                               (or, over the memory budget,
+                                     └─ ack after the group fsync     left in the journal and read
+                                                                      back by the feeder)
+    sink loop:  batcher.pop_ready ─► sink.log_batch (worker thread; one writer for SQLite)
+                ─► ledger.settle ─► barriers released; journal entries settled ─► mark advanced
     artifact lane: staged files ─► artifact repository (own thread; never blocks metrics)
-    control: start_run / end_run ─► sink (same writer limiter, so SQLite sees one writer)
+    control: start_run / end_run ─► sink, under the same writer limiter
+    liveness: a pidfd per local client; a dead client's open runs are ended FAILED once its
+              records are committed
 
-SIGTERM/SIGINT: stop receiving, commit what is buffered (bounded by ``drain_timeout_s``), exit 0.
+On start the journal is replayed from its mark. SIGTERM/SIGINT: stop receiving, commit what is
+buffered (bounded by ``drain_timeout_s``), fsync, write the mark, exit 0; the rest stays in the
+journal for the next start.
 """
 
 from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import logging
 import os
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,13 +37,16 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tracker_client import protocol as p
+from tracker_client.framing import HEADER
 from tracker_client.validation import check_artifact_path, record_problem
 
 from . import __version__
 from .batcher import Batch, Batcher, Origin
 from .config import Config
 from .errors import AlreadyRunning, PermanentSinkError, RetryableSinkError, SinkError
+from .journal import Journal, JournalFull, Position
 from .ledger import Ledger
+from .runs import RunBook, wait_process_exit
 from .server import Server
 from .sink import RunHandle, Sink
 from .status import Counters
@@ -45,7 +56,8 @@ __all__ = ["Daemon", "run_daemon"]
 log = logging.getLogger("tracker_daemon")
 T = TypeVar("T")
 
-DRAIN_TIMEOUT_S = 30.0
+KIND_SEQUENCED = b"D"  # journal entry: a sequenced client frame (data or artifact), verbatim
+CLIENT_MEMORY_S = 7 * 24 * 3600  # how long the mark remembers an idle client's seq
 
 
 @dataclass(slots=True)
@@ -56,6 +68,7 @@ class ClientInfo:
     version: str = ""
     last_seen: float = field(default_factory=time.monotonic)
     runs: set[str] = field(default_factory=set)
+    watched: bool = False
 
 
 class Wakeup:
@@ -78,28 +91,42 @@ class Daemon:
         self.cfg = cfg
         self.state_dir = cfg.state_path
         self.staging_dir = self.state_dir / "staging"
+        self.hostname = os.uname().nodename
         self.sink = Sink(cfg.backend_uri, cfg.artifact_root)
         self.server = Server(cfg.bind_address, cfg.max_frame_bytes)
         self.batcher = Batcher(max_age=cfg.batch_max_age_ms / 1000)
-        self.ledger = Ledger()
+        self.ledger = Ledger(on_done=self._message_done)
+        self.journal = Journal(
+            self.state_dir / "journal",
+            segment_bytes=cfg.journal_segment_bytes,
+            max_bytes=cfg.journal_max_bytes,
+        )
+        self.runbook = RunBook(self.state_dir / "runs.log")
         self.counters = Counters()
         self.clients: dict[str, ClientInfo] = {}
-        self.runs: dict[str, RunHandle] = {}
-        self.open_runs: set[str] = set()
+        self._positions: dict[tuple[str, int], Position] = {}
+        self._spill_from: Position | None = None  # journal entries from here are not delivered
         self._experiments: dict[str, str] = {}
         self._waiters: dict[str, list[tuple[int, anyio.Event]]] = {}
+        self._pending_acks: dict[bytes, str] = {}
         self._sink_wake = Wakeup()
+        self._feed_wake = Wakeup()
+        self._sync_wake = Wakeup()
+        self._mark_wake = Wakeup()
         self._idle = Wakeup()
         self._committing = 0
         self._writer = anyio.CapacityLimiter(cfg.writers)
         art_send, art_recv = anyio.create_memory_object_stream[tuple[Origin, p.LogArtifact]](
-            max_buffer_size=10_000
+            max_buffer_size=100_000
         )
         self._art_send: MemoryObjectSendStream[tuple[Origin, p.LogArtifact]] = art_send
         self._art_recv: MemoryObjectReceiveStream[tuple[Origin, p.LogArtifact]] = art_recv
         self._art_pending = 0
+        self._deadletter = self.state_dir / "deadletter.jsonl"
         self._lock_fd: int | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._stopping = False
+        self._full_logged = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,18 +148,57 @@ class Daemon:
         self._lock_fd = fd
 
     def prepare(self) -> None:
-        """Everything before serving: lock, directories, backend store, socket."""
+        """Everything before serving: lock, directories, journal replay, backend, socket."""
         self.acquire_lock()
         self.staging_dir.mkdir(mode=0o2770, exist_ok=True)
+        self.runbook.load()
+        self._recover()
         self.sink.open()
         self.server.bind()
+
+    def _recover(self) -> None:
+        """Index the journal from its mark: register every entry with the ledger; the feeder
+        delivers the records later, within the memory budget."""
+        mark = self.journal.open()
+        entries = 0
+        records = 0
+        pos: Position | None = mark.position
+        first: Position | None = None
+        while pos is not None:
+            chunk = self.journal.read(pos)
+            if not chunk:
+                break
+            for entry_pos, payload in chunk:
+                if payload[:1] != KIND_SEQUENCED:
+                    continue
+                cid, seq, count = p.peek_sequenced(payload[1:])
+                if not self.ledger.is_new(cid, seq):
+                    continue  # a duplicate written twice; keep the first
+                self.journal.track(entry_pos)
+                self._positions[(cid, seq)] = entry_pos
+                self.ledger.accept(cid, seq, count)
+                first = first or entry_pos
+                entries += 1
+                records += count
+            last_pos, last_payload = chunk[-1]
+            pos = Position(last_pos.segment, last_pos.offset + HEADER.size + len(last_payload))
+        for cid, upto in mark.clients.items():
+            self.ledger.floor(cid, upto)
+            self.clients[cid] = ClientInfo(cid)
+        self._spill_from = first
+        self.counters.replayed = records
+        log.info(
+            "event=journal_recovered mark=%s:%s entries=%d records=%d journal_bytes=%d",
+            mark.position.segment, mark.position.offset, entries, records,
+            self.journal.bytes_used,
+        )
 
     async def run(self) -> None:
         await anyio.to_thread.run_sync(self.prepare)
         log.info(
-            "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d",
+            "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d durability=%s",
             __version__, self.cfg.backend_uri, self.cfg.artifact_root, self.cfg.bind_address,
-            os.getpid(),
+            os.getpid(), self.cfg.durability,
         )
         log.info("view the runs with: mlflow ui --backend-store-uri %s", self.cfg.backend_uri)
         try:
@@ -141,18 +207,29 @@ class Daemon:
                 tg.start_soon(self._serve_until_signal, tg)
                 tg.start_soon(self._sink_loop)
                 tg.start_soon(self._artifact_loop)
+                tg.start_soon(self._feed_loop)
+                tg.start_soon(self._sync_loop)
+                tg.start_soon(self._mark_loop)
+                self._feed_wake.set()
         finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._shutdown_files)
             self.server.close()
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
             log.info(
-                "event=stopped received=%d committed=%d failed=%d",
+                "event=stopped received=%d committed=%d failed=%d left_in_journal=%d",
                 self.counters.received, self.counters.committed, self.counters.failed,
+                self.journal.outstanding,
             )
 
-    async def _serve_until_signal(self, tg: anyio.abc.TaskGroup) -> None:
-        import signal
+    def _shutdown_files(self) -> None:
+        self.journal.sync()
+        self.journal.write_mark(self.journal.low_water(), self._client_floors())
+        self.journal.close()
+        self.runbook.close()
 
+    async def _serve_until_signal(self, tg: anyio.abc.TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as serving:
                 serving.start_soon(self.server.serve, self.dispatch)
@@ -160,31 +237,40 @@ class Daemon:
                     log.info("event=stopping signal=%s", signal.Signals(signum).name)
                     serving.cancel_scope.cancel()
                     break
-        await self._drain(DRAIN_TIMEOUT_S)
+        self._stopping = True
+        await self._flush_acks()
+        await self._drain(self.cfg.drain_timeout_s)
         tg.cancel_scope.cancel()
 
     async def _drain(self, timeout: float) -> None:
-        """Commit everything buffered; give up after ``timeout`` (what is left is logged)."""
+        """Commit everything buffered; give up after ``timeout`` (the rest stays journaled)."""
         self.batcher.expedite(None)
         self._sink_wake.set()
+        self._feed_wake.set()
         with anyio.move_on_after(timeout):
-            while self.batcher.pending or self._committing or self._art_pending:
-                await self._idle.wait(0.5)
-        if self.batcher.pending or self._art_pending:
-            log.error(
-                "event=drain_incomplete pending_records=%d pending_artifacts=%d",
-                self.batcher.pending, self._art_pending,
+            while self._busy():
+                self.batcher.expedite(None)
+                await self._idle.wait(0.2)
+        if self._busy():
+            log.warning(
+                "event=drain_incomplete pending_records=%d pending_artifacts=%d "
+                "journal_entries=%d note=kept_in_journal_for_next_start",
+                self.batcher.pending, self._art_pending, self.journal.outstanding,
             )
+
+    def _busy(self) -> bool:
+        return bool(
+            self.batcher.pending or self._committing or self._art_pending
+            or self._spill_from is not None
+        )
 
     # ------------------------------------------------------------------ dispatch (event loop)
 
-    def dispatch(self, identity: bytes, msg: p.ClientMessage) -> Any:
-        if type(msg) is p.Data:
-            return self._on_data(identity, msg)
+    def dispatch(self, identity: bytes, msg: p.ClientMessage, raw: bytes) -> Any:
+        if type(msg) is p.Data or type(msg) is p.LogArtifact:
+            return self._on_sequenced(identity, msg, raw)
         if isinstance(msg, p.Hello):
             return self._on_hello(identity, msg)
-        if isinstance(msg, p.LogArtifact):
-            return self._on_artifact(identity, msg)
         assert self._tg is not None
         if isinstance(msg, p.StartRun):
             self._tg.start_soon(self._on_start_run, identity, msg)
@@ -208,6 +294,9 @@ class Daemon:
         info.pid, info.host, info.version = msg.pid, msg.host, msg.version
         self.ledger.floor(msg.client_id, msg.acked_floor)
         self._release(msg.client_id)
+        if msg.host == self.hostname and msg.pid > 0 and not info.watched and self._tg:
+            info.watched = True
+            self._tg.start_soon(self._watch_client, info)
         log.debug("event=hello client=%s pid=%d host=%s", msg.client_id, msg.pid, msg.host)
         welcome = p.Welcome(
             msg.req,
@@ -218,42 +307,70 @@ class Daemon:
         )
         return self.server.send(identity, welcome)
 
-    def _on_data(self, identity: bytes, msg: p.Data) -> Any:
-        cid = msg.client_id
-        info = self._client(cid)
+    def _on_sequenced(self, identity: bytes, msg: p.Data | p.LogArtifact, raw: bytes) -> Any:
+        cid, seq = msg.client_id, msg.seq
+        self._client(cid)
         self.counters.frames += 1
-        if self.ledger.accept(cid, msg.seq, len(msg.records)):
-            origin = Origin(cid, msg.seq)
-            self.counters.received += len(msg.records)
-            good: list[p.Record] = []
-            for rec in msg.records:
-                problem = record_problem(rec)
-                if problem is None:
-                    good.append(rec)
+        if self.ledger.is_new(cid, seq):
+            try:
+                pos = self.journal.append(KIND_SEQUENCED + raw)
+            except JournalFull as exc:
+                self.counters.journal_full_rejections += 1
+                if not self._full_logged:
+                    log.error("event=journal_full reason=%r note=not_acking", str(exc))
+                    self._full_logged = True
+                return self.server.send(identity, p.ErrorReply(None, "journal_full", str(exc)))
+            if self._full_logged:
+                log.info("event=journal_accepting_again")
+                self._full_logged = False
+            self._positions[(cid, seq)] = pos
+            count = len(msg.records) if type(msg) is p.Data else 1
+            self.counters.received += count
+            self._sync_wake.set()
+            self.ledger.accept(cid, seq, count)
+            if self._spill_from is None:
+                if self.batcher.pending < self.cfg.max_buffered_records:
+                    self._deliver(msg)
                 else:
-                    self._settle(origin, rec, p.Failure(rec, "INVALID_PARAMETER_VALUE", problem))
-            if good:
-                info.runs.add(good[0].run_id)
-                for settled in self.batcher.add(origin, good, time.monotonic()):
-                    self._settle(settled.origin, settled.record, settled.failure)
-                self._sink_wake.set()
+                    self._spill_from = pos
+                    self.counters.spills += 1
+                    log.info("event=spill note=backlog_over_memory_budget_stays_in_journal")
         else:
             self.counters.duplicate_frames += 1
-        return self.server.send(identity, p.Ack(self.ledger.received_upto(cid)))
+        if self.cfg.durability == "os" or self._stopping:
+            return self.server.send(identity, p.Ack(self.ledger.received_upto(cid)))
+        self._pending_acks[identity] = cid  # acked after the next group fsync
+        return None
 
-    def _on_artifact(self, identity: bytes, msg: p.LogArtifact) -> Any:
-        cid = msg.client_id
-        self._client(cid)
-        if self.ledger.accept(cid, msg.seq, 1):
-            origin = Origin(cid, msg.seq)
-            self.counters.received += 1
-            problem = self._staged_problem(msg)
-            if problem is not None:
-                self._settle(origin, None, p.Failure(None, "INVALID_PARAMETER_VALUE", problem))
+    def _deliver(self, msg: p.Data | p.LogArtifact, *, replayed: bool = False) -> None:
+        """Hand a journaled message's records to the batcher (or the artifact lane)."""
+        origin = Origin(msg.client_id, msg.seq)
+        if type(msg) is p.LogArtifact:
+            problem = None if replayed else self._staged_problem(msg)
+            if replayed and not os.path.exists(msg.staged_path):
+                self._settle(origin, msg.run_id, None, None)  # uploaded before the restart
+            elif problem is not None:
+                failure = p.Failure(None, "INVALID_PARAMETER_VALUE", problem)
+                self._settle(origin, msg.run_id, None, failure)
             else:
                 self._art_pending += 1
                 self._art_send.send_nowait((origin, msg))
-        return self.server.send(identity, p.Ack(self.ledger.received_upto(cid)))
+            return
+        assert type(msg) is p.Data
+        good: list[p.Record] = []
+        for rec in msg.records:
+            problem = record_problem(rec)
+            if problem is None:
+                good.append(rec)
+            else:
+                failure = p.Failure(rec, "INVALID_PARAMETER_VALUE", problem)
+                self._settle(origin, rec.run_id, rec, failure)
+        if good:
+            self.clients[msg.client_id].runs.add(good[0].run_id)
+            for settled in self.batcher.add(origin, good, time.monotonic()):
+                rec = settled.record
+                self._settle(settled.origin, rec.run_id, rec, settled.failure)
+            self._sink_wake.set()
 
     def _staged_problem(self, msg: p.LogArtifact) -> str | None:
         try:
@@ -270,34 +387,131 @@ class Daemon:
             return f"artifact: staged path {msg.staged_path} is not inside the staging dir {root}"
         return None
 
+    # ------------------------------------------------------------------ journal tasks
+
+    async def _sync_loop(self) -> None:
+        """Group fsync: after the first append, wait one interval, fsync once, ack everyone."""
+        interval = self.cfg.fsync_interval_ms / 1000
+        while True:
+            await self._sync_wake.wait(None)
+            await anyio.sleep(interval)
+            if self.cfg.durability == "fsync":
+                started = time.monotonic()
+                await anyio.to_thread.run_sync(self.journal.sync)
+                self.counters.fsyncs += 1
+                self.counters.fsync_seconds += time.monotonic() - started
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        acks, self._pending_acks = self._pending_acks, {}
+        for identity, cid in acks.items():
+            await self.server.send(identity, p.Ack(self.ledger.received_upto(cid)))
+
+    async def _mark_loop(self) -> None:
+        """Persist the low-water mark a little after entries settle; delete committed segments."""
+        last = None
+        while True:
+            await self._mark_wake.wait(None)
+            await anyio.sleep(0.2)
+            low = self.journal.low_water()
+            floors = self._client_floors()
+            if (low, floors) != last:
+                if self.cfg.durability == "fsync":
+                    await anyio.to_thread.run_sync(self.journal.sync)
+                await anyio.to_thread.run_sync(self.journal.write_mark, low, floors)
+                last = (low, floors)
+
+    def _client_floors(self) -> dict[str, int]:
+        """Per client, the highest contiguous seq accepted — persisted with the mark so a
+        restarted daemon still recognises resends of messages it already committed."""
+        now = time.monotonic()
+        return {
+            cid: self.ledger.received_upto(cid)
+            for cid, info in self.clients.items()
+            if now - info.last_seen < CLIENT_MEMORY_S and self.ledger.received_upto(cid)
+        }
+
+    async def _feed_loop(self) -> None:
+        """Deliver journaled-but-undelivered entries (replay, or a backlog over the memory
+        budget) to the batcher as room frees up; then hand back to direct delivery."""
+        budget = self.cfg.max_buffered_records
+        while True:
+            if self._spill_from is None or self.batcher.pending >= budget // 2:
+                await self._feed_wake.wait(None if self._spill_from is None else 1.0)
+                continue
+            start = self._spill_from
+            chunk = await anyio.to_thread.run_sync(self.journal.read, start, 4 * 1024 * 1024)
+            for pos, payload in chunk:
+                if payload[:1] != KIND_SEQUENCED:
+                    continue
+                msg = p.decode(payload[1:], max_frame=2**31)
+                assert isinstance(msg, p.Data | p.LogArtifact)
+                if self._positions.get((msg.client_id, msg.seq)) == pos:
+                    self._client(msg.client_id)
+                    self._deliver(msg, replayed=True)
+            if chunk:
+                last_pos, last_payload = chunk[-1]
+                nxt = Position(last_pos.segment, last_pos.offset + HEADER.size + len(last_payload))
+            else:
+                nxt = self.journal.head
+            self._spill_from = None if nxt >= self.journal.head else nxt
+            self._sink_wake.set()
+
     # ------------------------------------------------------------------ settling and barriers
 
-    def _settle(self, origin: Origin, record: p.Record | None, failure: p.Failure | None) -> None:
+    def _message_done(self, client_id: str, seq: int) -> None:
+        pos = self._positions.pop((client_id, seq), None)
+        if pos is not None:
+            self.journal.settle(pos)
+            self._mark_wake.set()
+
+    def _settle(
+        self, origin: Origin, run_id: str | None, record: p.Record | None, failure: p.Failure | None
+    ) -> None:
         if failure is not None:
             self.counters.failed += 1
-            run_id = record.run_id if record is not None else None
             self.ledger.fail(origin.client_id, run_id, failure)
-            log.warning(
-                "event=record_failed client=%s run=%s code=%s reason=%r",
-                origin.client_id, run_id, failure.code, failure.message[:300],
-            )
+            self._dead_letter(origin, run_id, failure)
         else:
             self.counters.committed += 1
         if self.ledger.settle(origin.client_id, origin.seq):
             self._release(origin.client_id)
 
+    def _dead_letter(self, origin: Origin, run_id: str | None, failure: p.Failure) -> None:
+        log.warning(
+            "event=record_failed client=%s run=%s code=%s reason=%r",
+            origin.client_id, run_id, failure.code, failure.message[:300],
+        )
+        entry = {
+            "time": time.time(),
+            "client_id": origin.client_id,
+            "seq": origin.seq,
+            "run_id": run_id,
+            "record": None if failure.record is None else p.record_to_wire(failure.record),
+            "code": failure.code,
+            "reason": failure.message,
+        }
+        try:
+            with open(self._deadletter, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry, allow_nan=True) + "\n")
+            self.counters.dead_lettered += 1
+        except OSError as exc:
+            log.error("event=deadletter_write_failed reason=%r", str(exc))
+
     def _settle_batch(self, batch: Batch, error: SinkError | None) -> None:
         if error is None:
             self.counters.committed += len(batch.items)
             per_origin = Counter(origin for _, origin in batch.items)
-            moved = {o.client_id for o, n in per_origin.items() if self.ledger.settle(o.client_id, o.seq, n)}
+            moved = {
+                o.client_id for o, n in per_origin.items() if self.ledger.settle(o.client_id, o.seq, n)
+            }
             for cid in moved:
                 self._release(cid)
             return
         for record, origin in batch.items:
             if isinstance(record, p.Param):
                 self.batcher.param_failed(record.run_id, record.key)
-            self._settle(origin, record, p.Failure(record, error.code, error.message))
+            self._settle(origin, record.run_id, record, p.Failure(record, error.code, error.message))
 
     def _release(self, client_id: str) -> None:
         waiters = self._waiters.get(client_id)
@@ -312,7 +526,7 @@ class Daemon:
                 keep.append((seq, event))
         self._waiters[client_id] = keep
 
-    async def _barrier(self, client_id: str, seq: int) -> bool:
+    async def _barrier(self, client_id: str, seq: int, timeout: float | None = None) -> bool:
         """Wait until every sequenced message of the client up to ``seq`` is done."""
         if self.ledger.committed_upto(client_id) >= seq:
             return True
@@ -320,7 +534,7 @@ class Daemon:
         self._sink_wake.set()
         event = anyio.Event()
         self._waiters.setdefault(client_id, []).append((seq, event))
-        with anyio.move_on_after(self.cfg.barrier_timeout_s):
+        with anyio.move_on_after(self.cfg.barrier_timeout_s if timeout is None else timeout):
             await event.wait()
             return True
         self._waiters[client_id] = [w for w in self._waiters[client_id] if w[1] is not event]
@@ -349,8 +563,10 @@ class Daemon:
     def _note_error(self, exc: SinkError) -> None:
         self.counters.last_sink_error = str(exc)[:500]
         self.counters.last_sink_error_at = time.time()
-        log.warning("event=sink_error code=%s retryable=%s reason=%r", exc.code,
-                    isinstance(exc, RetryableSinkError), exc.message[:300])
+        log.warning(
+            "event=sink_error code=%s retryable=%s reason=%r",
+            exc.code, isinstance(exc, RetryableSinkError), exc.message[:300],
+        )
 
     async def _sink_loop(self) -> None:
         while True:
@@ -368,6 +584,8 @@ class Daemon:
                 await self._commit(batch)
             finally:
                 self._committing -= 1
+            if self._spill_from is not None:
+                self._feed_wake.set()
 
     async def _commit(self, batch: Batch) -> None:
         started = time.monotonic()
@@ -390,9 +608,6 @@ class Daemon:
 
     # ------------------------------------------------------------------ control requests
 
-    async def _reply_error(self, identity: bytes, req: int, exc: SinkError) -> None:
-        await self.server.send(identity, p.ErrorReply(req, exc.code, exc.message))
-
     async def _experiment_id(self, msg: p.StartRun) -> str:
         if msg.experiment_id is not None:
             return msg.experiment_id
@@ -407,8 +622,12 @@ class Daemon:
         return cached
 
     async def _on_start_run(self, identity: bytes, msg: p.StartRun) -> None:
+        key = f"{msg.client_id}:{msg.req}" if msg.client_id else ""
         try:
-            if msg.run_id is not None:
+            handle = self.runbook.created.get(key) if key else None
+            if handle is not None:
+                pass  # a retried request: answer with the run it already created
+            elif msg.run_id is not None:
                 handle = await self._write(self.sink.resume_run, msg.run_id, retry_for=5.0)
             else:
                 exp_id = await self._experiment_id(msg)
@@ -417,18 +636,20 @@ class Daemon:
                     self.sink.create_run, exp_id, start, msg.tags, msg.run_name,
                     msg.parent_run_id, retry_for=5.0,
                 )
+                if key:
+                    await anyio.to_thread.run_sync(self.runbook.record_creation, key, handle)
         except SinkError as exc:
-            await self._reply_error(identity, msg.req, exc)
+            await self.server.send(identity, p.ErrorReply(msg.req, exc.code, exc.message))
             return
-        self.runs[handle.run_id] = handle
-        self.open_runs.add(handle.run_id)
+        self.runbook.opened(handle, msg.client_id)
         if handle.params:
             self.batcher.seed_params(handle.run_id, handle.params)
         log.info("event=run_started run=%s experiment=%s", handle.run_id, handle.experiment_id)
         await self.server.send(
             identity,
-            p.RunStarted(msg.req, handle.run_id, handle.experiment_id, handle.artifact_uri,
-                         handle.run_name),
+            p.RunStarted(
+                msg.req, handle.run_id, handle.experiment_id, handle.artifact_uri, handle.run_name
+            ),
         )
 
     async def _on_flush(self, identity: bytes, msg: p.Flush) -> None:
@@ -444,18 +665,48 @@ class Daemon:
             return
         failures = self.ledger.take_failures(msg.client_id, msg.run_id)
         try:
-            await self._write(self.sink.end_run, msg.run_id, msg.status, msg.end_time, retry_for=30.0)
+            await self._end_run(msg.run_id, msg.status, msg.end_time)
         except SinkError as exc:
             failures.append(p.Failure(None, exc.code, f"ending run {msg.run_id}: {exc.message}"))
-        self.open_runs.discard(msg.run_id)
-        log.info("event=run_ended run=%s status=%s", msg.run_id, msg.status)
         await self.server.send(identity, p.Done(msg.req, tuple(failures)))
+
+    async def _end_run(self, run_id: str, status: str, end_time: int) -> None:
+        await self._write(self.sink.end_run, run_id, status, end_time, retry_for=30.0)
+        self.runbook.closed(run_id)
+        log.info("event=run_ended run=%s status=%s", run_id, status)
 
     def _late(self, seq: int) -> str:
         return (
             f"records up to seq {seq} were not committed within {self.cfg.barrier_timeout_s:g} s; "
             f"last sink error: {self.counters.last_sink_error or 'none'}"
         )
+
+    # ------------------------------------------------------------------ client liveness
+
+    async def _watch_client(self, info: ClientInfo) -> None:
+        """When a local client process dies, commit what it sent, then end its runs."""
+        await wait_process_exit(info.pid)
+        upto = self.ledger.received_upto(info.client_id)
+        log.info("event=client_exited client=%s pid=%d", info.client_id, info.pid)
+        await self._barrier(info.client_id, upto, timeout=60.0)
+        reason = (
+            f"tracker-daemon: client process {info.pid} on {info.host} exited without "
+            f"ending this run"
+        )
+        for run_id in self.runbook.orphaned_by(info.client_id):
+            try:
+                await self._write(
+                    self.sink.log_batch, run_id, [], [],
+                    [p.Tag(run_id, "tracker.end_reason", reason)], retry_for=30.0,
+                )
+                await self._end_run(run_id, self.cfg.orphan_status, time.time_ns() // 1_000_000)
+                self.counters.orphaned_runs += 1
+                log.warning(
+                    "event=orphaned_run run=%s client=%s pid=%d status=%s",
+                    run_id, info.client_id, info.pid, self.cfg.orphan_status,
+                )
+            except SinkError as exc:
+                self._note_error(exc)
 
     # ------------------------------------------------------------------ artifacts
 
@@ -469,16 +720,15 @@ class Daemon:
                     self.counters.artifacts += 1
                 except SinkError as exc:
                     failure = p.Failure(None, exc.code, f"artifact {msg.staged_path}: {exc.message}")
-                finally:
-                    Sink.discard_staged(msg.staged_path)
-                    self._art_pending -= 1
-                self._settle(origin, None, failure)
+                Sink.discard_staged(msg.staged_path)
+                self._art_pending -= 1
+                self._settle(origin, msg.run_id, None, failure)
 
     async def _artifact_uri(self, run_id: str) -> str:
-        handle = self.runs.get(run_id)
+        handle = self.runbook.handles.get(run_id)
         if handle is None:  # a run started elsewhere: read it (reads need no writer slot)
             handle = await anyio.to_thread.run_sync(self.sink.run_info, run_id)
-            self.runs[run_id] = handle
+            self.runbook.handles[run_id] = handle
         return handle.artifact_uri
 
     async def _upload(self, uri: str, msg: p.LogArtifact) -> None:
@@ -506,6 +756,7 @@ class Daemon:
             "backend": self.cfg.backend_uri,
             "artifact_root": self.cfg.artifact_root,
             "address": self.cfg.bind_address,
+            "durability": self.cfg.durability,
             "clients": [
                 {
                     "client_id": i.client_id,
@@ -516,21 +767,28 @@ class Daemon:
                 }
                 for i in self.clients.values()
             ],
-            "open_runs": len(self.open_runs),
+            "open_runs": len(self.runbook.open),
             "frames": c.frames,
             "duplicate_frames": c.duplicate_frames,
             "rejected_frames": self.server.rejected,
             "last_rejection": self.server.last_rejection,
             "received": c.received,
+            "replayed": c.replayed,
             "committed": c.committed,
             "failed": c.failed,
+            "dead_lettered": c.dead_lettered,
+            "orphaned_runs": c.orphaned_runs,
             "queue_depth": self.batcher.pending,
+            "spilled": self._spill_from is not None,
             "artifacts_pending": self._art_pending,
             "artifacts": c.artifacts,
             "batches": c.batches,
             "sink_retries": c.sink_retries,
             "sink_latency_ms": c.sink_latency_ms(),
+            "fsyncs": c.fsyncs,
+            "fsync_ms_avg": round(c.fsync_seconds / c.fsyncs * 1000, 3) if c.fsyncs else 0.0,
             "last_sink_error": c.last_sink_error,
+            **self.journal.status(),
         }
 
 

@@ -9,6 +9,7 @@ that it and every lower seq are received/done. Barriers wait for ``committed_upt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracker_client.protocol import Failure
@@ -18,6 +19,7 @@ __all__ = ["ClientBook", "Ledger"]
 
 @dataclass(slots=True)
 class ClientBook:
+    client_id: str
     received_upto: int = 0
     committed_upto: int = 0
     received_above: set[int] = field(default_factory=set)
@@ -31,13 +33,16 @@ class ClientBook:
 
 
 class Ledger:
-    def __init__(self) -> None:
+    """``on_done(client_id, seq)`` is called once for every message that becomes done."""
+
+    def __init__(self, on_done: Callable[[str, int], None] | None = None) -> None:
         self._books: dict[str, ClientBook] = {}
+        self._on_done = on_done
 
     def book(self, client_id: str) -> ClientBook:
         b = self._books.get(client_id)
         if b is None:
-            b = self._books[client_id] = ClientBook()
+            b = self._books[client_id] = ClientBook(client_id)
         return b
 
     def __contains__(self, client_id: str) -> bool:
@@ -59,6 +64,10 @@ class Ledger:
                 self._done(b, s)
         self._advance_received(b)
 
+    def is_new(self, client_id: str, seq: int) -> bool:
+        b = self._books.get(client_id)
+        return b is None or not (seq <= b.received_upto or seq in b.received_above)
+
     def accept(self, client_id: str, seq: int, count: int) -> bool:
         """Register message ``seq`` holding ``count`` records. False if it is a duplicate."""
         b = self.book(client_id)
@@ -74,6 +83,18 @@ class Ledger:
         else:
             self._done(b, seq)
         return True
+
+    def unaccept(self, client_id: str, seq: int) -> None:
+        """Undo ``accept`` of ``seq`` (it could not be journaled); a resend will be accepted."""
+        b = self._books.get(client_id)
+        if b is None:
+            return
+        b.remaining.pop(seq, None)
+        if seq in b.received_above:
+            b.received_above.discard(seq)
+        elif seq <= b.received_upto:
+            b.received_above.update(range(seq + 1, b.received_upto + 1))
+            b.received_upto = seq - 1
 
     def settle(self, client_id: str, seq: int, n: int = 1) -> bool:
         """``n`` records of message ``seq`` are committed or failed. True if committed_upto moved."""
@@ -123,6 +144,8 @@ class Ledger:
             b.received_above.discard(b.received_upto)
 
     def _done(self, b: ClientBook, seq: int) -> None:
+        if self._on_done is not None:
+            self._on_done(b.client_id, seq)
         if seq == b.committed_upto + 1:
             b.committed_upto = seq
             self._advance_committed(b)

@@ -27,7 +27,7 @@ __all__ = ["Dispatch", "Server"]
 
 log = logging.getLogger("tracker_daemon.server")
 
-Dispatch = Callable[[bytes, p.ClientMessage], Awaitable[None] | None]
+Dispatch = Callable[[bytes, p.ClientMessage, bytes], Awaitable[None] | None]
 
 
 class Server:
@@ -77,7 +77,7 @@ class Server:
         await self.sock.send_multipart([identity, p.encode(msg)], copy=True)
 
     async def serve(self, dispatch: Dispatch) -> None:
-        """Receive forever; decode each frame and call ``dispatch(identity, message)``."""
+        """Receive forever; decode each frame and call ``dispatch(identity, message, raw)``."""
         assert self.sock is not None
         while True:
             frames = await self.sock.recv_multipart(copy=True)
@@ -96,7 +96,7 @@ class Server:
                     f"{type(msg).__name__} is a daemon message; clients may not send it",
                 )
                 continue
-            result = dispatch(identity, msg)
+            result = dispatch(identity, msg, frames[1])
             if result is not None:
                 await result
 

@@ -23,6 +23,13 @@ class Counters:
     batches: int = 0
     sink_retries: int = 0
     artifacts: int = 0
+    replayed: int = 0
+    dead_lettered: int = 0
+    orphaned_runs: int = 0
+    spills: int = 0
+    journal_full_rejections: int = 0
+    fsyncs: int = 0
+    fsync_seconds: float = 0.0
     last_sink_error: str = ""
     last_sink_error_at: float = 0.0
     sink_latencies: deque[float] = field(default_factory=lambda: deque(maxlen=2048))

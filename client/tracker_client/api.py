@@ -87,9 +87,12 @@ class Tracker:
             all_tags[k] = val
         start = _now_ms()
 
+        cid = self._transport.client_id
+
         def make(req: int, seq: int) -> p.ClientMessage:
             return p.StartRun(
-                req, experiment_id, experiment, run_id, run_name, parent_run_id, all_tags, start
+                req, cid, experiment_id, experiment, run_id, run_name, parent_run_id, all_tags,
+                start,
             )
 
         reply = self._transport.request(make, timeout)

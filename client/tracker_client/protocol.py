@@ -46,6 +46,7 @@ __all__ = [
     "decode_record",
     "encode",
     "encode_data",
+    "peek_sequenced",
     "record_to_wire",
 ]
 
@@ -199,6 +200,7 @@ class LogArtifact:
 @dataclass(frozen=True, slots=True)
 class StartRun:
     req: int
+    client_id: str = ""
     experiment_id: str | None = None
     experiment_name: str | None = None
     run_id: str | None = None
@@ -206,6 +208,7 @@ class StartRun:
     parent_run_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     start_time: int = 0
+    offline_id: str | None = None  # the placeholder id a client used while no daemon answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +318,7 @@ _SCHEMA: Final[dict[type[Any], dict[str, str]]] = {
     },
     StartRun: {
         "req": "int",
+        "client_id": "str",
         "experiment_id": "str?",
         "experiment_name": "str?",
         "run_id": "str?",
@@ -322,6 +326,7 @@ _SCHEMA: Final[dict[type[Any], dict[str, str]]] = {
         "parent_run_id": "str?",
         "tags": "tags",
         "start_time": "int",
+        "offline_id": "str?",
     },
     EndRun: {
         "req": "int",
@@ -431,6 +436,14 @@ def encode_data(client_id: str, seq: int, wire_records: list[list[Any]]) -> byte
     """Fast path for the client: records already in wire form (see :func:`record_to_wire`)."""
     body = {"client_id": client_id, "seq": seq, "records": wire_records}
     return msgpack.packb([PROTOCOL_VERSION, "data", body], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def peek_sequenced(frame: bytes) -> tuple[str, int, int]:
+    """(client_id, seq, record count) of a DATA or artifact frame known to be valid (it was
+    decoded strictly when it arrived); cheap: no record objects are built. For journal replay."""
+    _, kind, body = msgpack.unpackb(frame, raw=False, use_list=True)
+    count = len(body["records"]) if kind == "data" else 1
+    return body["client_id"], body["seq"], count
 
 
 def decode(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> Message:

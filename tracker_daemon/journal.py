@@ -1,0 +1,335 @@
+"""The write-ahead journal: every accepted message is appended here before it is acked.
+
+Layout (``<state_dir>/journal/``)::
+
+    0000000001.seg ...   segments: frames of ``tracker_client.framing`` (u32 len, u32 crc, payload)
+    mark.json            low-water mark {segment, offset, clients}: everything before it is
+                         committed to MLflow; replay starts there
+    quarantine/          bytes cut from torn or corrupt segment tails, for inspection
+
+Entries are settled out of order (batches are per run); the low-water mark is the position of the
+oldest entry not yet settled. Entries after the mark that were already committed are replayed
+after a crash; MLflow's stores are idempotent for them (metric rows are keyed on key, timestamp,
+step and value; an unchanged param is accepted; tags are overwritten in order).
+
+Whole segments are deleted only when the mark has moved past them, and only after the mark file
+itself has been written and fsynced. A torn tail or a bad CRC is never a reason to refuse to start:
+the bad bytes are moved to ``quarantine/`` with a log line and the segment is truncated.
+
+Blocking file I/O: the daemon calls ``append`` from its event loop (a buffered write, no fsync)
+and ``sync``/``write_mark``/``read`` from worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tracker_client.framing import HEADER, encode_frame, scan
+
+__all__ = ["Journal", "JournalFull", "Mark", "Position"]
+
+log = logging.getLogger("tracker_daemon.journal")
+
+SEGMENT_SUFFIX = ".seg"
+
+
+class JournalFull(Exception):
+    """The journal reached its size limit or the disk is full; the entry was not written."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    segment: int
+    offset: int
+
+
+@dataclass(slots=True)
+class Mark:
+    position: Position
+    clients: dict[str, int]
+
+
+class Journal:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = 64 * 1024 * 1024,
+        max_bytes: int = 8 * 1024 * 1024 * 1024,
+    ) -> None:
+        self.dir = directory
+        self.segment_bytes = segment_bytes
+        self.max_bytes = max_bytes
+        self._fd = -1
+        self._segment = 0
+        self._offset = 0
+        self._sizes: dict[int, int] = {}  # segment -> bytes on disk
+        self._outstanding: OrderedDict[Position, bool] = OrderedDict()  # pos -> settled
+        self._dirty = False
+        self._synced = Position(0, 0)
+        self._lock = threading.Lock()  # guards fd rotation against a concurrent sync
+        self.mark = Mark(Position(1, 0), {})
+        self.full_reason = ""
+
+    # ------------------------------------------------------------------ opening and recovery
+
+    def open(self) -> Mark:
+        """Create or recover the journal. Returns the mark replay starts from."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "quarantine").mkdir(exist_ok=True)
+        self.mark = self._read_mark()
+        segments = self._segments()
+        for seg in segments:
+            if seg < self.mark.position.segment:  # fully committed but not yet deleted
+                (self.dir / _name(seg)).unlink(missing_ok=True)
+                continue
+            self._sizes[seg] = self._repair(seg)
+        if not self._sizes:
+            self._segment = max(self.mark.position.segment, 1)
+            self._open_segment(self._segment)
+        else:
+            self._segment = max(self._sizes)
+            self._open_segment(self._segment)
+        self._synced = Position(self._segment, self._offset)
+        return self.mark
+
+    def _read_mark(self) -> Mark:
+        path = self.dir / "mark.json"
+        try:
+            data = json.loads(path.read_text())
+            pos = Position(int(data["segment"]), int(data["offset"]))
+            clients = {str(k): int(v) for k, v in data.get("clients", {}).items()}
+            return Mark(pos, clients)
+        except FileNotFoundError:
+            first = min(self._segments(), default=1)
+            return Mark(Position(first, 0), {})
+        except (ValueError, KeyError, TypeError) as exc:
+            # A mark is written atomically (rename), so this means outside damage: replay all.
+            log.error("event=journal_mark_unreadable path=%s reason=%r", path, str(exc))
+            self._quarantine_file(path)
+            return Mark(Position(min(self._segments(), default=1), 0), {})
+
+    def _segments(self) -> list[int]:
+        out = []
+        for p in self.dir.glob(f"*{SEGMENT_SUFFIX}"):
+            try:
+                out.append(int(p.stem))
+            except ValueError:
+                continue
+        return sorted(out)
+
+    def _repair(self, seg: int) -> int:
+        """Scan a segment; cut a torn/corrupt tail into quarantine. Returns the good size."""
+        path = self.dir / _name(seg)
+        data = path.read_bytes()
+        result = scan(data)
+        if result.problem is not None:
+            bad = data[result.good_end :]
+            qpath = self.dir / "quarantine" / f"{_name(seg)}.{result.good_end}.bad"
+            qpath.write_bytes(bad)
+            with open(path, "r+b") as fh:
+                fh.truncate(result.good_end)
+                os.fsync(fh.fileno())
+            log.warning(
+                "event=journal_quarantine segment=%s reason=%r bytes=%d kept_frames=%d saved_to=%s",
+                path.name, result.problem, len(bad), len(result.frames), qpath,
+            )
+        return result.good_end
+
+    def _quarantine_file(self, path: Path) -> None:
+        try:
+            path.rename(self.dir / "quarantine" / f"{path.name}.bad")
+        except OSError:
+            pass
+
+    def _open_segment(self, seg: int) -> None:
+        path = self.dir / _name(seg)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = fd
+        self._segment = seg
+        self._offset = os.fstat(fd).st_size
+        self._sizes[seg] = self._offset
+        _fsync_dir(self.dir)
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, start: Position, max_bytes: int = 8 * 1024 * 1024) -> list[tuple[Position, bytes]]:
+        """Entries from ``start`` on (up to about ``max_bytes``), crossing segment ends."""
+        out: list[tuple[Position, bytes]] = []
+        seg, offset = start.segment, start.offset
+        budget = max_bytes
+        while budget > 0:
+            size = self._sizes.get(seg)
+            if size is None:
+                later = [s for s in self._sizes if s > seg]
+                if not later:
+                    break
+                seg, offset = min(later), 0
+                continue
+            if offset >= size:
+                if seg >= self._segment:
+                    break
+                seg, offset = seg + 1, 0
+                continue
+            length = min(size - offset, max(budget, 1))
+            with open(self.dir / _name(seg), "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(length)
+            result = scan(data)
+            if not result.frames:
+                # the first frame is larger than the budget: read exactly that frame
+                n, _ = HEADER.unpack_from(data, 0) if len(data) >= HEADER.size else (0, 0)
+                with open(self.dir / _name(seg), "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read(HEADER.size + n)
+                result = scan(data)
+                if not result.frames:
+                    break
+            for rel, payload in result.frames:
+                out.append((Position(seg, offset + rel), payload))
+            consumed = result.good_end
+            budget -= consumed
+            offset += consumed
+        return out
+
+    @property
+    def head(self) -> Position:
+        """Where the next entry will be written."""
+        return Position(self._segment, self._offset)
+
+    # ------------------------------------------------------------------ writing
+
+    @property
+    def bytes_used(self) -> int:
+        return sum(self._sizes.values())
+
+    def append(self, payload: bytes, *, settled: bool = False) -> Position:
+        """Write one entry (no fsync). Raises JournalFull instead of writing past the limit."""
+        frame = encode_frame(payload)
+        if self.bytes_used + len(frame) > self.max_bytes:
+            self.full_reason = (
+                f"journal holds {self.bytes_used} bytes; the limit (journal_max_bytes) is "
+                f"{self.max_bytes}; waiting for the MLflow backend to catch up"
+            )
+            raise JournalFull(self.full_reason)
+        if self._offset >= self.segment_bytes:
+            with self._lock:
+                self._open_segment(self._segment + 1)
+        pos = Position(self._segment, self._offset)
+        try:
+            written = os.write(self._fd, frame)
+            if written != len(frame):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            os.ftruncate(self._fd, self._offset)  # never leave half a frame behind
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self.full_reason = f"disk full writing the journal in {self.dir}: {exc.strerror}"
+                raise JournalFull(self.full_reason) from exc
+            raise
+        self.full_reason = ""
+        self._offset += len(frame)
+        self._sizes[self._segment] = self._offset
+        self._dirty = True
+        self._outstanding[pos] = settled
+        return pos
+
+    def sync(self) -> Position:
+        """fsync what was appended so far (blocking). Returns the position now durable."""
+        with self._lock:
+            target = self.head
+            if self._dirty:
+                self._dirty = False
+                os.fsync(self._fd)
+        self._synced = target
+        return target
+
+    @property
+    def synced(self) -> Position:
+        return self._synced
+
+    # ------------------------------------------------------------------ settling and the mark
+
+    def track(self, pos: Position) -> None:
+        """Track an entry found at replay as outstanding."""
+        self._outstanding[pos] = False
+        self._outstanding.move_to_end(pos)
+
+    def settle(self, pos: Position) -> None:
+        if pos in self._outstanding:
+            self._outstanding[pos] = True
+
+    def low_water(self) -> Position:
+        out = self._outstanding
+        while out:
+            pos, done = next(iter(out.items()))
+            if not done:
+                return pos
+            out.popitem(last=False)
+        return self.head
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    def oldest_outstanding(self) -> Position | None:
+        low = self.low_water()
+        return None if low == self.head and not self._outstanding else low
+
+    def write_mark(self, position: Position, clients: dict[str, int]) -> None:
+        """Persist the mark atomically, then delete segments wholly before it (blocking)."""
+        tmp = self.dir / "mark.json.tmp"
+        data = json.dumps(
+            {"segment": position.segment, "offset": position.offset, "clients": clients}
+        ).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.dir / "mark.json")
+        _fsync_dir(self.dir)
+        self.mark = Mark(position, dict(clients))
+        for seg in sorted(self._sizes):
+            if seg >= position.segment or seg == self._segment:
+                break
+            (self.dir / _name(seg)).unlink(missing_ok=True)
+            del self._sizes[seg]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.fsync(self._fd)
+            finally:
+                os.close(self._fd)
+                self._fd = -1
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "journal_bytes": self.bytes_used,
+            "journal_segments": len(self._sizes),
+            "journal_outstanding_entries": self.outstanding,
+            "journal_full": self.full_reason,
+        }
+
+
+def _name(seg: int) -> str:
+    return f"{seg:010d}{SEGMENT_SUFFIX}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
