@@ -98,6 +98,46 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tracker_client.address import client_default_address
+    from tracker_client.spool import SpoolBusy, import_spool
+
+    address = args.address or client_default_address()
+    paths = [Path(x) for x in args.paths]
+    code = 0
+    for path in paths:
+        if not path.is_file():
+            print(f"tracker-daemon import: {path}: no such file", file=sys.stderr)
+            code = 1
+            continue
+        try:
+            result = import_spool(path, address, timeout=args.timeout)
+        except SpoolBusy:
+            print(
+                f"tracker-daemon import: {path} is locked by its (live) writer, which sends it "
+                "itself once a daemon answers",
+                file=sys.stderr,
+            )
+            code = 1
+            continue
+        except (OSError, TimeoutError) as exc:
+            print(f"tracker-daemon import: {path}: {exc}", file=sys.stderr)
+            code = 1
+            continue
+        path.unlink(missing_ok=True)
+        print(f"{path}: {result.records} record(s) in {result.frames} frame(s) imported")
+        for used, run_id in result.runs.items():
+            print(f"  run {used} -> MLflow run {run_id}")
+        for run_id in result.ended_failed:
+            print(f"  run {run_id} was never ended by its process: marked FAILED")
+        for f in result.failures:
+            print(f"  failed: {f.code}: {f.message}")
+            code = 1
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tracker-daemon", description=__doc__)
     ap.add_argument("--version", action="version", version=f"tracker-daemon {__version__}")
@@ -113,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print JSON")
     st.add_argument("--timeout", type=float, default=5.0)
     st.set_defaults(func=_cmd_status)
+    imp = sub.add_parser("import", help="send spool files of clients that ran without a daemon")
+    imp.add_argument("paths", nargs="+", help="spool files (*.spool)")
+    imp.add_argument("--address", help="daemon address (default: as clients resolve it)")
+    imp.add_argument("--timeout", type=float, default=600.0)
+    imp.set_defaults(func=_cmd_import)
     return ap
 
 

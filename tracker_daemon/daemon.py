@@ -38,6 +38,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from tracker_client import protocol as p
 from tracker_client.framing import HEADER
+from tracker_client.spool import SUFFIX as SPOOL_SUFFIX
+from tracker_client.spool import SpoolBusy, import_spool
 from tracker_client.validation import check_artifact_path, record_problem
 
 from . import __version__
@@ -56,7 +58,9 @@ __all__ = ["Daemon", "run_daemon"]
 log = logging.getLogger("tracker_daemon")
 T = TypeVar("T")
 
+OFFLINE_PREFIX = "offline-"
 KIND_SEQUENCED = b"D"  # journal entry: a sequenced client frame (data or artifact), verbatim
+SPOOL_SCAN_S = 30.0  # how often the spool dir is checked for spools of dead clients
 CLIENT_MEMORY_S = 7 * 24 * 3600  # how long the mark remembers an idle client's seq
 
 
@@ -91,6 +95,7 @@ class Daemon:
         self.cfg = cfg
         self.state_dir = cfg.state_path
         self.staging_dir = self.state_dir / "staging"
+        self.spool_dir = self.state_dir / "spool"
         self.hostname = os.uname().nodename
         self.sink = Sink(cfg.backend_uri, cfg.artifact_root)
         self.server = Server(cfg.bind_address, cfg.max_frame_bytes)
@@ -107,6 +112,8 @@ class Daemon:
         self._positions: dict[tuple[str, int], Position] = {}
         self._spill_from: Position | None = None  # journal entries from here are not delivered
         self._experiments: dict[str, str] = {}
+        self._creating: dict[str, anyio.Event] = {}  # offline id -> set once the run exists
+        self._creation_failed: dict[str, SinkError] = {}
         self._waiters: dict[str, list[tuple[int, anyio.Event]]] = {}
         self._pending_acks: dict[bytes, str] = {}
         self._sink_wake = Wakeup()
@@ -151,6 +158,7 @@ class Daemon:
         """Everything before serving: lock, directories, journal replay, backend, socket."""
         self.acquire_lock()
         self.staging_dir.mkdir(mode=0o2770, exist_ok=True)
+        self.spool_dir.mkdir(mode=0o2770, exist_ok=True)
         self.runbook.load()
         self._recover()
         self.sink.open()
@@ -210,6 +218,7 @@ class Daemon:
                 tg.start_soon(self._feed_loop)
                 tg.start_soon(self._sync_loop)
                 tg.start_soon(self._mark_loop)
+                tg.start_soon(self._import_loop)
                 self._feed_wake.set()
         finally:
             with anyio.CancelScope(shield=True):
@@ -273,6 +282,8 @@ class Daemon:
             return self._on_hello(identity, msg)
         assert self._tg is not None
         if isinstance(msg, p.StartRun):
+            if msg.offline_id and self._offline_run(msg.offline_id) is None:
+                self._creating.setdefault(msg.offline_id, anyio.Event())
             self._tg.start_soon(self._on_start_run, identity, msg)
         elif isinstance(msg, p.EndRun):
             self._tg.start_soon(self._on_end_run, identity, msg)
@@ -294,7 +305,7 @@ class Daemon:
         info.pid, info.host, info.version = msg.pid, msg.host, msg.version
         self.ledger.floor(msg.client_id, msg.acked_floor)
         self._release(msg.client_id)
-        if msg.host == self.hostname and msg.pid > 0 and not info.watched and self._tg:
+        if msg.host == self.hostname and _alive(msg.pid) and not info.watched and self._tg:
             info.watched = True
             self._tg.start_soon(self._watch_client, info)
         log.debug("event=hello client=%s pid=%d host=%s", msg.client_id, msg.pid, msg.host)
@@ -304,6 +315,7 @@ class Daemon:
             self.ledger.received_upto(msg.client_id),
             str(self.staging_dir),
             self.cfg.max_frame_bytes,
+            str(self.spool_dir),
         )
         return self.server.send(identity, welcome)
 
@@ -340,6 +352,7 @@ class Daemon:
         if self.cfg.durability == "os" or self._stopping:
             return self.server.send(identity, p.Ack(self.ledger.received_upto(cid)))
         self._pending_acks[identity] = cid  # acked after the next group fsync
+        self._sync_wake.set()
         return None
 
     def _deliver(self, msg: p.Data | p.LogArtifact, *, replayed: bool = False) -> None:
@@ -590,9 +603,8 @@ class Daemon:
     async def _commit(self, batch: Batch) -> None:
         started = time.monotonic()
         try:
-            await self._write(
-                self.sink.log_batch, batch.run_id, batch.metrics, batch.params, batch.tags
-            )
+            run_id = await self._resolve(batch.run_id)
+            await self._write(self.sink.log_batch, run_id, batch.metrics, batch.params, batch.tags)
         except PermanentSinkError as exc:
             self._note_error(exc)
             if len(batch) > 1 and not exc.whole_run:
@@ -622,7 +634,10 @@ class Daemon:
         return cached
 
     async def _on_start_run(self, identity: bytes, msg: p.StartRun) -> None:
-        key = f"{msg.client_id}:{msg.req}" if msg.client_id else ""
+        if msg.offline_id:  # the same offline run may arrive live, replayed and imported
+            key = f"offline:{msg.offline_id}"
+        else:
+            key = f"{msg.client_id}:{msg.req}" if msg.client_id else ""
         try:
             handle = self.runbook.created.get(key) if key else None
             if handle is not None:
@@ -632,15 +647,24 @@ class Daemon:
             else:
                 exp_id = await self._experiment_id(msg)
                 start = msg.start_time or time.time_ns() // 1_000_000
+                tags = dict(msg.tags)
+                if msg.offline_id:
+                    tags["tracker.offline_id"] = msg.offline_id
+                parent = await self._resolve(msg.parent_run_id) if msg.parent_run_id else None
                 handle = await self._write(
-                    self.sink.create_run, exp_id, start, msg.tags, msg.run_name,
-                    msg.parent_run_id, retry_for=5.0,
+                    self.sink.create_run, exp_id, start, tags, msg.run_name, parent,
+                    retry_for=5.0,
                 )
                 if key:
                     await anyio.to_thread.run_sync(self.runbook.record_creation, key, handle)
         except SinkError as exc:
+            if msg.offline_id:
+                self._creation_failed[msg.offline_id] = exc
             await self.server.send(identity, p.ErrorReply(msg.req, exc.code, exc.message))
             return
+        finally:
+            if msg.offline_id and msg.offline_id in self._creating:
+                self._creating.pop(msg.offline_id).set()
         self.runbook.opened(handle, msg.client_id)
         if handle.params:
             self.batcher.seed_params(handle.run_id, handle.params)
@@ -671,9 +695,32 @@ class Daemon:
         await self.server.send(identity, p.Done(msg.req, tuple(failures)))
 
     async def _end_run(self, run_id: str, status: str, end_time: int) -> None:
+        run_id = await self._resolve(run_id)
         await self._write(self.sink.end_run, run_id, status, end_time, retry_for=30.0)
         self.runbook.closed(run_id)
         log.info("event=run_ended run=%s status=%s", run_id, status)
+
+    def _offline_run(self, offline_id: str) -> RunHandle | None:
+        return self.runbook.created.get(f"offline:{offline_id}")
+
+    async def _resolve(self, run_id: str) -> str:
+        """The MLflow run id for an id a client used: itself, or the run an offline id became."""
+        if not run_id.startswith(OFFLINE_PREFIX):
+            return run_id
+        handle = self._offline_run(run_id)
+        if handle is None and run_id in self._creating:
+            with anyio.move_on_after(60.0):
+                await self._creating[run_id].wait()
+            handle = self._offline_run(run_id)
+        if handle is not None:
+            return handle.run_id
+        cause = self._creation_failed.get(run_id)
+        raise PermanentSinkError(
+            "RESOURCE_DOES_NOT_EXIST",
+            f"offline run {run_id} was never created"
+            + (f": {cause.message}" if cause else " (its start_run did not reach the daemon)"),
+            whole_run=True,
+        )
 
     def _late(self, seq: int) -> str:
         return (
@@ -708,6 +755,30 @@ class Daemon:
             except SinkError as exc:
                 self._note_error(exc)
 
+    # ------------------------------------------------------------------ spools of dead clients
+
+    async def _import_loop(self) -> None:
+        """Import spools left in the spool dir by clients that died while no daemon answered
+        (a live client holds its spool's lock and sends it itself)."""
+        while True:
+            for path in sorted(self.spool_dir.glob(f"*{SPOOL_SUFFIX}")):
+                try:
+                    result = await anyio.to_thread.run_sync(
+                        functools.partial(import_spool, path, self.cfg.bind_address, timeout=600)
+                    )
+                except SpoolBusy:
+                    continue
+                except (OSError, TimeoutError, p.ProtocolError) as exc:
+                    log.error("event=spool_import_failed path=%s reason=%r", path, str(exc))
+                    continue
+                path.unlink(missing_ok=True)
+                self.counters.spools_imported += 1
+                log.info(
+                    "event=spool_imported path=%s records=%d runs=%s failures=%d",
+                    path, result.records, json.dumps(result.runs), len(result.failures),
+                )
+            await anyio.sleep(SPOOL_SCAN_S)
+
     # ------------------------------------------------------------------ artifacts
 
     async def _artifact_loop(self) -> None:
@@ -725,6 +796,7 @@ class Daemon:
                 self._settle(origin, msg.run_id, None, failure)
 
     async def _artifact_uri(self, run_id: str) -> str:
+        run_id = await self._resolve(run_id)
         handle = self.runbook.handles.get(run_id)
         if handle is None:  # a run started elsewhere: read it (reads need no writer slot)
             handle = await anyio.to_thread.run_sync(self.sink.run_info, run_id)
@@ -790,6 +862,18 @@ class Daemon:
             "last_sink_error": c.last_sink_error,
             **self.journal.status(),
         }
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_daemon(cfg: Config) -> None:

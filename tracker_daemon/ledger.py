@@ -66,7 +66,7 @@ class Ledger:
 
     def is_new(self, client_id: str, seq: int) -> bool:
         b = self._books.get(client_id)
-        return b is None or not (seq <= b.received_upto or seq in b.received_above)
+        return seq >= 1 and (b is None or not (seq <= b.received_upto or seq in b.received_above))
 
     def accept(self, client_id: str, seq: int, count: int) -> bool:
         """Register message ``seq`` holding ``count`` records. False if it is a duplicate."""

@@ -110,7 +110,7 @@ class Server:
 def _peek_req(frame: bytes) -> int | None:
     """Best effort: the ``req`` of an invalid request, so the client can match the error."""
     try:
-        obj = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        obj = msgpack.unpackb(frame, raw=False)  # strict keys: PROTOCOL.md 6.6
         req = obj[2].get("req")
         return req if type(req) is int and 0 <= req < 2**63 else None
     except Exception:

@@ -27,6 +27,7 @@ class Counters:
     dead_lettered: int = 0
     orphaned_runs: int = 0
     spills: int = 0
+    spools_imported: int = 0
     journal_full_rejections: int = 0
     fsyncs: int = 0
     fsync_seconds: float = 0.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import getpass
+import logging
 import os
 import shutil
 import sys
@@ -18,6 +19,8 @@ import time
 import uuid
 import weakref
 from collections.abc import Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,7 +28,8 @@ from typing import Any
 from . import protocol as p
 from . import validation as v
 from .address import client_default_address
-from .errors import CommitError, DaemonError
+from .errors import CommitError, DaemonError, DaemonUnavailable
+from .spool import default_spool_dir
 from .transport import Transport
 
 __all__ = ["Run", "Tracker", "connect", "default_tags"]
@@ -35,12 +39,27 @@ BARRIER_TIMEOUT = float(os.environ.get("TRACKER_FLUSH_TIMEOUT", "120"))
 EXIT_TIMEOUT = float(os.environ.get("TRACKER_EXIT_TIMEOUT", "10"))
 
 _TRACKERS: weakref.WeakSet[Tracker] = weakref.WeakSet()
+_log = logging.getLogger("tracker_client")
 
 
-def connect(address: str | None = None, *, max_buffer: int = 1_000_000) -> Tracker:
+def connect(
+    address: str | None = None,
+    *,
+    max_buffer: int = 1_000_000,
+    policy: str = "spool",
+    offline: bool | None = None,
+) -> Tracker:
     """A :class:`Tracker` for the daemon at ``address`` (default: ``$TRACKER_DAEMON_ADDRESS``,
-    else the daemon's default socket). Connecting is lazy: nothing waits until ``start_run``."""
-    return Tracker(address or client_default_address(), max_buffer=max_buffer)
+    else the daemon's default socket). Connecting is lazy: nothing waits until ``start_run``.
+
+    ``max_buffer`` records are held in memory; beyond that ``policy`` applies: ``"spool"``
+    (default: the overflow goes to the on-disk spool), ``"block"`` or ``"drop-oldest"``.
+    ``offline`` (default: True with the spool policy): when no daemon answers ``start_run``, the
+    run starts offline with an ``offline-…`` id and everything is spooled; otherwise
+    :class:`~tracker_client.errors.DaemonUnavailable` is raised."""
+    return Tracker(
+        address or client_default_address(), max_buffer=max_buffer, policy=policy, offline=offline
+    )
 
 
 def _now_ms() -> int:
@@ -50,9 +69,19 @@ def _now_ms() -> int:
 class Tracker:
     """One process's connection to the daemon. Thread-safe; fork-safe (a child gets its own)."""
 
-    def __init__(self, address: str, *, max_buffer: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        max_buffer: int = 1_000_000,
+        policy: str = "spool",
+        offline: bool | None = None,
+    ) -> None:
         self.address = address
-        self._transport = Transport(address, max_buffer=max_buffer)
+        self._transport = Transport(address, max_buffer=max_buffer, policy=policy)
+        self.offline = policy == "spool" if offline is None else offline
+        if self.offline and policy != "spool":
+            raise ValueError("offline runs need policy='spool' (their data goes to the spool)")
         self._open_runs: dict[str, Run] = {}
         _TRACKERS.add(self)
 
@@ -88,14 +117,32 @@ class Tracker:
         start = _now_ms()
 
         cid = self._transport.client_id
+        offline_id = f"offline-{uuid.uuid4().hex}" if run_id is None else None
 
         def make(req: int, seq: int) -> p.ClientMessage:
             return p.StartRun(
                 req, cid, experiment_id, experiment, run_id, run_name, parent_run_id, all_tags,
-                start,
+                start, offline_id,
             )
 
-        reply = self._transport.request(make, timeout)
+        fut = self._transport.request_async(make)
+        try:
+            reply = fut.result(timeout)
+        except FutureTimeout:
+            if not self.offline or offline_id is None:
+                raise DaemonUnavailable(self._transport._no_answer(timeout)) from None
+            run = Run(self, offline_id, experiment_id or "", "", run_name or "")
+            run.offline_id = offline_id
+            fut.add_done_callback(run._adopt)
+            self._open_runs[offline_id] = run
+            _log.warning(
+                "tracker-client: %s; run %s continues offline: its data is spooled under %s and "
+                "the run gets its MLflow id when a daemon takes it (`tracker-daemon import` prints "
+                "the mapping; the run carries the tag tracker.offline_id)",
+                self._transport._no_answer(timeout), offline_id,
+                self._transport.spool_dir or default_spool_dir(),
+            )
+            return run
         assert isinstance(reply, p.RunStarted)
         run = Run(self, reply.run_id, reply.experiment_id, reply.artifact_uri, reply.run_name)
         self._open_runs[run.run_id] = run
@@ -145,10 +192,22 @@ class Tracker:
         def make(req: int, seq: int) -> p.ClientMessage:
             return p.EndRun(req, cid, seq, run_id, status, end_time)
 
+        fut = self._transport.request_async(make)
+        run = self._open_runs.pop(run_id, None)
+        if run is None:
+            run = next((r for r in self._open_runs.values() if r.offline_id == run_id), None)
+            if run is not None:
+                self._open_runs.pop(run.run_id, None)
         try:
-            reply = self._transport.request(make, timeout)
-        finally:
-            self._open_runs.pop(run_id, None)
+            reply = fut.result(timeout)
+        except FutureTimeout:
+            if self.offline:  # the end_run request stays queued and is spooled at exit
+                _log.warning(
+                    "tracker-client: ending run %s: %s; the request is kept and sent when a "
+                    "daemon answers (or spooled at exit)", run_id, self._transport._no_answer(timeout),
+                )
+                return
+            raise DaemonUnavailable(self._transport._no_answer(timeout)) from None
         assert isinstance(reply, p.Done)
         if reply.failures:
             raise CommitError(reply.failures)
@@ -163,6 +222,11 @@ class Tracker:
     def _at_exit(self) -> None:
         deadline = time.monotonic() + EXIT_TIMEOUT
         try:
+            if not self._transport.connected:  # no daemon now: spool at once, do not wait
+                for run in list(self._open_runs.values()):
+                    run.end("FINISHED", timeout=0.0)
+                self._transport.close(EXIT_TIMEOUT)
+                return
             for run in list(self._open_runs.values()):
                 run.end("FINISHED", timeout=max(0.1, deadline - time.monotonic()))
             self.close(max(0.1, deadline - time.monotonic()))
@@ -182,6 +246,19 @@ class Run:
         self.experiment_id = experiment_id
         self.artifact_uri = artifact_uri
         self.run_name = run_name
+        self.offline_id: str | None = None  # set while the run started without a daemon
+
+    def _adopt(self, fut: Future[p.DaemonMessage]) -> None:
+        """A daemon finally created this offline run: use its MLflow id from now on."""
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        reply = fut.result()
+        if isinstance(reply, p.RunStarted):
+            tracker = self._tracker
+            if tracker._open_runs.pop(self.run_id, None) is not None:
+                tracker._open_runs[reply.run_id] = self
+            self.run_id, self.experiment_id = reply.run_id, reply.experiment_id
+            self.artifact_uri, self.run_name = reply.artifact_uri, reply.run_name
 
     def __repr__(self) -> str:
         return f"<Run {self.run_id} experiment={self.experiment_id} name={self.run_name!r}>"

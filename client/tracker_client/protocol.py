@@ -241,6 +241,7 @@ class Welcome:
     acked_seq: int
     staging_dir: str
     max_frame: int
+    spool_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +345,7 @@ _SCHEMA: Final[dict[type[Any], dict[str, str]]] = {
         "acked_seq": "int",
         "staging_dir": "str",
         "max_frame": "int",
+        "spool_dir": "str",
     },
     Ack: {"seq": "int"},
     RunStarted: {

@@ -7,7 +7,15 @@ timeout when there is nothing to do. A log call wakes it (one eventfd write) onl
 
 Control requests (start_run, flush, end_run, artifacts, status) ride the same deque, so they reach
 the daemon after every record logged before them. Each sequenced message (DATA, artifact) is kept
-until the daemon acks its seq, and resent after a reconnect; the daemon drops seqs it already holds.
+until the daemon acks its seq; requests are kept until answered. After a reconnect (the daemon
+restarted) both are resent; the daemon drops seqs it already holds and answers a repeated
+start_run with the run it already created.
+
+Bounded memory: at most ``max_inflight`` frames are unacked; beyond that records wait in the deque,
+which holds at most ``max_buffer`` records. When it is full the ``policy`` decides: ``block`` (the
+log call waits), ``drop-oldest`` (the oldest record is dropped, counted, warned once) or ``spool``
+(default: the oldest part of the queue is written to the on-disk spool, see :mod:`.spool`). At
+close, whatever the daemon has not acked or answered is written to the spool too.
 """
 
 from __future__ import annotations
@@ -15,12 +23,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -29,12 +39,15 @@ from zmq.utils.monitor import recv_monitor_message
 from . import protocol as p
 from .address import ipc_path
 from .errors import DaemonError, DaemonUnavailable
+from .spool import SUFFIX, Spool, SpoolBusy, default_spool_dir
 
-__all__ = ["Transport"]
+__all__ = ["POLICIES", "Transport"]
 
 _log = logging.getLogger("tracker_client")
 
 MakeMessage = Callable[[int, int], p.ClientMessage]  # (req, seq) -> message
+POLICIES = ("spool", "block", "drop-oldest")
+JOURNAL_FULL_RETRY_S = 1.0
 
 
 class _Call:
@@ -48,11 +61,6 @@ class _Call:
         self.sequenced = sequenced
 
 
-class _Stop:
-    __slots__ = ()
-
-
-_STOP = _Stop()
 _LIVE: weakref.WeakSet[Transport] = weakref.WeakSet()
 
 
@@ -64,6 +72,7 @@ class Transport:
         address: str,
         *,
         max_buffer: int = 1_000_000,
+        policy: str = "spool",
         frame_records: int = 1000,
         flush_interval: float = 0.005,
         max_inflight: int = 64,
@@ -71,8 +80,11 @@ class Transport:
     ) -> None:
         if max_buffer < 1 or frame_records < 1 or max_inflight < 1:
             raise ValueError("max_buffer, frame_records and max_inflight must be >= 1")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
         self.address = address
         self.max_buffer = max_buffer
+        self.policy = policy
         self.frame_records = frame_records
         self.flush_ms = max(1, int(flush_interval * 1000))
         self.max_inflight = max_inflight
@@ -90,36 +102,69 @@ class Transport:
         self._wake_fd = -1
         self._seq = 0
         self._next_req = 0
-        self._pending: dict[int, Future[Any]] = {}
+        # req -> (future or None, frame, seq sent before it): kept until answered, resent after
+        # a reconnect; a barrier's reply also acks everything up to its seq.
+        self._pending: dict[int, tuple[Future[Any] | None, bytes, int]] = {}
         self._unacked: OrderedDict[int, bytes] = OrderedDict()
         self._space = threading.Condition()
         self._space_waiters = 0
         self._resend_req = -1
+        self._resend_at = 0.0
+        self._closing = False
         self._stopped = threading.Event()
+        self._spool: Spool | None = None
         self.welcomed = threading.Event()
+        self.connected = False  # welcomed on the current connection
         self.staging_dir: str | None = None
+        self.spool_dir: Path | None = None
         self.frames_sent = 0
+        self.dropped = 0
+        self.spooled_frames = 0
 
     # ---------------------------------------------------------------- producer side (any thread)
 
     def put(self, record: list[Any]) -> None:
-        """Queue one record in wire form. Never waits unless the buffer is full."""
+        """Queue one record in wire form. Waits only with policy ``block`` on a full buffer."""
         q = self._queue
         if len(q) >= self.max_buffer:
-            self._wait_for_space()
+            self._overflow()
         q.append(record)
         if self._idle:
             self._wake()
 
+    def _overflow(self) -> None:
+        if self.policy == "block" or len(self._queue) >= 2 * self.max_buffer:
+            self._wait_for_space()  # spool: only if the I/O thread cannot keep up at all
+        elif self.policy == "drop-oldest":
+            q = self._queue
+            while len(q) >= self.max_buffer:
+                item = q.popleft()
+                if type(item) is not list:  # never drop a control request
+                    q.appendleft(item)
+                    break
+                self.dropped += 1
+                if self.dropped == 1:
+                    _log.warning(
+                        "tracker-client: buffer full (%d records); dropping the oldest records "
+                        "(policy drop-oldest); further drops are counted, not logged",
+                        self.max_buffer,
+                    )
+        else:
+            self._wake()  # the I/O thread moves the oldest part of the queue to the spool
+
     def request(self, make: MakeMessage, timeout: float) -> p.DaemonMessage:
         """Send a control request after everything queued so far; wait for its reply."""
-        fut: Future[p.DaemonMessage] = Future()
-        self._queue.append(_Call(make, fut, sequenced=False))
-        self._wake()
+        fut = self.request_async(make)
         try:
             return fut.result(timeout)
         except FutureTimeout:
             raise DaemonUnavailable(self._no_answer(timeout)) from None
+
+    def request_async(self, make: MakeMessage) -> Future[p.DaemonMessage]:
+        fut: Future[p.DaemonMessage] = Future()
+        self._queue.append(_Call(make, fut, sequenced=False))
+        self._wake()
+        return fut
 
     def send_sequenced(self, make: MakeMessage) -> None:
         """Queue a sequenced message (kept until acked, like DATA) without waiting."""
@@ -132,11 +177,11 @@ class Transport:
             raise DaemonUnavailable(self._no_answer(timeout))
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the I/O thread after it has sent what is queued (waits at most ``timeout``)."""
+        """Stop the I/O thread; what the daemon has not taken is written to the spool."""
         thread = self._thread
         if thread is None or self._stopped.is_set():
             return
-        self._queue.append(_STOP)
+        self._closing = True
         self._wake()
         thread.join(timeout)
 
@@ -177,8 +222,7 @@ class Transport:
                     self._thread.join()
                     self._thread = None
                     self._stopped.clear()
-                    if self._queue and self._queue[0] is _STOP:
-                        self._queue.popleft()
+                    self._closing = False
                 if self._thread is None:
                     self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
                     t = threading.Thread(target=self._run, name="tracker-client-io", daemon=True)
@@ -203,27 +247,32 @@ class Transport:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED)
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(monitor, zmq.POLLIN)
         poller.register(self._wake_fd, zmq.POLLIN)
         try:
+            self._reopen_spool()
             sock.connect(self.address)
-            self._send_hello(sock, resend=bool(self._unacked))
+            self._send_hello(sock, resend=bool(self._unacked or self._pending))
             connections = 0
-            while True:
+            while not self._closing:
+                if self.policy == "spool" and len(self._queue) > self.max_buffer:
+                    self._spill()
                 sent = self._drain(sock)
-                if sent is None:
-                    break
+                timeout: int | None
                 if sent:
-                    timeout: int | None = self.flush_ms
+                    timeout = self.flush_ms
                 else:
                     self._idle = True
-                    if self._queue and len(self._unacked) < self.max_inflight:
+                    if self._closing or (self._queue and self._window_open()):
                         self._idle = False
                         continue
                     timeout = None
+                if self._resend_at:
+                    wait_ms = max(1, int((self._resend_at - time.monotonic()) * 1000))
+                    timeout = wait_ms if timeout is None else min(timeout, wait_ms)
                 events = dict(poller.poll(timeout))
                 self._idle = False
                 if self._wake_fd in events:
@@ -233,20 +282,28 @@ class Transport:
                         pass
                 if monitor in events:
                     event = recv_monitor_message(monitor)
-                    if event["event"] == zmq.EVENT_CONNECTED:
+                    if event["event"] == zmq.EVENT_DISCONNECTED:
+                        self.connected = False
+                    elif event["event"] == zmq.EVENT_CONNECTED:
                         connections += 1
                         if connections > 1:  # reconnected: the daemon may have restarted
                             self._send_hello(sock, resend=True)
                 if sock in events:
                     self._receive(sock)
+                if self._resend_at and time.monotonic() >= self._resend_at:
+                    self._resend_at = 0.0
+                    self._resend(sock)
         except Exception:  # pragma: no cover - a bug; make it visible instead of hanging callers
             _log.exception("tracker-client I/O thread failed")
         finally:
+            try:
+                self._spool_everything()
+            except Exception:  # pragma: no cover
+                _log.exception("tracker-client: could not write the spool")
             self._stopped.set()
-            for fut in list(self._pending.values()):
-                if not fut.done():
-                    fut.set_exception(DaemonUnavailable("the client's I/O thread stopped"))
-            self._pending.clear()
+            for fut, _, _ in list(self._pending.values()):
+                if fut is not None and not fut.done():
+                    fut.set_exception(DaemonUnavailable("the client's connection was closed"))
             sock.disable_monitor()
             monitor.close(0)
             sock.close(0)
@@ -255,6 +312,9 @@ class Transport:
             os.close(fd)
             with self._space:
                 self._space.notify_all()
+
+    def _window_open(self) -> bool:
+        return len(self._unacked) < self.max_inflight
 
     def _send_hello(self, sock: zmq.Socket[bytes], *, resend: bool) -> None:
         req = self._new_req()
@@ -268,57 +328,88 @@ class Transport:
         self._next_req += 1
         return self._next_req
 
-    def _drain(self, sock: zmq.Socket[bytes]) -> int | None:
-        """Send what the window allows. Returns the number of frames sent, None on stop."""
+    def _resend(self, sock: zmq.Socket[bytes]) -> None:
+        """Send again every unacked sequenced message, then every unanswered request."""
+        for frame in self._unacked.values():
+            sock.send(frame, copy=False)
+        for req in sorted(self._pending):
+            sock.send(self._pending[req][1], copy=False)
+
+    def _drain(self, sock: zmq.Socket[bytes]) -> int:
+        """Send what the window allows: the spool first (older), then the queue."""
+        sent = 0
+        spool = self._spool
+        if spool is not None and spool.unread > 0:
+            while self._window_open() and spool.unread > 0:
+                for frame in spool.read(self.max_inflight - len(self._unacked)):
+                    self._send_spooled(sock, frame)
+                    sent += 1
+            if spool.unread > 0:
+                return sent
+            spool.reset_if_done()
         q = self._queue
         recs: list[list[Any]] = []
-        sent = 0
-        while q and len(self._unacked) < self.max_inflight:
+        while q and self._window_open():
             item = q.popleft()
             if type(item) is list:
                 recs.append(item)
                 if len(recs) >= self.frame_records:
-                    sent += self._send_data(sock, recs)
+                    sent += self._send_frames(sock, self._frame_records(recs))
                     recs = []
                 continue
             if recs:
-                sent += self._send_data(sock, recs)
+                sent += self._send_frames(sock, self._frame_records(recs))
                 recs = []
-            if item is _STOP:
-                return None
-            self._send_call(sock, item)
+            sock.send(self._frame_call(item))
             sent += 1
         if recs:
-            sent += self._send_data(sock, recs)
+            sent += self._send_frames(sock, self._frame_records(recs))
         if self._space_waiters:
             with self._space:
                 self._space.notify_all()
         return sent
 
-    def _send_data(self, sock: zmq.Socket[bytes], recs: list[list[Any]]) -> int:
+    def _frame_records(self, recs: list[list[Any]]) -> list[bytes]:
+        """Encode records as DATA frames (assigning seqs), splitting to respect max_frame."""
         frame = p.encode_data(self.client_id, self._seq + 1, recs)
         if len(frame) > self.max_frame and len(recs) > 1:
             half = len(recs) // 2
-            return self._send_data(sock, recs[:half]) + self._send_data(sock, recs[half:])
+            return self._frame_records(recs[:half]) + self._frame_records(recs[half:])
         self._seq += 1
         self._unacked[self._seq] = frame
-        sock.send(frame, copy=False)
-        self.frames_sent += 1
-        return 1
+        return [frame]
 
-    def _send_call(self, sock: zmq.Socket[bytes], call: _Call) -> None:
+    def _send_frames(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> int:
+        for frame in frames:
+            sock.send(frame, copy=False)
+        self.frames_sent += len(frames)
+        return len(frames)
+
+    def _frame_call(self, call: _Call) -> bytes:
+        """Encode a control item; sequenced ones join the unacked set, requests the pending."""
         if call.sequenced:
             self._seq += 1
             frame = p.encode(call.make(0, self._seq))
             self._unacked[self._seq] = frame
-        else:
-            req = self._new_req()
-            assert call.future is not None
-            if not call.future.set_running_or_notify_cancel():
-                return
-            self._pending[req] = call.future
-            frame = p.encode(call.make(req, self._seq))
-        sock.send(frame)
+            return frame
+        req = self._new_req()
+        frame = p.encode(call.make(req, self._seq))
+        assert call.future is not None
+        if call.future.set_running_or_notify_cancel():
+            self._pending[req] = (call.future, frame, self._seq)
+        return frame
+
+    def _send_spooled(self, sock: zmq.Socket[bytes], frame: bytes) -> None:
+        msg = p.decode(frame, max_frame=2**31)
+        if isinstance(msg, p.Data | p.LogArtifact):
+            self._unacked[msg.seq] = frame
+        elif isinstance(msg, p.Hello):
+            return  # this connection said hello already
+        elif hasattr(msg, "req") and msg.req not in self._pending:
+            seq = msg.seq if isinstance(msg, p.Flush | p.EndRun) else 0
+            self._pending[msg.req] = (None, frame, seq)  # from an earlier life of this transport
+        sock.send(frame, copy=False)
+        self.frames_sent += 1
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         while True:
@@ -343,22 +434,150 @@ class Transport:
                 del unacked[seq]
         elif isinstance(msg, p.Welcome):
             self.staging_dir = msg.staging_dir
+            if msg.spool_dir and not os.environ.get("TRACKER_SPOOL_DIR") and self._spool is None:
+                self.spool_dir = Path(msg.spool_dir)
             self.max_frame = min(self.max_frame, msg.max_frame)
             self._handle(sock, p.Ack(msg.acked_seq))
             if msg.req == self._resend_req:
-                for frame in self._unacked.values():
-                    sock.send(frame, copy=False)
+                self._resend(sock)
+            self.connected = True
             self.welcomed.set()
         elif isinstance(msg, p.ErrorReply):
-            fut = self._pending.pop(msg.req, None) if msg.req is not None else None
-            if fut is not None:
-                fut.set_exception(DaemonError(msg.code, msg.message))
-            else:
+            entry = self._pending.pop(msg.req, None) if msg.req is not None else None
+            if entry is not None and entry[0] is not None:
+                entry[0].set_exception(DaemonError(msg.code, msg.message))
+            elif msg.code == "journal_full":
+                if not self._resend_at:
+                    _log.warning("tracker-daemon is not accepting data: %s", msg.message)
+                    self._resend_at = time.monotonic() + JOURNAL_FULL_RETRY_S
+            elif entry is None:
                 _log.warning("tracker-daemon reported an error: %s: %s", msg.code, msg.message)
         elif isinstance(msg, p.RunStarted | p.Done | p.StatusReply):
-            fut = self._pending.pop(msg.req, None)
-            if fut is not None:
-                fut.set_result(msg)
+            entry = self._pending.pop(msg.req, None)
+            if entry is None:
+                return
+            if isinstance(msg, p.Done):  # committed up to the barrier's seq implies accepted
+                self._handle(sock, p.Ack(entry[2]))
+            if entry[0] is not None:
+                entry[0].set_result(msg)
+
+    # ---------------------------------------------------------------- spool (I/O thread only)
+
+    def _spool_path(self) -> Path:
+        base = self.spool_dir or default_spool_dir()
+        return base / f"{self.client_id}{SUFFIX}"
+
+    def _reopen_spool(self) -> None:
+        """After a restart of this transport, pick up what an earlier close spooled."""
+        path = self._spool_path()
+        if self._spool is None and path.exists():
+            self._open_spool()
+
+    def _open_spool(self) -> Spool | None:
+        if self._spool is None:
+            spool = Spool(self._spool_path())
+            try:
+                spool.open()
+            except (SpoolBusy, OSError) as exc:
+                _log.error("tracker-client: cannot open the spool %s: %s", spool.path, exc)
+                return None
+            self._spool = spool
+        return self._spool
+
+    def _spill(self) -> None:
+        """Queue over its bound: move its oldest part to the spool, in order."""
+        spool = self._open_spool()
+        if spool is None:
+            return
+        keep = self.max_buffer * 3 // 4
+        frames: list[bytes] = []
+        recs: list[list[Any]] = []
+        q = self._queue
+        while len(q) > keep:
+            item = q.popleft()
+            if type(item) is list:
+                recs.append(item)
+                if len(recs) >= self.frame_records:
+                    frames += self._frame_spooled(recs)
+                    recs = []
+                continue
+            if recs:
+                frames += self._frame_spooled(recs)
+                recs = []
+            frames.append(self._frame_call(item))
+            if item.sequenced:  # spooled, not sent: it lives in the spool now
+                self._unacked.pop(self._seq, None)
+        if recs:
+            frames += self._frame_spooled(recs)
+        if frames:
+            if spool.unread == 0 and spool.path.stat().st_size == 0:
+                frames.insert(0, self._spool_hello())
+            spool.append(frames)
+            self.spooled_frames += len(frames)
+            if self.spooled_frames == len(frames):
+                _log.warning(
+                    "tracker-client: the daemon is not keeping up or not reachable; spooling to %s",
+                    spool.path,
+                )
+        with self._space:
+            self._space.notify_all()
+
+    def _frame_spooled(self, recs: list[list[Any]]) -> list[bytes]:
+        frames = self._frame_records(recs)
+        for _ in frames:  # they are in the spool, not in flight
+            self._unacked.popitem(last=True)
+        return frames
+
+    def _spool_hello(self) -> bytes:
+        floor = next(iter(self._unacked)) - 1 if self._unacked else 0
+        return p.encode(
+            p.Hello(0, self.client_id, os.getpid(), os.uname().nodename, _version(), floor)
+        )
+
+    def _spool_everything(self) -> None:
+        """At close: unacked frames, unanswered requests, the unsent spool and the queue go to
+        the spool file, in that order, so nothing the daemon has not taken is lost."""
+        q = self._queue
+        unsent_spool: list[bytes] = []
+        if self._spool is not None and self._spool.unread > 0:
+            unsent_spool = self._spool.read(1 << 30)
+        nothing = not (self._unacked or q or unsent_spool) and all(
+            isinstance(p.decode(f, max_frame=2**31), p.StatusRequest | p.Flush)
+            for _, f, _ in self._pending.values()
+        )
+        if nothing:
+            if self._spool is not None:
+                self._spool.rewrite([])
+                self._spool.close()
+                self._spool = None
+            return
+        frames = [self._spool_hello(), *self._unacked.values()]
+        frames += [f for _, (_, f, _) in sorted(self._pending.items())]
+        frames += unsent_spool
+        recs: list[list[Any]] = []
+        while q:
+            item = q.popleft()
+            if type(item) is list:
+                recs.append(item)
+                continue
+            if recs:
+                frames += self._frame_records(recs)
+                recs = []
+            frames.append(self._frame_call(item))
+        if recs:
+            frames += self._frame_records(recs)
+        spool = self._open_spool()
+        if spool is None:
+            _log.error("tracker-client: %d frames could not be spooled and are lost", len(frames))
+            return
+        spool.rewrite(frames)
+        spool.close(remove_if_empty=False)
+        self._spool = None
+        _log.warning(
+            "tracker-client: %d frame(s) not taken by the daemon were saved to %s; they are "
+            "sent when this process reconnects, or by `tracker-daemon import %s`",
+            len(frames) - 1, spool.path, spool.path,
+        )
 
 
 def _version() -> str:
@@ -369,6 +588,7 @@ def _version() -> str:
 
 def _after_fork_in_child() -> None:
     for t in list(_LIVE):
+        t._spool = None  # the parent's lock and file are the parent's
         t._reset()
 
 

@@ -19,8 +19,8 @@ from mlflow import MlflowClient
 from zmq.utils.monitor import recv_monitor_message
 
 import tracker_client
-from tracker_client import protocol as p
 from tests.helpers import running_daemon, wait_for
+from tracker_client import protocol as p
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def request(sock: zmq.Socket[bytes], frames: list[bytes], what: str) -> p.Messag
 
 
 def frame_of_size(size: int, req: int) -> bytes:
-    """A well-formed ``status`` envelope (plus an unknown ``pad`` field) of exactly ``size`` bytes."""
+    """A ``status`` envelope (plus an unknown ``pad`` field) of exactly ``size`` bytes."""
     base = len(pack([1, "status", {"req": req, "pad": b""}]))
     # bin8 header (2 bytes) for the empty pad becomes a bin32 header (5 bytes) when large
     frame = pack([1, "status", {"req": req, "pad": b"x" * (size - base - 3)}])
@@ -84,30 +84,44 @@ class Bad:
     says: str  # a piece of the error message
 
 
-def data_body(**changes: Any) -> dict[str, Any]:
+def data_frame(**changes: Any) -> bytes:
+    """A ``data`` envelope (one metric record) with some body fields replaced."""
     body: dict[str, Any] = {
         "client_id": "raw-bad-client",
         "seq": 1,
-        "records": [["m", FAKE_RUN, "loss", 0.5, TS, 1, None, None, None]],
+        "records": [metric_wire()],
     }
     body.update(changes)
-    return body
+    return pack([1, "data", body])
+
+
+def metric_wire(value: Any = 0.5, step: Any = 1) -> list[Any]:
+    return ["m", FAKE_RUN, "loss", value, TS, step, None, None, None]
 
 
 def bad_frames() -> list[Bad]:
-    valid_data = pack([1, "data", data_body()])
+    valid_data = data_frame()
     p.decode(valid_data)  # sanity: the untruncated frame is valid
     status = p.encode(p.StatusRequest(40))
+    welcome = p.Welcome(
+        req=13, daemon_version="0.1.0", acked_seq=0, staging_dir="/tmp", max_frame=4096
+    )
+    flush_seq_str = {"req": 7, "client_id": "c", "seq": "3", "run_id": None}
     return [
         Bad("garbage", [b"\xc1\xc1\xffnot msgpack at all"], "bad_msgpack", None, "msgpack"),
         Bad("empty frame", [b""], "bad_msgpack", None, "msgpack"),
         Bad("truncated data", [valid_data[:-7]], "bad_msgpack", None, "msgpack"),
         Bad("trailing bytes", [status + b"\x00"], "bad_msgpack", None, "trailing"),
-        Bad("map, not array", [pack({"req": 3})], "bad_envelope", None, "envelope"),
         # a map with a non-str key is not valid protocol msgpack (PROTOCOL.md 2): no req either
         Bad("map keyed by int 2", [pack({2: {"req": 16}})], "bad_msgpack", None, "map key"),
-        Bad("int key in body", [pack([1, "status", {"req": 17, 3: 1}])], "bad_msgpack", None,
-            "map key"),
+        Bad(
+            "int key in body",
+            [pack([1, "status", {"req": 17, 3: 1}])],
+            "bad_msgpack",
+            None,
+            "map key",
+        ),
+        Bad("map, not array", [pack({"req": 3})], "bad_envelope", None, "envelope"),
         Bad("short envelope", [pack([1, "status"])], "bad_envelope", None, "envelope"),
         Bad("a string", [pack("hello")], "bad_envelope", None, "envelope"),
         Bad("body not a map", [pack([1, "status", [4]])], "bad_envelope", None, "body"),
@@ -116,57 +130,78 @@ def bad_frames() -> list[Bad]:
         Bad("version 0", [pack([0, "status", {"req": 55}])], "unsupported_version", 55, "0"),
         Bad("unknown kind", [pack([1, "ping", {"req": 6}])], "unknown_kind", 6, "'ping'"),
         Bad("kind an int", [pack([1, 7, {"req": 66}])], "unknown_kind", 66, "7"),
-        Bad("data.seq a string", [pack([1, "data", data_body(seq="1")])], "bad_field", None,
-            "data.seq"),
+        Bad("data.seq a string", [data_frame(seq="1")], "bad_field", None, "data.seq"),
         Bad(
             "metric value a string",
-            [pack([1, "data", data_body(records=[["m", FAKE_RUN, "loss", "high", TS, 1, None,
-                                                  None, None]])])],
-            "bad_field", None, "records[0].value",
-        ),
-        Bad(
-            "unknown record kind",
-            [pack([1, "data", data_body(records=[["x", FAKE_RUN, "k", "v"]])])],
-            "bad_field", None, "unknown record kind 'x'",
+            [data_frame(records=[metric_wire(value="high")])],
+            "bad_field",
+            None,
+            "data.records[0].value",
         ),
         Bad(
             "metric step a float",
-            [pack([1, "data", data_body(records=[["m", FAKE_RUN, "loss", 0.5, TS, 1.5, None,
-                                                  None, None]])])],
-            "bad_field", None, "records[0].step",
+            [data_frame(records=[metric_wire(step=1.5)])],
+            "bad_field",
+            None,
+            "data.records[0].step",
         ),
-        Bad("records not an array", [pack([1, "data", data_body(records={"m": 1})])],
-            "bad_field", None, "data.records"),
         Bad(
-            "flush.seq a string",
-            [pack([1, "flush", {"req": 7, "client_id": "c", "seq": "3", "run_id": None}])],
-            "bad_field", 7, "flush.seq",
+            "unknown record kind",
+            [data_frame(records=[["x", FAKE_RUN, "k", "v"]])],
+            "bad_field",
+            None,
+            "unknown record kind 'x'",
         ),
-        Bad("status.req a string", [pack([1, "status", {"req": "8"}])], "bad_field", None,
-            "status.req"),
-        Bad("status.req negative", [pack([1, "status", {"req": -1, "x": 1}])], "bad_field", None,
-            "'x'"),
+        Bad("records a map", [data_frame(records={"m": 1})], "bad_field", None, "data.records"),
+        Bad("flush.seq a string", [pack([1, "flush", flush_seq_str])], "bad_field", 7, "flush.seq"),
+        Bad(
+            "status.req a string",
+            [pack([1, "status", {"req": "8"}])],
+            "bad_field",
+            None,
+            "status.req",
+        ),
+        Bad(
+            "status.req negative",
+            [pack([1, "status", {"req": -1, "x": 1}])],
+            "bad_field",
+            None,
+            "'x'",
+        ),
         Bad(
             "missing field",
             [pack([1, "flush", {"req": 9, "seq": 1, "run_id": None}])],
-            "bad_field", 9, "'client_id'",
+            "bad_field",
+            9,
+            "'client_id'",
         ),
-        Bad("unknown field", [pack([1, "status", {"req": 10, "extra": True}])], "bad_field", 10,
-            "'extra'"),
-        Bad("non-string body key", [pack([1, "status", {"req": 14, b"k": 1}])], "bad_field", 14,
-            "key"),
+        Bad(
+            "unknown field",
+            [pack([1, "status", {"req": 10, "extra": True}])],
+            "bad_field",
+            10,
+            "'extra'",
+        ),
+        Bad(
+            "non-string body key",
+            [pack([1, "status", {"req": 14, b"k": 1}])],
+            "bad_field",
+            14,
+            "every body key must be a string",
+        ),
         Bad("70,000 bytes", [frame_of_size(70_000, 11)], "frame_too_large", 11, "70000 bytes"),
         Bad("two frames", [status, status], "bad_envelope", None, "one frame"),
         Bad("three frames", [status, b"", status], "bad_envelope", None, "one frame"),
         Bad("ack from a client", [p.encode(p.Ack(1))], "invalid_request", None, "Ack"),
         Bad("done from a client", [p.encode(p.Done(12, ()))], "invalid_request", 12, "Done"),
+        Bad("welcome from a client", [p.encode(welcome)], "invalid_request", 13, "Welcome"),
         Bad(
-            "welcome from a client",
-            [p.encode(p.Welcome(13, "0.1.0", 0, "/tmp", 4096))],
-            "invalid_request", 13, "Welcome",
+            "error from a client",
+            [p.encode(p.ErrorReply(15, "x", "y"))],
+            "invalid_request",
+            15,
+            "ErrorReply",
         ),
-        Bad("error from a client", [p.encode(p.ErrorReply(15, "x", "y"))], "invalid_request", 15,
-            "ErrorReply"),
     ]
 
 
@@ -275,7 +310,13 @@ def test_records_breaking_mlflow_rules_fail_at_the_barrier(tmp_path: Path) -> No
         with raw_dealer(d.address) as sock:
             started = request(
                 sock,
-                [p.encode(p.StartRun(1, None, "mlflow-rules", None, "raw", None, {}, 0))],
+                [
+                    p.encode(
+                        p.StartRun(
+                            req=1, client_id=cid, experiment_name="mlflow-rules", run_name="raw"
+                        )
+                    )
+                ],
                 "start_run",
             )
             assert isinstance(started, p.RunStarted)
@@ -285,9 +326,15 @@ def test_records_breaking_mlflow_rules_fail_at_the_barrier(tmp_path: Path) -> No
 
             too_long = p.Metric(run_id, long_key, 1.0, TS, 0)
             ok = [p.Metric(run_id, "ok", 0.5, TS, 0), p.Metric(run_id, "ok", 0.25, TS, 1)]
-            ack = request(sock, [p.encode(p.Data(cid, 1, (ok[0], too_long)))], "data seq 1")
+            ack = request(
+                sock,
+                [p.encode(p.Data(client_id=cid, seq=1, records=(ok[0], too_long)))],
+                "data seq 1",
+            )
             assert ack == p.Ack(1)
-            done = request(sock, [p.encode(p.Flush(2, cid, 1, None))], "flush seq 1")
+            done = request(
+                sock, [p.encode(p.Flush(req=2, client_id=cid, seq=1, run_id=None))], "flush seq 1"
+            )
             assert isinstance(done, p.Done)
             assert done.req == 2
             assert len(done.failures) == 1
@@ -298,9 +345,15 @@ def test_records_breaking_mlflow_rules_fail_at_the_barrier(tmp_path: Path) -> No
             assert "250" in failure.message
 
             dotdot = p.Metric(run_id, "../x", 2.0, TS, 0)
-            ack = request(sock, [p.encode(p.Data(cid, 2, (dotdot, ok[1])))], "data seq 2")
+            ack = request(
+                sock,
+                [p.encode(p.Data(client_id=cid, seq=2, records=(dotdot, ok[1])))],
+                "data seq 2",
+            )
             assert ack == p.Ack(2)
-            done = request(sock, [p.encode(p.Flush(3, cid, 2, run_id))], "flush seq 2")
+            done = request(
+                sock, [p.encode(p.Flush(req=3, client_id=cid, seq=2, run_id=run_id))], "flush seq 2"
+            )
             assert isinstance(done, p.Done)
             assert done.req == 3
             assert len(done.failures) == 1
@@ -310,7 +363,9 @@ def test_records_breaking_mlflow_rules_fail_at_the_barrier(tmp_path: Path) -> No
             assert "'../x'" in failure.message
             assert "'..'" in failure.message
 
-            done = request(sock, [p.encode(p.Flush(4, cid, 2, None))], "second flush")
+            done = request(
+                sock, [p.encode(p.Flush(req=4, client_id=cid, seq=2, run_id=None))], "second flush"
+            )
             assert done == p.Done(4, ())  # failures are reported once
 
         status = d.status()
@@ -324,3 +379,69 @@ def test_records_breaking_mlflow_rules_fail_at_the_barrier(tmp_path: Path) -> No
     assert set(client.get_run(run_id).data.metrics) == {"ok"}
     history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "ok"))
     assert history == [(0, 0.5), (1, 0.25)]
+
+
+@pytest.mark.timeout(120)
+def test_data_with_seq_below_one_is_dropped_not_pinned(tmp_path: Path) -> None:
+    """PROTOCOL.md: seq >= 1. A first message with seq 0 from an unknown client must be treated
+    like a duplicate (dropped, acked with 0), not journaled and delivered but never settled."""
+    cid = "raw-client-seq-zero"
+    with running_daemon(tmp_path, "--max-frame-bytes", str(MAX_FRAME)) as d:
+        with raw_dealer(d.address) as sock:
+            started = request(
+                sock,
+                [p.encode(p.StartRun(req=1, client_id=cid, experiment_name="seq-zero"))],
+                "start_run",
+            )
+            assert isinstance(started, p.RunStarted)
+            run_id = started.run_id
+            zero = p.Metric(run_id, "zero", 1.0, TS, 0)
+            one = p.Metric(run_id, "one", 2.0, TS, 0)
+            for seq, rec in ((0, zero), (-5, zero), (1, one)):
+                sock.send(p.encode(p.Data(client_id=cid, seq=seq, records=(rec,))))
+            # acks are cumulative and may be coalesced: read until seq 1 is acked
+            acks = [recv_reply(sock, "acks")]
+            while acks[-1] != p.Ack(1):
+                acks.append(recv_reply(sock, "acks"))
+            assert set(acks) <= {p.Ack(0), p.Ack(1)}, acks
+            flush = p.encode(p.Flush(req=2, client_id=cid, seq=1, run_id=None))
+            assert request(sock, [flush], "flush seq 1") == p.Done(2, ())
+
+        status = wait_for(
+            lambda: (s := d.status())["journal_outstanding_entries"] == 0 and s,
+            30,
+            "the journal to release every settled entry",
+        )
+        assert status["received"] == status["committed"] == 1
+        assert status["duplicate_frames"] == 2
+        assert status["rejected_frames"] == 0
+        assert d.proc is not None and d.proc.poll() is None
+
+    client = MlflowClient(tracking_uri=d.backend_uri)
+    assert set(client.get_run(run_id).data.metrics) == {"one"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(
+    strict=True,
+    reason="daemon.py _on_sequenced: with durability=fsync a duplicate is queued in _pending_acks "
+    "but _sync_wake is only set for new messages, so it is acked only when another append "
+    "happens to trigger a group fsync",
+)
+def test_resent_duplicate_is_acked(tmp_path: Path) -> None:
+    cid = "raw-client-resend"
+    with running_daemon(tmp_path, "--max-frame-bytes", str(MAX_FRAME)) as d:
+        with raw_dealer(d.address) as sock:
+            started = request(
+                sock,
+                [p.encode(p.StartRun(req=1, client_id=cid, experiment_name="resend"))],
+                "start_run",
+            )
+            assert isinstance(started, p.RunStarted)
+            frame = p.encode(
+                p.Data(client_id=cid, seq=1, records=(p.Metric(started.run_id, "k", 1.0, TS, 0),))
+            )
+            assert request(sock, [frame], "data seq 1") == p.Ack(1)
+            sock.send(frame)  # a resend, e.g. after a lost ack: must be dropped but acked
+            assert recv_reply(sock, "the duplicate's ack", timeout=10.0) == p.Ack(1)
+        assert d.status()["duplicate_frames"] == 1

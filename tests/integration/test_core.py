@@ -222,7 +222,7 @@ def test_forked_child_logs_through_its_own_connection(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_no_daemon_gives_a_clear_error_quickly(tmp_path: Path) -> None:
-    t = tracker_client.connect(f"ipc://{tmp_path}/nobody.sock")
+    t = tracker_client.connect(f"ipc://{tmp_path}/nobody.sock", offline=False)
     with pytest.raises(tracker_client.DaemonUnavailable, match="does not exist"):
         t.start_run("x", timeout=1.0)
     t.close(1.0)

@@ -13,7 +13,6 @@ from tracker_client.protocol import DEFAULT_MAX_FRAME_BYTES
 from tracker_daemon.config import Config, default_state_dir, load_config
 from tracker_daemon.errors import ConfigError
 
-
 DERIVED = {"state_dir", "backend_store_uri", "default_artifact_root", "address"}
 
 

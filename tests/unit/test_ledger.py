@@ -314,5 +314,80 @@ def test_forget_drops_the_book() -> None:
 def test_book_creates_default_book_once() -> None:
     ledger = Ledger()
     book = ledger.book(C)
-    assert book == ClientBook()
+    assert book == ClientBook(C)
     assert ledger.book(C) is book
+
+
+# --------------------------------------------------------------------------------------------
+# is_new / unaccept / on_done
+
+
+def test_is_new_matches_accept() -> None:
+    ledger = Ledger()
+    assert ledger.is_new(C, 1) is True
+    assert C not in ledger  # a query does not create the book
+    ledger.accept(C, 1, 1)
+    ledger.accept(C, 4, 1)
+    assert [ledger.is_new(C, s) for s in range(6)] == [False, False, True, True, False, True]
+
+
+def test_seq_below_one_is_never_new() -> None:
+    # PROTOCOL.md: seq >= 1. accept() treats 0 and negatives as duplicates; is_new must agree,
+    # also for a client it has never seen, or the daemon journals a message it never settles.
+    ledger = Ledger()
+    assert ledger.is_new("fresh", 0) is False
+    assert ledger.is_new("fresh", -3) is False
+    assert ledger.accept("fresh", 0, 2) is False
+
+
+def test_unaccept_reopens_a_contiguous_seq() -> None:
+    ledger = Ledger()
+    for seq in (1, 2, 3):
+        ledger.accept(C, seq, 1)
+    ledger.unaccept(C, 2)
+    assert marks(ledger) == (1, 0)
+    book = ledger.book(C)
+    assert book.received_above == {3}
+    assert book.remaining == {1: 1, 3: 1}
+    assert ledger.is_new(C, 2) is True
+    assert ledger.is_new(C, 3) is False
+    assert ledger.accept(C, 2, 1) is True  # the resend
+    assert marks(ledger) == (3, 0)
+
+
+def test_unaccept_of_a_seq_above_a_gap_and_of_unknowns() -> None:
+    ledger = Ledger()
+    ledger.accept(C, 1, 1)
+    ledger.accept(C, 5, 1)
+    ledger.unaccept(C, 5)
+    assert ledger.book(C).received_above == set()
+    assert ledger.book(C).remaining == {1: 1}
+    assert ledger.is_new(C, 5) is True
+    ledger.unaccept(C, 9)  # never accepted: no change
+    ledger.unaccept("nobody", 1)
+    assert "nobody" not in ledger
+    assert marks(ledger) == (1, 0)
+    assert ledger.settle(C, 1) is True
+    assert marks(ledger) == (1, 1)
+
+
+def test_on_done_is_called_once_per_done_message() -> None:
+    calls: list[tuple[str, int]] = []
+    ledger = Ledger(on_done=lambda cid, seq: calls.append((cid, seq)))
+    ledger.accept(C, 1, 2)
+    ledger.accept(C, 2, 0)  # zero records: done at once
+    assert calls == [(C, 2)]
+    ledger.settle(C, 1)
+    assert calls == [(C, 2)]
+    ledger.settle(C, 1)
+    assert calls == [(C, 2), (C, 1)]
+    ledger.settle(C, 1)  # already done
+    ledger.accept(C, 1, 1)  # duplicate
+    assert calls == [(C, 2), (C, 1)]
+    ledger.accept(C, 4, 1)
+    ledger.floor(C, 5)  # 3 and 5 were never received here: done; 4 is still pending
+    assert calls == [(C, 2), (C, 1), (C, 3), (C, 5)]
+    assert marks(ledger) == (5, 3)
+    ledger.settle(C, 4)
+    assert calls[-1] == (C, 4)
+    assert marks(ledger) == (5, 5)

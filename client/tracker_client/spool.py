@@ -1,0 +1,229 @@
+"""The client's offline spool: outbound frames kept on disk while no daemon takes them.
+
+A spool file ``<spool_dir>/<client_id>.spool`` holds protocol frames (hello, start_run, data,
+artifact, flush, end_run — exactly as they would have gone on the wire) in the framing of
+:mod:`tracker_client.framing`. The client process that owns it holds an exclusive ``flock`` on it;
+while it lives it sends the spool itself once a daemon answers. A spool left by a process that
+died is sent by ``tracker-daemon import PATH`` or by the daemon itself (it scans its spool dir):
+:func:`import_spool` replays the frames over an ordinary connection, so the daemon's usual
+(client id, seq) de-duplication makes a second import harmless.
+
+Spool dir: ``$TRACKER_SPOOL_DIR``; else the one the daemon announced; else the daemon's default
+state dir's ``spool/`` (``/var/lib/tracker-daemon/spool`` when writable, otherwise
+``$XDG_STATE_HOME/tracker-daemon/spool``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from . import protocol as p
+from .framing import encode_frame, scan
+
+__all__ = ["ImportResult", "Spool", "SpoolBusy", "default_spool_dir", "import_spool"]
+
+SUFFIX = ".spool"
+
+
+class SpoolBusy(Exception):
+    """The spool's writer is still alive (it holds the lock); it will send the data itself."""
+
+
+def default_spool_dir() -> Path:
+    env = os.environ.get("TRACKER_SPOOL_DIR")
+    if env:
+        return Path(env)
+    system = Path("/var/lib/tracker-daemon/spool")
+    if os.getuid() == 0 or (system.is_dir() and os.access(system, os.W_OK)):
+        return system
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "tracker-daemon" / "spool"
+
+
+class Spool:
+    """Append frames; read them back in order; owned (flocked) by one process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._read_at = 0
+        self._size = 0
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o2770)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolBusy(f"{self.path} is locked by another process") from None
+        self._fd = fd
+        self._size = os.fstat(fd).st_size
+        self._read_at = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
+
+    @property
+    def unread(self) -> int:
+        return self._size - self._read_at
+
+    def append(self, frames: list[bytes]) -> None:
+        data = b"".join(encode_frame(f) for f in frames)
+        os.pwrite(self._fd, data, self._size)
+        os.fsync(self._fd)
+        self._size += len(data)
+
+    def read(self, max_frames: int) -> list[bytes]:
+        """Up to ``max_frames`` frames not yet read."""
+        if self.unread <= 0:
+            return []
+        data = os.pread(self._fd, min(self.unread, 16 * 1024 * 1024), self._read_at)
+        result = scan(data)
+        frames = [payload for _, payload in result.frames[:max_frames]]
+        if result.frames:
+            last_off, last = result.frames[: len(frames)][-1]
+            self._read_at += last_off + 8 + len(last)
+        elif result.problem is not None:
+            self._read_at = self._size  # a torn tail cannot be sent; skip it
+        return frames
+
+    def rewrite(self, frames: list[bytes]) -> None:
+        """Replace the whole content (used at close to put everything unsent in order)."""
+        data = b"".join(encode_frame(f) for f in frames)
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+        self._size = len(data)
+        self._read_at = 0
+
+    def reset_if_done(self) -> None:
+        if self._fd >= 0 and self._read_at >= self._size and self._size:
+            os.ftruncate(self._fd, 0)
+            self._size = self._read_at = 0
+
+    def close(self, *, remove_if_empty: bool = True) -> None:
+        if self._fd < 0:
+            return
+        if remove_if_empty and self._size == 0:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)  # releases the lock
+        self._fd = -1
+
+
+@dataclass
+class ImportResult:
+    path: Path
+    frames: int = 0
+    records: int = 0
+    runs: dict[str, str] = field(default_factory=dict)  # offline id (or req) -> MLflow run id
+    failures: list[p.Failure] = field(default_factory=list)
+    ended_failed: list[str] = field(default_factory=list)
+
+
+def import_spool(
+    path: Path,
+    address: str,
+    *,
+    timeout: float = 120.0,
+    log: Callable[[str], None] | None = None,
+) -> ImportResult:
+    """Send a dead client's spool to the daemon at ``address``; remove it once committed.
+
+    Runs started offline and never ended in the spool (the process died) are ended FAILED."""
+    spool = Spool(path)
+    spool.open()  # raises SpoolBusy while the writer lives
+    result = ImportResult(path)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        frames = spool.read(1 << 30)
+        client_id = ""
+        last_seq = 0
+        waiting: dict[int, p.ClientMessage] = {}
+        started: dict[str, str] = {}  # run id used by the client -> real run id
+        ended: set[str] = set()
+        for frame in frames:
+            msg = p.decode(frame, max_frame=2**31)
+            result.frames += 1
+            if isinstance(msg, p.Hello):
+                client_id = msg.client_id
+            if isinstance(msg, p.Data | p.LogArtifact):
+                client_id = msg.client_id
+                last_seq = max(last_seq, msg.seq)
+                result.records += len(msg.records) if isinstance(msg, p.Data) else 1
+            if isinstance(msg, p.StartRun | p.EndRun | p.Flush | p.StatusRequest):
+                waiting[msg.req] = msg
+            if isinstance(msg, p.EndRun):
+                ended.add(msg.run_id)
+            sock.send(frame)
+        deadline = time.monotonic() + timeout
+        acked = 0
+        while waiting or acked < last_seq:
+            if not sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                raise TimeoutError(f"import of {path}: the daemon did not answer within {timeout} s")
+            reply = p.decode(sock.recv(), max_frame=2**31)
+            if isinstance(reply, p.Ack):
+                acked = max(acked, reply.seq)
+            elif isinstance(reply, p.Welcome):
+                acked = max(acked, reply.acked_seq)
+            elif isinstance(reply, p.RunStarted):
+                req_msg = waiting.pop(reply.req, None)
+                if isinstance(req_msg, p.StartRun):
+                    used = req_msg.offline_id or req_msg.run_id or f"req-{req_msg.req}"
+                    started[used] = reply.run_id
+                    result.runs[used] = reply.run_id
+            elif isinstance(reply, p.Done):
+                waiting.pop(reply.req, None)
+                result.failures.extend(reply.failures)
+            elif isinstance(reply, p.ErrorReply):
+                if reply.req is None:
+                    if reply.code == "journal_full":
+                        raise TimeoutError(f"import of {path}: {reply.message}")
+                    continue
+                waiting.pop(reply.req, None)
+                result.failures.append(p.Failure(None, reply.code, reply.message))
+        req = 1 << 40
+        for used, run_id in started.items():
+            if used in ended or run_id in ended:
+                continue
+            req += 1
+            sock.send(p.encode(p.EndRun(req, client_id, last_seq, used, "FAILED", _now_ms())))
+            waiting[req] = p.StatusRequest(req)
+            result.ended_failed.append(run_id)
+        req += 1
+        sock.send(p.encode(p.Flush(req, client_id, last_seq, None)))
+        waiting[req] = p.StatusRequest(req)
+        while waiting:
+            if not sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                raise TimeoutError(f"import of {path}: no barrier reply within {timeout} s")
+            reply = p.decode(sock.recv(), max_frame=2**31)
+            if isinstance(reply, p.Done | p.ErrorReply) and reply.req in waiting:
+                waiting.pop(reply.req)  # type: ignore[arg-type]
+                if isinstance(reply, p.Done):
+                    result.failures.extend(reply.failures)
+                else:
+                    result.failures.append(p.Failure(None, reply.code, reply.message))
+        spool.rewrite([])
+        if log:
+            log(f"imported {path}: {result.records} records, runs {result.runs}")
+        return result
+    finally:
+        spool.close()
+        sock.close(0)
+        ctx.term()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
