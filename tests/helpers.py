@@ -158,3 +158,40 @@ def finish_workers(procs: list[subprocess.Popen[bytes]], timeout: float) -> list
             raise AssertionError(f"worker {proc.pid} exited {proc.returncode}:\n{err.decode()}")
         errors.append(err.decode())
     return errors
+
+
+_LOCK_SCRIPT = """
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+con.execute("ROLLBACK")
+con.close()
+"""
+
+
+@contextmanager
+def sqlite_locked(db_path: Path, timeout: float = 60.0) -> Iterator[None]:
+    """Hold an exclusive lock on an SQLite database from another process: every writer (the
+    daemon's sink) blocks, then fails with 'database is locked' — a real backend outage."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_SCRIPT, str(db_path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the lock is held (or the process dies)
+        if line.strip() != b"locked":
+            raise AssertionError(f"could not lock {db_path}: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+        yield
+    finally:
+        if proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.write(b"release\n")
+            proc.stdin.flush()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -134,6 +135,7 @@ class Daemon:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stopping = False
         self._full_logged = False
+        self._import_stop = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -247,6 +249,7 @@ class Daemon:
                     serving.cancel_scope.cancel()
                     break
         self._stopping = True
+        self._import_stop.set()
         await self._flush_acks()
         await self._drain(self.cfg.drain_timeout_s)
         tg.cancel_scope.cancel()
@@ -764,7 +767,11 @@ class Daemon:
             for path in sorted(self.spool_dir.glob(f"*{SPOOL_SUFFIX}")):
                 try:
                     result = await anyio.to_thread.run_sync(
-                        functools.partial(import_spool, path, self.cfg.bind_address, timeout=600)
+                        functools.partial(
+                            import_spool, path, self.cfg.bind_address, timeout=600,
+                            stop=self._import_stop,
+                        ),
+                        abandon_on_cancel=True,
                     )
                 except SpoolBusy:
                     continue
@@ -850,6 +857,7 @@ class Daemon:
             "failed": c.failed,
             "dead_lettered": c.dead_lettered,
             "orphaned_runs": c.orphaned_runs,
+            "spools_imported": c.spools_imported,
             "queue_depth": self.batcher.pending,
             "spilled": self._spill_from is not None,
             "artifacts_pending": self._art_pending,

@@ -21,6 +21,7 @@ __all__ = ["ClientBook", "Ledger"]
 class ClientBook:
     client_id: str
     received_upto: int = 0
+    floor: int = 0  # seqs <= floor that this daemon never received count as done
     committed_upto: int = 0
     received_above: set[int] = field(default_factory=set)
     remaining: dict[int, int] = field(default_factory=dict)  # seq -> records not yet settled
@@ -54,15 +55,15 @@ class Ledger:
     def floor(self, client_id: str, seq: int) -> None:
         """The client says every seq <= ``seq`` was acked by a daemon (possibly an earlier run of
         this one). Seqs up to there that this daemon never received are treated as done; ones it
-        holds keep their real state (acked is not committed)."""
+        holds keep their real state (acked is not committed). O(messages held), whatever ``seq``."""
         b = self.book(client_id)
         if seq <= b.received_upto:
             return
-        for s in range(b.received_upto + 1, seq + 1):
-            if s not in b.received_above:
-                b.received_above.add(s)
-                self._done(b, s)
+        b.floor = max(b.floor, seq)
+        b.received_upto = seq
+        b.received_above = {s for s in b.received_above if s > seq}
         self._advance_received(b)
+        self._advance_committed(b)
 
     def is_new(self, client_id: str, seq: int) -> bool:
         b = self._books.get(client_id)
@@ -154,6 +155,15 @@ class Ledger:
 
     @staticmethod
     def _advance_committed(b: ClientBook) -> None:
-        while b.done_above and b.committed_upto + 1 in b.done_above:
-            b.committed_upto += 1
-            b.done_above.discard(b.committed_upto)
+        while True:
+            nxt = b.committed_upto + 1
+            if nxt in b.done_above:
+                b.committed_upto = nxt
+                b.done_above.discard(nxt)
+            elif nxt <= b.floor and nxt not in b.remaining:
+                # below the floor and not held here: done; jump to the next held message
+                held = [s for s in b.remaining if s > nxt]
+                b.committed_upto = min(min(held, default=b.floor + 1) - 1, b.floor)
+                b.done_above = {s for s in b.done_above if s > b.committed_upto}
+            else:
+                return

@@ -193,6 +193,8 @@ class Tracker:
             return p.EndRun(req, cid, seq, run_id, status, end_time)
 
         fut = self._transport.request_async(make)
+        if self.offline and not self._transport.connected:
+            timeout = min(timeout, CONNECT_TIMEOUT)  # no daemon now: do not hang the caller
         run = self._open_runs.pop(run_id, None)
         if run is None:
             run = next((r for r in self._open_runs.values() if r.offline_id == run_id), None)

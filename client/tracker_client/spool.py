@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,13 +137,27 @@ def import_spool(
     *,
     timeout: float = 120.0,
     log: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ImportResult:
     """Send a dead client's spool to the daemon at ``address``; remove it once committed.
 
-    Runs started offline and never ended in the spool (the process died) are ended FAILED."""
+    Runs started offline and never ended in the spool (the process died) are ended FAILED.
+    ``stop`` (set from another thread) abandons the import; nothing is removed then."""
+
+    def wait_reply() -> bytes:
+        while True:
+            if stop is not None and stop.is_set():
+                raise TimeoutError(f"import of {path} stopped")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"import of {path}: the daemon did not answer within {timeout} s")
+            if sock.poll(int(min(left, 0.2) * 1000) + 1):
+                return sock.recv()
+
     spool = Spool(path)
     spool.open()  # raises SpoolBusy while the writer lives
     result = ImportResult(path)
+    deadline = time.monotonic() + timeout
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -168,12 +183,9 @@ def import_spool(
             if isinstance(msg, p.EndRun):
                 ended.add(msg.run_id)
             sock.send(frame)
-        deadline = time.monotonic() + timeout
         acked = 0
         while waiting or acked < last_seq:
-            if not sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-                raise TimeoutError(f"import of {path}: the daemon did not answer within {timeout} s")
-            reply = p.decode(sock.recv(), max_frame=2**31)
+            reply = p.decode(wait_reply(), max_frame=2**31)
             if isinstance(reply, p.Ack):
                 acked = max(acked, reply.seq)
             elif isinstance(reply, p.Welcome):
@@ -206,9 +218,7 @@ def import_spool(
         sock.send(p.encode(p.Flush(req, client_id, last_seq, None)))
         waiting[req] = p.StatusRequest(req)
         while waiting:
-            if not sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
-                raise TimeoutError(f"import of {path}: no barrier reply within {timeout} s")
-            reply = p.decode(sock.recv(), max_frame=2**31)
+            reply = p.decode(wait_reply(), max_frame=2**31)
             if isinstance(reply, p.Done | p.ErrorReply) and reply.req in waiting:
                 waiting.pop(reply.req)  # type: ignore[arg-type]
                 if isinstance(reply, p.Done):

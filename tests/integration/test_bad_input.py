@@ -422,12 +422,6 @@ def test_data_with_seq_below_one_is_dropped_not_pinned(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon.py _on_sequenced: with durability=fsync a duplicate is queued in _pending_acks "
-    "but _sync_wake is only set for new messages, so it is acked only when another append "
-    "happens to trigger a group fsync",
-)
 def test_resent_duplicate_is_acked(tmp_path: Path) -> None:
     cid = "raw-client-resend"
     with running_daemon(tmp_path, "--max-frame-bytes", str(MAX_FRAME)) as d:

@@ -1,0 +1,351 @@
+"""Crash and restart of a real daemon under load: kill -9 (repeatedly, during a blocked sink write,
+inside the group-fsync window) and SIGTERM. After the restart every point a client logged must be
+in MLflow exactly once: the journal replays what was accepted, clients resend what was not acked,
+and the daemon drops the frames it already holds (deduped by (client_id, seq))."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+import tracker_client
+from tests.helpers import (
+    Daemon,
+    finish_workers,
+    short_tmpdir,
+    sqlite_locked,
+    start_worker,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+KEYS = ["loss", "acc"]
+TS = 1_700_000_000_000
+Point = tuple[int, float, int]  # (step, value, timestamp)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@contextmanager
+def restartable_daemon(root: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    """Like ``running_daemon``, but the caller may ``kill()`` and ``start()`` it again on the same
+    state dir and socket. Whatever is still running at the end is stopped."""
+    sock_dir = short_tmpdir()
+    d = Daemon(root / "state", f"ipc://{sock_dir / 'd.sock'}", root / "daemon.log", [], env or {})
+    d.start()
+    try:
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop(signal.SIGTERM, timeout=60)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+@contextmanager
+def reaped(procs: list[subprocess.Popen[bytes]]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Kill worker processes that are still running when the block exits (a failed test)."""
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+def read_out(out: Path) -> dict[str, Any] | None:
+    """A worker's OUT json, or None while it is missing or half written."""
+    try:
+        return json.loads(out.read_text())  # type: ignore[no-any-return]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[Point]:
+    return [(m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key)]
+
+
+def compare(got: list[Point], want: list[Point]) -> tuple[int, int, int]:
+    """(missing, duplicated, unexpected) points of ``got`` against the multiset ``want``."""
+    g, w = Counter(got), Counter(want)
+    missing = sum((w - g).values())
+    duplicated = sum(n - w[pt] for pt, n in g.items() if pt in w and n > w[pt])
+    unexpected = sum(n for pt, n in g.items() if pt not in w)
+    return missing, duplicated, unexpected
+
+
+def log_points(run: tracker_client.Run, steps: int) -> dict[str, list[Point]]:
+    sent: dict[str, list[Point]] = {k: [] for k in KEYS}
+    for step in range(steps):
+        for i, key in enumerate(KEYS):
+            value = step * 0.25 + i
+            run.log_metric(key, value, step=step, timestamp=TS + step)
+            sent[key].append((step, value, TS + step))
+    return sent
+
+
+def assert_exactly_once(backend_uri: str, run_id: str, sent: dict[str, list[Point]]) -> None:
+    client = MlflowClient(tracking_uri=backend_uri)
+    for key, want in sent.items():
+        got = history(client, run_id, key)
+        missing, duplicated, unexpected = compare(got, want)
+        assert (missing, duplicated, unexpected) == (0, 0, 0), (
+            f"run {run_id} key {key}: {missing} missing, {duplicated} duplicated, "
+            f"{unexpected} unexpected of {len(want)} sent"
+        )
+        assert sorted(got) == sorted(want)
+
+
+def check_workers(backend_uri: str, outs: list[Path]) -> dict[str, int]:
+    """Compare MLflow with what every worker says it sent; return the totals."""
+    client = MlflowClient(tracking_uri=backend_uri)
+    totals = {"sent": 0, "committed": 0, "missing": 0, "duplicates": 0, "unexpected": 0}
+    problems = []
+    for out in outs:
+        res = read_out(out)
+        assert res is not None, f"{out} was not written"
+        assert client.get_run(res["run_id"]).info.status == "FINISHED"
+        for key, rows in res["sent"].items():
+            want = [(int(s), float(v), int(ts)) for s, v, ts in rows]
+            got = history(client, res["run_id"], key)
+            missing, duplicated, unexpected = compare(got, want)
+            totals["sent"] += len(want)
+            totals["committed"] += len(got)
+            totals["missing"] += missing
+            totals["duplicates"] += duplicated
+            totals["unexpected"] += unexpected
+            if missing or duplicated or unexpected:
+                problems.append(
+                    f"{out.name} run {res['run_id']} key {key}: {missing} missing, "
+                    f"{duplicated} duplicated, {unexpected} unexpected of {len(want)}"
+                )
+    totals["problems"] = len(problems)
+    assert not problems, "\n".join(problems)
+    return totals
+
+
+def release(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.flush()
+
+
+def received_at_least(d: Daemon, n: int) -> dict[str, Any] | None:
+    status = d.status()
+    return status if status["received"] >= n else None
+
+
+# --------------------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.timeout(240)
+def test_kill9_daemon_repeatedly_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    """8 workers × 2 keys × STEPS points while the daemon is killed -9 six times. The workers are
+    released in waves (one wave per daemon life) so every life receives fresh records, and each
+    kill waits until this life has received RECEIVED_BEFORE_KILL new records: it lands while
+    frames are in flight, unacked, journaled but not committed, and barriers are pending."""
+    steps = 10_000
+    waves = [[0, 1], [2, 3], [4], [5], [6], [7]]  # workers released in each killed life
+    received_before_kill = 3_000
+    started = time.monotonic()
+    outs = [tmp_path / f"w{i}.json" for i in range(8)]
+    lives: list[dict[str, Any]] = []
+    with restartable_daemon(tmp_path) as d, reaped([]) as procs:
+        for i, out in enumerate(outs):
+            spec = {
+                "experiment": "kill9",
+                "run_name": f"worker-{i}",
+                "keys": KEYS,
+                "steps": steps,
+                "wait_stdin": True,
+                "flush_timeout": 180,
+            }
+            procs.append(start_worker(d.address, spec, out))
+        for life, wave in enumerate(waves):
+            if life:
+                d.start()
+            for i in wave:
+                release(procs[i])
+            released = [outs[i] for w in waves[: life + 1] for i in w]
+            # never kill between a worker's start_run and its reply: wait for its run id
+            wait_for(
+                lambda released=released: all(
+                    (r := read_out(o)) is not None and r.get("run_id") for o in released
+                ),
+                60, f"the run ids of the workers released in life {life}",
+            )
+            status = wait_for(
+                lambda: received_at_least(d, received_before_kill), 60,
+                f"daemon life {life} to receive {received_before_kill} records",
+            )
+            print("life", life, round(time.monotonic() - started, 1), [p.poll() for p in procs], {k: status[k] for k in ("received", "replayed", "committed", "duplicate_frames", "queue_depth")}, flush=True)
+            d.kill()
+            lives.append({
+                k: status[k]
+                for k in ("received", "replayed", "committed", "duplicate_frames", "queue_depth")
+            })
+        d.start()  # the last life: nothing is killed any more
+        stderr = finish_workers(procs, timeout=180)
+        final = d.status()
+        lives.append({
+            k: final[k]
+            for k in ("received", "replayed", "committed", "duplicate_frames", "queue_depth")
+        })
+        log_text = d.log()
+    assert all("Traceback" not in e for e in stderr), stderr
+    assert "Traceback" not in log_text, log_text[-5000:]
+
+    totals = check_workers(d.backend_uri, outs)
+    kills = len(waves)
+    summary = {
+        "workers": len(outs),
+        "steps_per_key": steps,
+        "sent": totals["sent"],
+        "committed": totals["committed"],
+        "missing": totals["missing"],
+        "duplicates": totals["duplicates"],
+        "unexpected": totals["unexpected"],
+        "kills": kills,
+        "lives": lives,
+        # status snapshots taken just before each kill: lower bounds for the killed lives
+        "daemon_received_sum": sum(x["received"] for x in lives),
+        "daemon_duplicate_frames_sum": sum(x["duplicate_frames"] for x in lives),
+        "daemon_failed_last_life": final["failed"],
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nkill -9 summary: {json.dumps(summary)}")
+    assert kills >= 5
+    assert totals["sent"] == len(outs) * len(KEYS) * steps
+    assert totals["committed"] == totals["sent"]
+    assert final["failed"] == 0
+    assert summary["daemon_duplicate_frames_sum"] > 0  # resends happened and were dropped
+
+
+@pytest.mark.timeout(120)
+def test_kill9_during_sink_write(tmp_path: Path) -> None:
+    """Another process holds an exclusive SQLite lock, so the daemon's log_batch is blocked inside
+    SQLite; the daemon is killed -9 right there, the lock released, the daemon restarted."""
+    steps = 400  # 800 records: one MLflow batch
+    with restartable_daemon(tmp_path) as d:
+        tracker = tracker_client.connect(d.address)
+        run = tracker.start_run("sink-write-kill", run_name="blocked")
+        transport = tracker._transport
+        with sqlite_locked(d.state_dir / "mlflow.db"):
+            sent = log_points(run, steps)
+            total = steps * len(KEYS)
+            # received, journaled and acked; none committed; all handed to the sink (the batch
+            # left the queue): the write is in progress, blocked on the lock
+            status = wait_for(
+                lambda: (s := d.status())["received"] == total
+                and s["queue_depth"] == 0
+                and transport.unacked == 0
+                and transport.buffered == 0
+                and s,
+                30, "the records to be received and handed to the (blocked) sink",
+            )
+            assert status["committed"] == 0, status
+            assert d.status()["committed"] == 0
+            d.kill()
+        d.start()
+        run.end(timeout=60)
+        status = d.status()
+        tracker.close()
+    assert status["failed"] == 0, status
+    assert status["replayed"] == total, status  # nothing was committed before the kill
+    assert_exactly_once(d.backend_uri, run.run_id, sent)
+    assert MlflowClient(tracking_uri=d.backend_uri).get_run(run.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.timeout(120)
+def test_kill9_inside_fsync_window(tmp_path: Path) -> None:
+    """Acks wait for a group fsync every 3 s. The daemon is killed -9 after it received (and
+    journaled, in the page cache) a burst but before it acked it: after the restart the client
+    resends the unacked frames, the daemon recognises them as duplicates of replayed entries."""
+    steps = 1_500
+    env = {"TRACKER_DAEMON_FSYNC_INTERVAL_MS": "3000"}
+    with restartable_daemon(tmp_path, env=env) as d:
+        tracker = tracker_client.connect(d.address)
+        run = tracker.start_run("fsync-window", run_name="burst")
+        transport = run._tracker._transport
+        first_log = time.monotonic()
+        sent = log_points(run, steps)
+        total = steps * len(KEYS)
+        wait_for(
+            lambda: d.status()["received"] == total and transport.unacked > 0,
+            2.0, "the burst to be received but not acked (inside the 3 s fsync window)",
+        )
+        d.kill()
+        window_used = time.monotonic() - first_log
+        unacked_at_kill = transport.unacked
+        assert unacked_at_kill > 0, "the acks arrived before the kill"
+        d.start()
+        run.end(timeout=60)
+        status = d.status()
+        tracker.close()
+    assert window_used < 3.0
+    assert status["failed"] == 0, status
+    assert status["duplicate_frames"] >= 1, status  # the resent frames were dropped
+    assert_exactly_once(d.backend_uri, run.run_id, sent)
+
+
+@pytest.mark.timeout(150)
+def test_sigterm_under_load_exits_zero_and_restart_loses_nothing(tmp_path: Path) -> None:
+    """SIGTERM while 4 workers stream: the daemon stops receiving, drains for at most
+    drain_timeout_s, exits 0; after the restart the rest (journal + resends) lands exactly once."""
+    drain_s = 5
+    steps = 8_000
+    outs = [tmp_path / f"w{i}.json" for i in range(4)]
+    env = {"TRACKER_DAEMON_DRAIN_TIMEOUT_S": str(drain_s)}
+    with restartable_daemon(tmp_path, env=env) as d, reaped([]) as procs:
+        for i, out in enumerate(outs):
+            spec = {
+                "experiment": "sigterm",
+                "run_name": f"worker-{i}",
+                "keys": KEYS,
+                "steps": steps,
+                "flush_timeout": 120,
+            }
+            procs.append(start_worker(d.address, spec, out))
+        wait_for(
+            lambda: all((r := read_out(o)) is not None and r.get("run_id") for o in outs),
+            60, "every worker's run id",
+        )
+        before = wait_for(
+            lambda: (s := d.status())["received"] >= 10_000 and s["queue_depth"] > 0 and s,
+            60, "the daemon to be under load",
+        )
+        assert all(p.poll() is None for p in procs), "a worker finished before the SIGTERM"
+        t0 = time.monotonic()
+        code = d.stop(signal.SIGTERM, timeout=drain_s + 15)
+        took = time.monotonic() - t0
+        assert code == 0, d.log()[-5000:]
+        log_text = d.log()
+        assert "event=stopping signal=SIGTERM" in log_text
+        assert "event=stopped" in log_text
+        d.start()
+        finish_workers(procs, timeout=120)
+        after = d.status()
+    assert took < drain_s + 10, took
+    assert before["committed"] < 4 * steps * len(KEYS)
+    assert after["failed"] == 0, after
+    totals = check_workers(d.backend_uri, outs)
+    assert totals["committed"] == totals["sent"] == 4 * steps * len(KEYS)
+    print(
+        f"\nSIGTERM: exit 0 after {took:.1f} s (drain limit {drain_s} s); received before "
+        f"{before['received']}, committed before {before['committed']}; restarted life: "
+        f"replayed {after['replayed']}, received {after['received']}"
+    )
