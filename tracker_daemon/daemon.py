@@ -38,6 +38,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tracker_client import protocol as p
+from tracker_client.entities import decode_value, encode_value
 from tracker_client.framing import HEADER
 from tracker_client.spool import SUFFIX as SPOOL_SUFFIX
 from tracker_client.spool import SpoolBusy, import_spool
@@ -45,6 +46,7 @@ from tracker_client.validation import check_artifact_path, record_problem
 
 from . import __version__
 from .batcher import Batch, Batcher, Origin
+from .calls import StoreCalls
 from .config import Config
 from .errors import AlreadyRunning, PermanentSinkError, RetryableSinkError, SinkError
 from .journal import Journal, JournalFull, Position
@@ -124,6 +126,8 @@ class Daemon:
         self._idle = Wakeup()
         self._committing = 0
         self._writer = anyio.CapacityLimiter(cfg.writers)
+        self._readers = anyio.CapacityLimiter(4)
+        self.calls: StoreCalls | None = None  # created once MLflow is loaded
         art_send, art_recv = anyio.create_memory_object_stream[tuple[Origin, p.LogArtifact]](
             max_buffer_size=100_000
         )
@@ -164,6 +168,7 @@ class Daemon:
         self.runbook.load()
         self._recover()
         self.sink.open()
+        self.calls = StoreCalls(self.sink)
         self.server.bind()
 
     def _recover(self) -> None:
@@ -292,6 +297,8 @@ class Daemon:
             self._tg.start_soon(self._on_end_run, identity, msg)
         elif isinstance(msg, p.Flush):
             self._tg.start_soon(self._on_flush, identity, msg)
+        elif isinstance(msg, p.Call):
+            self._tg.start_soon(self._on_call, identity, msg)
         elif isinstance(msg, p.StatusRequest):
             return self.server.send(identity, p.StatusReply(msg.req, self.status()))
         return None
@@ -724,6 +731,70 @@ class Daemon:
             + (f": {cause.message}" if cause else " (its start_run did not reach the daemon)"),
             whole_run=True,
         )
+
+    async def _on_call(self, identity: bytes, msg: p.Call) -> None:
+        """An MLflow store method for the tracker:// plugin, after this client's earlier
+        records are committed (read-your-writes)."""
+        assert self.calls is not None
+        if not await self._barrier(msg.client_id, msg.seq):
+            await self.server.send(identity, p.ErrorReply(msg.req, "timeout", self._late(msg.seq)))
+            return
+        failures = self.ledger.take_failures(msg.client_id)
+        key = f"{msg.client_id}:{msg.req}"
+        invoke = functools.partial(
+            self.calls.invoke, msg.target, msg.method, msg.args, msg.kwargs
+        )
+        try:
+            self.calls.check(msg.target, msg.method)
+            if msg.method == "create_run" and key in self.runbook.created:
+                # a request resent after a reconnect: answer with the run it created
+                rid = self.runbook.created[key].run_id
+                invoke = functools.partial(
+                    self.calls.invoke, "tracking", "get_run",
+                    encode_value([rid]), encode_value({}),
+                )
+            if self.calls.is_read(msg.method):
+                result, value = await self._read(invoke)
+            else:
+                result, value = await self._write(invoke, retry_for=30.0)
+        except SinkError as exc:
+            for f in failures:  # not delivered: keep them for the next barrier
+                self.ledger.fail(msg.client_id, f.record.run_id if f.record else None, f)
+            await self.server.send(identity, p.ErrorReply(msg.req, exc.code, exc.message))
+            return
+        self._after_call(msg, key, result)
+        await self.server.send(identity, p.Result(msg.req, value, tuple(failures)))
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        backoff = 0.05
+        give_up = time.monotonic() + 30.0
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(fn, limiter=self._readers)
+            except RetryableSinkError:
+                if time.monotonic() + backoff > give_up:
+                    raise
+                await anyio.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, 2.0)
+
+    def _after_call(self, msg: p.Call, key: str, result: Any) -> None:
+        """Keep run bookkeeping (ownership for liveness, idempotent create) for plugin calls."""
+        if msg.method == "create_run" and hasattr(result, "info"):
+            info = result.info
+            handle = RunHandle(
+                info.run_id, str(info.experiment_id), info.artifact_uri, info.run_name, {}
+            )
+            if key not in self.runbook.created:
+                self.runbook.record_creation(key, handle)
+            self.runbook.opened(handle, msg.client_id)
+            self.clients.get(msg.client_id, ClientInfo(msg.client_id)).runs.add(info.run_id)
+        elif msg.method == "update_run_info":
+            args = decode_value(msg.args)
+            kwargs = decode_value(msg.kwargs)
+            run_id = args[0] if args else kwargs.get("run_id")
+            status = args[1] if len(args) > 1 else kwargs.get("run_status")
+            if isinstance(run_id, str) and status not in (None, 1, "RUNNING"):
+                self.runbook.closed(run_id)
 
     def _late(self, seq: int) -> str:
         return (

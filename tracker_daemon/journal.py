@@ -133,7 +133,7 @@ class Journal:
         result = scan(data)
         if result.problem is not None:
             bad = data[result.good_end :]
-            qpath = self.dir / "quarantine" / f"{_name(seg)}.{result.good_end}.bad"
+            qpath = _unused(self.dir / "quarantine" / f"{_name(seg)}.{result.good_end}.bad")
             qpath.write_bytes(bad)
             with open(path, "r+b") as fh:
                 fh.truncate(result.good_end)
@@ -146,7 +146,7 @@ class Journal:
 
     def _quarantine_file(self, path: Path) -> None:
         try:
-            path.rename(self.dir / "quarantine" / f"{path.name}.bad")
+            path.rename(_unused(self.dir / "quarantine" / f"{path.name}.bad"))
         except OSError:
             pass
 
@@ -216,6 +216,19 @@ class Journal:
     def append(self, payload: bytes, *, settled: bool = False) -> Position:
         """Write one entry (no fsync). Raises JournalFull instead of writing past the limit."""
         frame = encode_frame(payload)
+        if (
+            self.bytes_used + len(frame) > self.max_bytes
+            and self._offset > 0
+            and self.mark.position >= self.head
+        ):
+            # Everything written is committed and the durable mark says so, but write_mark never
+            # deletes the segment being written: start a new one and drop this one, or a current
+            # segment that alone nears the limit (one large frame) would refuse entries forever.
+            old = self._segment
+            with self._lock:
+                self._open_segment(old + 1)
+            self._sizes.pop(old, None)
+            (self.dir / _name(old)).unlink(missing_ok=True)
         if self.bytes_used + len(frame) > self.max_bytes:
             self.full_reason = (
                 f"journal holds {self.bytes_used} bytes; the limit (journal_max_bytes) is "
@@ -325,6 +338,15 @@ class Journal:
 
 def _name(seg: int) -> str:
     return f"{seg:010d}{SEGMENT_SUFFIX}"
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``, ... if taken: never overwrite earlier quarantine."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def _fsync_dir(path: Path) -> None:

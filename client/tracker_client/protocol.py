@@ -21,6 +21,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",
+    "Call",
     "ClientMessage",
     "DaemonMessage",
     "Data",
@@ -36,6 +37,7 @@ __all__ = [
     "Param",
     "ProtocolError",
     "Record",
+    "Result",
     "RunStarted",
     "StartRun",
     "StatusReply",
@@ -230,6 +232,30 @@ class Flush:
 
 
 @dataclass(frozen=True, slots=True)
+class Call:
+    """Invoke an MLflow store method in the daemon (the ``tracker://`` plugin). ``target`` is
+    ``tracking`` or ``registry``; ``args``/``kwargs`` are encoded by ``tracker_client.entities``.
+    Runs after everything this client sent up to ``seq`` is committed (read-your-writes)."""
+
+    req: int
+    client_id: str
+    seq: int
+    target: str
+    method: str
+    args: bytes
+    kwargs: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Reply to ``call``: the encoded return value and the failures since the last barrier."""
+
+    req: int
+    value: bytes
+    failures: tuple[Failure, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StatusRequest:
     req: int
 
@@ -277,8 +303,10 @@ class ErrorReply:
     message: str
 
 
-ClientMessage: TypeAlias = Hello | Data | LogArtifact | StartRun | EndRun | Flush | StatusRequest
-DaemonMessage: TypeAlias = Welcome | Ack | RunStarted | Done | StatusReply | ErrorReply
+ClientMessage: TypeAlias = (
+    Hello | Data | LogArtifact | StartRun | EndRun | Flush | StatusRequest | Call
+)
+DaemonMessage: TypeAlias = Welcome | Ack | RunStarted | Done | StatusReply | ErrorReply | Result
 Message: TypeAlias = ClientMessage | DaemonMessage
 
 # kind string <-> class; the field order of each dataclass is the documented field list.
@@ -290,6 +318,8 @@ _KINDS: Final[dict[str, type[Any]]] = {
     "end_run": EndRun,
     "flush": Flush,
     "status": StatusRequest,
+    "call": Call,
+    "result": Result,
     "welcome": Welcome,
     "ack": Ack,
     "run": RunStarted,
@@ -339,6 +369,16 @@ _SCHEMA: Final[dict[type[Any], dict[str, str]]] = {
     },
     Flush: {"req": "int", "client_id": "str", "seq": "int", "run_id": "str?"},
     StatusRequest: {"req": "int"},
+    Call: {
+        "req": "int",
+        "client_id": "str",
+        "seq": "int",
+        "target": "str",
+        "method": "str",
+        "args": "bin",
+        "kwargs": "bin",
+    },
+    Result: {"req": "int", "value": "bin", "failures": "failures"},
     Welcome: {
         "req": "int",
         "daemon_version": "str",
@@ -381,6 +421,10 @@ def _check(rule: str, v: object, where: str) -> object:
     if base == "int":
         if not _is_int(v):
             raise ProtocolError("bad_field", f"{where}: expected an int64, got {_tname(v)}")
+        return v
+    if base == "bin":
+        if not isinstance(v, bytes):
+            raise ProtocolError("bad_field", f"{where}: expected bin (bytes), got {_tname(v)}")
         return v
     if base == "map":
         if not isinstance(v, dict):

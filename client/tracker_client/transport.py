@@ -452,11 +452,11 @@ class Transport:
                     self._resend_at = time.monotonic() + JOURNAL_FULL_RETRY_S
             elif entry is None:
                 _log.warning("tracker-daemon reported an error: %s: %s", msg.code, msg.message)
-        elif isinstance(msg, p.RunStarted | p.Done | p.StatusReply):
+        elif isinstance(msg, p.RunStarted | p.Done | p.StatusReply | p.Result):
             entry = self._pending.pop(msg.req, None)
             if entry is None:
                 return
-            if isinstance(msg, p.Done):  # committed up to the barrier's seq implies accepted
+            if isinstance(msg, p.Done | p.Result):  # committed up to its seq implies accepted
                 self._handle(sock, p.Ack(entry[2]))
             if entry[0] is not None:
                 entry[0].set_result(msg)

@@ -107,7 +107,9 @@ def test_positions_after_clean_reopen_continue_and_rotation_goes_on(tmp_path: Pa
     assert j.head == head
     more = fill(j, 10, start=10)
     # the next entry goes where the head was (or to the next segment if that one was full)
-    assert more[0][0] == head or (head.offset >= SEG and more[0][0] == Position(head.segment + 1, 0))
+    assert more[0][0] == head or (
+        head.offset >= SEG and more[0][0] == Position(head.segment + 1, 0)
+    )
     assert seg_files(d)[: len(segments)] == segments  # no earlier segment was rewritten
     assert read_all(j) == first + more
     j.close()
@@ -161,7 +163,9 @@ def test_write_mark_deletes_only_segments_wholly_before_it(tmp_path: Path) -> No
     assert seg_files(d) == segments[2:]
     assert j.bytes_used == sum(sizes_before[s] for s in segments[2:])
     assert json.loads((d / "mark.json").read_text()) == {
-        "segment": 3, "offset": mid3.offset, "clients": {"client-a": 7}
+        "segment": 3,
+        "offset": mid3.offset,
+        "clients": {"client-a": 7},
     }
     assert not (d / "mark.json.tmp").exists()
     assert j.mark.position == mid3 and j.mark.clients == {"client-a": 7}
@@ -256,7 +260,9 @@ def _after_damage_appends_continue(
     j.close()
 
 
-@pytest.mark.parametrize("keep", [3, HEADER.size, HEADER.size + 20], ids=["in-header", "header-only", "in-payload"])
+@pytest.mark.parametrize(
+    "keep", [3, HEADER.size, HEADER.size + 20], ids=["in-header", "header-only", "in-payload"]
+)
 def test_torn_tail_is_cut_into_quarantine(tmp_path: Path, keep: int) -> None:
     d = tmp_path / "j"
     big = 1 << 20  # one segment
@@ -422,3 +428,60 @@ def test_disk_full_mid_frame_leaves_no_partial_frame(tmp_path: Path) -> None:
     assert [data for _, data in read_all(j)] == [b"x" * 100] * 3
     assert quarantined(d) == {}
     j.close()
+
+
+def test_full_journal_of_committed_data_in_the_current_segment_accepts_again(
+    tmp_path: Path,
+) -> None:
+    """The current segment can outgrow segment_bytes by one large frame; once everything in it
+    is committed and the mark is at the head, the journal must not stay "full" forever (the
+    current segment is never deleted by write_mark, so append has to move on from it)."""
+    d = tmp_path / "j"
+    j = opened(d, segment_bytes=4096, max_bytes=65536)
+    a = j.append(b"s" * 100)
+    b = j.append(b"L" * 60_000)
+    assert seg_files(d) == [1]
+    with pytest.raises(JournalFull):  # not committed yet: full is right
+        j.append(b"n" * 6000)
+    j.settle(a)
+    j.settle(b)
+    j.sync()
+    j.write_mark(j.low_water(), {})
+    assert j.mark.position == j.head
+    new = j.append(b"n" * 6000)
+    assert new == Position(2, 0) and j.full_reason == ""
+    assert seg_files(d) == [2] and j.bytes_used == HEADER.size + 6000
+    assert j.read(j.mark.position) == [(new, b"n" * 6000)]
+    j.close()
+    j = opened(d, segment_bytes=4096, max_bytes=65536)  # the mark points into the dropped one
+    assert read_all(j) == [(new, b"n" * 6000)]
+    j.close()
+
+
+def test_repeated_damage_at_the_same_offset_keeps_every_quarantined_piece(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    big = 1 << 20
+    j = opened(d, segment_bytes=big)
+    keep = j.append(b"a" * 50)
+    j.append(b"b" * 50)
+    j.close()
+    path = seg_path(d, 1)
+    cut = HEADER.size + 50
+    first_bad = path.read_bytes()[cut:-10]
+    path.write_bytes(path.read_bytes()[:-10])
+    j = opened(d, segment_bytes=big)  # first repair: cut at offset 58
+    j.append(b"c" * 50)
+    j.close()
+    second_bad = path.read_bytes()[cut:-20]
+    path.write_bytes(path.read_bytes()[:-20])
+    j = opened(d, segment_bytes=big)  # second repair at the same offset
+    assert read_all(j) == [(keep, b"a" * 50)]
+    j.close()
+    assert sorted(quarantined(d).values()) == sorted([first_bad, second_bad])
+
+    (d / "mark.json").write_text("garbage 1")
+    opened(d, segment_bytes=big).close()
+    (d / "mark.json").write_text("garbage 2")
+    opened(d, segment_bytes=big).close()
+    marks = [v for k, v in quarantined(d).items() if k.startswith("mark.json")]
+    assert sorted(marks) == [b"garbage 1", b"garbage 2"]

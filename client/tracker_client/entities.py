@@ -1,0 +1,130 @@
+"""Faithful, pickle-free encoding of MLflow store arguments and results for ``call`` messages.
+
+Values are msgpack documents; MLflow entities travel as MLflow's own protobuf bytes:
+
+* ``None``, bool, int, float, str, bytes, lists/tuples and string-keyed dicts: as msgpack;
+* an MLflow entity (anything under ``mlflow.entities`` with ``to_proto``/``from_proto``):
+  ext type 1 holding msgpack ``["module:QualName", "proto.FullName", proto_bytes]``;
+* ``PagedList``: ext type 2 holding msgpack ``[items, token]``;
+* an ``enum.Enum`` member of an MLflow module: ext type 3 ``["module:QualName", value]``;
+* MLflow entities without protobuf (a few dataclasses): ext type 4
+  ``["module:QualName", to_dict() or __dict__]``.
+
+Only classes from ``mlflow.`` modules are ever instantiated on decode. mlflow is imported lazily:
+importing this module (part of ``tracker_client``) does not import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+from typing import Any
+
+import msgpack
+
+__all__ = ["decode_value", "encode_value"]
+
+EXT_PROTO = 1
+EXT_PAGED = 2
+EXT_ENUM = 3
+EXT_DICT = 4
+
+
+def _qualname(obj: object) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _resolve(name: str) -> Any:
+    module, _, qual = name.partition(":")
+    if not module.startswith("mlflow.") or not qual:
+        raise ValueError(f"refusing to decode a value of type {name!r}: not an MLflow type")
+    obj: Any = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _prepare(value: Any) -> Any:
+    """msgpack packs list/dict subclasses natively (without ``default``): handle them first."""
+    if isinstance(value, list):
+        if type(value).__name__ == "PagedList" and type(value).__module__.startswith("mlflow."):
+            return msgpack.ExtType(EXT_PAGED, _pack([list(value), value.token]))
+        return [_prepare(v) for v in value]
+    if isinstance(value, tuple):
+        return [_prepare(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _prepare(v) for k, v in value.items()}
+    return value
+
+
+def _default(obj: Any) -> Any:
+    module = type(obj).__module__
+    if isinstance(obj, enum.Enum) and module.startswith("mlflow."):
+        return msgpack.ExtType(EXT_ENUM, _pack([_qualname(obj), obj.value]))
+    if module.startswith("mlflow.") and hasattr(obj, "to_proto") and hasattr(type(obj), "from_proto"):
+        proto = obj.to_proto()
+        return msgpack.ExtType(
+            EXT_PROTO,
+            _pack([_qualname(obj), proto.DESCRIPTOR.full_name, proto.SerializeToString()]),
+        )
+    if module.startswith("mlflow.") and (dataclasses.is_dataclass(obj) or hasattr(obj, "to_dict")):
+        data = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
+        return msgpack.ExtType(EXT_DICT, _pack([_qualname(obj), data]))
+    if isinstance(obj, set | frozenset):
+        return list(obj)
+    raise TypeError(f"cannot send a value of type {type(obj).__module__}.{type(obj).__name__}")
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(_prepare(value), default=_default, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_PAGED:
+        from mlflow.store.entities.paged_list import PagedList
+
+        items, token = _unpack(data)
+        return PagedList(items, token)
+    if code == EXT_PROTO:
+        name, full_name, payload = _unpack(data)
+        cls = _resolve(name)
+        proto = _proto_class(full_name)()
+        proto.ParseFromString(payload)
+        return cls.from_proto(proto)
+    name, payload = _unpack(data)
+    cls = _resolve(name)
+    if code == EXT_ENUM:
+        return cls(payload)
+    if code == EXT_DICT:
+        if hasattr(cls, "from_dict"):
+            return cls.from_dict(payload)
+        return cls(**payload)
+    return msgpack.ExtType(code, data)
+
+
+def _proto_class(full_name: str) -> Any:
+    """The generated protobuf class for a message's full name (from the default pool)."""
+    cls = _PROTO_CLASSES.get(full_name)
+    if cls is None:
+        from google.protobuf import descriptor_pool, message_factory
+
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(full_name)
+        cls = _PROTO_CLASSES[full_name] = message_factory.GetMessageClass(descriptor)
+    return cls
+
+
+_PROTO_CLASSES: dict[str, Any] = {}
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=False)
+
+
+def encode_value(value: Any) -> bytes:
+    return _pack(value)
+
+
+def decode_value(data: bytes) -> Any:
+    return _unpack(data)

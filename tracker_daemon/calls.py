@@ -1,0 +1,87 @@
+"""MLflow store calls on behalf of ``tracker://`` clients (the ``call`` message).
+
+Only methods that MLflow's own ``AbstractStore`` classes define can be called (tracking store and
+model-registry store); anything else is refused with ``ENDPOINT_NOT_FOUND``. Arguments and results
+are encoded with :mod:`tracker_client.entities` (MLflow protobuf inside msgpack; no pickle).
+Blocking: the daemon runs :meth:`StoreCalls.invoke` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from tracker_client.entities import decode_value, encode_value
+
+from .errors import PermanentSinkError
+from .sink import Sink, classify
+
+__all__ = ["READ_PREFIXES", "StoreCalls"]
+
+READ_PREFIXES = ("get_", "search_", "list_", "batch_get_", "query_", "find_", "calculate_")
+_NOT_FORWARDED = ("__init__",)
+
+
+def _public_methods(cls: type) -> frozenset[str]:
+    names = set()
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("_") or name in _NOT_FORWARDED or "async" in name:
+            continue
+        if isinstance(inspect.getattr_static(cls, name), property):
+            continue
+        if callable(member):
+            names.add(name)
+    return frozenset(names)
+
+
+class StoreCalls:
+    def __init__(self, sink: Sink) -> None:
+        from mlflow.store.model_registry.abstract_store import AbstractStore as RegistryStore
+        from mlflow.store.tracking.abstract_store import AbstractStore as TrackingStore
+
+        self.sink = sink
+        self.allowed = {
+            "tracking": _public_methods(TrackingStore),
+            "registry": _public_methods(RegistryStore),
+        }
+        self._registry: Any = None
+
+    @staticmethod
+    def is_read(method: str) -> bool:
+        return method.startswith(READ_PREFIXES)
+
+    def _target(self, target: str) -> Any:
+        if target == "tracking":
+            return self.sink.store
+        if self._registry is None:
+            from mlflow.tracking._model_registry.utils import _get_store
+
+            self._registry = _get_store(self.sink.backend_uri)
+        return self._registry
+
+    def check(self, target: str, method: str) -> None:
+        allowed = self.allowed.get(target)
+        if allowed is None:
+            raise PermanentSinkError(
+                "INVALID_PARAMETER_VALUE", f"call target {target!r}: must be tracking or registry"
+            )
+        if method not in allowed:
+            raise PermanentSinkError(
+                "ENDPOINT_NOT_FOUND",
+                f"{target} store method {method!r} is not part of MLflow's store API",
+            )
+
+    def invoke(self, target: str, method: str, args: bytes, kwargs: bytes) -> tuple[Any, bytes]:
+        """Call the method; returns (raw result, encoded result). Raises only SinkError."""
+        self.check(target, method)
+        try:
+            a = decode_value(args)
+            kw = decode_value(kwargs)
+            if not isinstance(a, list) or not isinstance(kw, dict):
+                raise PermanentSinkError(
+                    "INVALID_PARAMETER_VALUE", "call: args must be an array and kwargs a map"
+                )
+            result = getattr(self._target(target), method)(*a, **kw)
+            return result, encode_value(result)
+        except Exception as exc:
+            raise classify(exc) from exc
