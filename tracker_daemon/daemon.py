@@ -51,6 +51,7 @@ from .config import Config
 from .errors import AlreadyRunning, PermanentSinkError, RetryableSinkError, SinkError
 from .journal import Journal, JournalFull, Position
 from .ledger import Ledger
+from .notify import Notifier
 from .runs import RunBook, wait_process_exit
 from .server import Server
 from .sink import RunHandle, Sink
@@ -111,6 +112,7 @@ class Daemon:
         )
         self.runbook = RunBook(self.state_dir / "runs.log")
         self.counters = Counters()
+        self.notifier = Notifier()
         self.clients: dict[str, ClientInfo] = {}
         self._positions: dict[tuple[str, int], Position] = {}
         self._spill_from: Position | None = None  # journal entries from here are not delivered
@@ -216,6 +218,7 @@ class Daemon:
             os.getpid(), self.cfg.durability,
         )
         log.info("view the runs with: mlflow ui --backend-store-uri %s", self.cfg.backend_uri)
+        self.notifier.ready(self._status_line())
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
@@ -226,6 +229,7 @@ class Daemon:
                 tg.start_soon(self._sync_loop)
                 tg.start_soon(self._mark_loop)
                 tg.start_soon(self._import_loop)
+                tg.start_soon(self._notify_loop)
                 self._feed_wake.set()
         finally:
             with anyio.CancelScope(shield=True):
@@ -254,6 +258,7 @@ class Daemon:
                     serving.cancel_scope.cancel()
                     break
         self._stopping = True
+        self.notifier.stopping(f"draining {self.batcher.pending} record(s)")
         self._import_stop.set()
         await self._flush_acks()
         await self._drain(self.cfg.drain_timeout_s)
@@ -264,9 +269,12 @@ class Daemon:
         self.batcher.expedite(None)
         self._sink_wake.set()
         self._feed_wake.set()
+        deadline = time.monotonic() + timeout
         with anyio.move_on_after(timeout):
             while self._busy():
                 self.batcher.expedite(None)
+                # tell systemd the drain is alive, so TimeoutStopSec does not cut it short
+                self.notifier.extend_timeout(max(5.0, deadline - time.monotonic() + 5.0))
                 await self._idle.wait(0.2)
         if self._busy():
             log.warning(
@@ -895,6 +903,30 @@ class Daemon:
                 backoff = min(backoff * 2, self.cfg.retry_max_backoff_s)
 
     # ------------------------------------------------------------------ status
+
+    def _status_line(self) -> str:
+        c = self.counters
+        return (
+            f"clients={len(self.clients)} open_runs={len(self.runbook.open)} "
+            f"received={c.received} committed={c.committed} failed={c.failed} "
+            f"queue={self.batcher.pending} journal_bytes={self.journal.bytes_used}"
+        )
+
+    async def _notify_loop(self) -> None:
+        """WATCHDOG=1 at half of WatchdogSec, from the event loop itself (a wedged loop stops
+        pinging and systemd restarts it), and a STATUS= line with the counters."""
+        interval = self.notifier.watchdog_interval
+        if not self.notifier.enabled:
+            return
+        period = min(interval, 5.0) if interval else 5.0
+        last_status = 0.0
+        while True:
+            if interval:
+                self.notifier.watchdog()
+            if time.monotonic() - last_status >= 5.0:
+                self.notifier.status(self._status_line())
+                last_status = time.monotonic()
+            await anyio.sleep(period)
 
     def status(self) -> dict[str, Any]:
         c = self.counters
