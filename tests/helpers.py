@@ -97,11 +97,7 @@ class Daemon:
         raise AssertionError(f"daemon not ready within {timeout} s:\n{self.log()}")
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
-        t = tracker_client.Tracker(self.address)
-        try:
-            return t.status(timeout=timeout)
-        finally:
-            t._transport.close(1.0)
+        return tracker_client.query_status(self.address, timeout=timeout)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         assert self.proc is not None
@@ -195,3 +191,6 @@ def sqlite_locked(db_path: Path, timeout: float = 60.0) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()

@@ -82,18 +82,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     import tracker_client
-    from tracker_client.address import client_default_address
 
     from .status import format_status
 
-    tracker = tracker_client.Tracker(args.address or client_default_address())
     try:
-        status: dict[str, Any] = tracker.status(timeout=args.timeout)
-    except tracker_client.DaemonUnavailable as exc:
+        status: dict[str, Any] = tracker_client.query_status(args.address, timeout=args.timeout)
+    except tracker_client.TrackerError as exc:
         print(f"tracker-daemon status: {exc}", file=sys.stderr)
         return 1
-    finally:
-        tracker._transport.close(1.0)
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
     return 0
 

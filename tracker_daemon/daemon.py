@@ -45,11 +45,12 @@ from tracker_client.spool import SpoolBusy, import_spool
 from tracker_client.validation import check_artifact_path, record_problem
 
 from . import __version__
-from .batcher import Batch, Batcher, Origin
+from .batcher import Batch, Origin
 from .calls import StoreCalls
 from .config import Config
 from .errors import AlreadyRunning, PermanentSinkError, RetryableSinkError, SinkError
 from .journal import Journal, JournalFull, Position
+from .lanes import Lanes
 from .ledger import Ledger
 from .notify import Notifier
 from .runs import RunBook, wait_process_exit
@@ -102,8 +103,10 @@ class Daemon:
         self.spool_dir = self.state_dir / "spool"
         self.hostname = os.uname().nodename
         self.sink = Sink(cfg.backend_uri, cfg.artifact_root)
-        self.server = Server(cfg.bind_address, cfg.max_frame_bytes)
-        self.batcher = Batcher(max_age=cfg.batch_max_age_ms / 1000)
+        # a frame must fit the journal with room to spare, or it could never be accepted
+        self.max_frame = min(cfg.max_frame_bytes, cfg.journal_max_bytes // 4)
+        self.server = Server(cfg.bind_address, self.max_frame)
+        self.batcher = Lanes(cfg.writers, max_age=cfg.batch_max_age_ms / 1000)
         self.ledger = Ledger(on_done=self._message_done)
         self.journal = Journal(
             self.state_dir / "journal",
@@ -121,7 +124,7 @@ class Daemon:
         self._creation_failed: dict[str, SinkError] = {}
         self._waiters: dict[str, list[tuple[int, anyio.Event]]] = {}
         self._pending_acks: dict[bytes, str] = {}
-        self._sink_wake = Wakeup()
+        self._sink_wakes = [Wakeup() for _ in range(len(self.batcher))]
         self._feed_wake = Wakeup()
         self._sync_wake = Wakeup()
         self._mark_wake = Wakeup()
@@ -165,8 +168,10 @@ class Daemon:
     def prepare(self) -> None:
         """Everything before serving: lock, directories, journal replay, backend, socket."""
         self.acquire_lock()
-        self.staging_dir.mkdir(mode=0o2770, exist_ok=True)
-        self.spool_dir.mkdir(mode=0o2770, exist_ok=True)
+        for shared in (self.staging_dir, self.spool_dir):
+            # group members (clients) write here; setgid keeps the group on what they create
+            shared.mkdir(exist_ok=True)
+            os.chmod(shared, 0o2770)
         self.runbook.load()
         self._recover()
         self.sink.open()
@@ -223,7 +228,8 @@ class Daemon:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 tg.start_soon(self._serve_until_signal, tg)
-                tg.start_soon(self._sink_loop)
+                for lane in range(len(self.batcher)):
+                    tg.start_soon(self._sink_loop, lane)
                 tg.start_soon(self._artifact_loop)
                 tg.start_soon(self._feed_loop)
                 tg.start_soon(self._sync_loop)
@@ -267,7 +273,7 @@ class Daemon:
     async def _drain(self, timeout: float) -> None:
         """Commit everything buffered; give up after ``timeout`` (the rest stays journaled)."""
         self.batcher.expedite(None)
-        self._sink_wake.set()
+        self._wake_sinks()
         self._feed_wake.set()
         deadline = time.monotonic() + timeout
         with anyio.move_on_after(timeout):
@@ -332,7 +338,7 @@ class Daemon:
             __version__,
             self.ledger.received_upto(msg.client_id),
             str(self.staging_dir),
-            self.cfg.max_frame_bytes,
+            self.max_frame,
             str(self.spool_dir),
         )
         return self.server.send(identity, welcome)
@@ -401,7 +407,7 @@ class Daemon:
             for settled in self.batcher.add(origin, good, time.monotonic()):
                 rec = settled.record
                 self._settle(settled.origin, rec.run_id, rec, settled.failure)
-            self._sink_wake.set()
+            self._wake_sinks()
 
     def _staged_problem(self, msg: p.LogArtifact) -> str | None:
         try:
@@ -486,7 +492,7 @@ class Daemon:
             else:
                 nxt = self.journal.head
             self._spill_from = None if nxt >= self.journal.head else nxt
-            self._sink_wake.set()
+            self._wake_sinks()
 
     # ------------------------------------------------------------------ settling and barriers
 
@@ -562,7 +568,7 @@ class Daemon:
         if self.ledger.committed_upto(client_id) >= seq:
             return True
         self.batcher.expedite(None)
-        self._sink_wake.set()
+        self._wake_sinks()
         event = anyio.Event()
         self._waiters.setdefault(client_id, []).append((seq, event))
         with anyio.move_on_after(self.cfg.barrier_timeout_s if timeout is None else timeout):
@@ -599,14 +605,20 @@ class Daemon:
             exc.code, isinstance(exc, RetryableSinkError), exc.message[:300],
         )
 
-    async def _sink_loop(self) -> None:
+    def _wake_sinks(self) -> None:
+        for wake in self._sink_wakes:
+            wake.set()
+
+    async def _sink_loop(self, lane: int) -> None:
+        """One lane: commits the batches of its runs, one at a time, in order."""
+        wake = self._sink_wakes[lane]
         while True:
-            batch = self.batcher.pop_ready(time.monotonic())
+            batch = self.batcher.pop_ready(lane, time.monotonic())
             if batch is None:
                 if not self._committing:
                     self._idle.set()
-                deadline = self.batcher.next_deadline()
-                await self._sink_wake.wait(
+                deadline = self.batcher.next_deadline(lane)
+                await wake.wait(
                     None if deadline is None else max(0.0, deadline - time.monotonic())
                 )
                 continue

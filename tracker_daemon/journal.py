@@ -99,6 +99,12 @@ class Journal:
             self._segment = max(self._sizes)
             self._open_segment(self._segment)
         self._synced = Position(self._segment, self._offset)
+        mark = self.mark.position
+        cut = self._sizes.get(mark.segment)
+        if cut is not None and cut < mark.offset:
+            # damage below the mark cut its segment short: new entries will be written from
+            # the cut, so replay must start there too, or they would be skipped after a crash
+            self.write_mark(Position(mark.segment, cut), self.mark.clients)
         return self.mark
 
     def _read_mark(self) -> Mark:

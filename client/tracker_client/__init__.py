@@ -16,7 +16,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Run, Tracker, connect, default_tags
+from .api import Run, Tracker, connect, default_tags, query_status
 from .errors import CommitError, DaemonError, DaemonUnavailable, TrackerError
 
 __all__ = [
@@ -29,4 +29,5 @@ __all__ = [
     "__version__",
     "connect",
     "default_tags",
+    "query_status",
 ]

@@ -32,7 +32,7 @@ from .errors import CommitError, DaemonError, DaemonUnavailable
 from .spool import default_spool_dir
 from .transport import Transport
 
-__all__ = ["Run", "Tracker", "connect", "default_tags"]
+__all__ = ["Run", "Tracker", "connect", "default_tags", "query_status"]
 
 CONNECT_TIMEOUT = float(os.environ.get("TRACKER_CONNECT_TIMEOUT", "10"))
 BARRIER_TIMEOUT = float(os.environ.get("TRACKER_FLUSH_TIMEOUT", "120"))
@@ -60,6 +60,30 @@ def connect(
     return Tracker(
         address or client_default_address(), max_buffer=max_buffer, policy=policy, offline=offline
     )
+
+
+def query_status(address: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    """Ask a daemon for its status over a throw-away socket (no hello: not counted as a client).
+    Raises DaemonUnavailable when no answer comes within ``timeout``."""
+    import zmq
+
+    address = address or client_default_address()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        sock.send(p.encode(p.StatusRequest(1)))
+        if sock.poll(int(timeout * 1000)):
+            reply = p.decode(sock.recv(), max_frame=64 * 1024 * 1024)
+            if isinstance(reply, p.StatusReply):
+                return reply.status
+            if isinstance(reply, p.ErrorReply):
+                raise DaemonError(reply.code, reply.message)
+        raise DaemonUnavailable(f"no status from tracker-daemon at {address} within {timeout:g} s")
+    finally:
+        sock.close(0)
+        ctx.term()
 
 
 def _now_ms() -> int:
@@ -326,8 +350,11 @@ class Run:
 
     def _stage(self, src: Path, artifact_path: str | None, *, is_dir: bool) -> None:
         tracker = self._tracker
-        slot = tracker._staging_dir() / tracker.client_id / uuid.uuid4().hex
-        slot.mkdir(parents=True, mode=0o770)
+        mine = tracker._staging_dir() / tracker.client_id
+        slot = mine / uuid.uuid4().hex
+        slot.mkdir(parents=True)
+        for d in (mine, slot):  # the daemon (same group, maybe another user) deletes them
+            os.chmod(d, 0o2770)
         target = slot / src.name
         if is_dir:
             shutil.copytree(src, target, symlinks=False)

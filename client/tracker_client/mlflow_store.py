@@ -52,17 +52,44 @@ def _call(tracker: Tracker, target: str, method: str, args: Sequence[Any], kwarg
     try:
         reply = transport.request(make, BARRIER_TIMEOUT)
     except DaemonError as exc:
-        raise MlflowException(exc.message, error_code=exc.code) from None
+        raise _mlflow_error(exc.code, exc.message) from None
     except DaemonUnavailable as exc:
-        raise MlflowException(str(exc), error_code="TEMPORARILY_UNAVAILABLE") from None
+        raise _mlflow_error("TEMPORARILY_UNAVAILABLE", str(exc)) from None
     assert isinstance(reply, p.Result)
     if reply.failures:
         first = reply.failures[0]
-        more = f" (and {len(reply.failures) - 1} more failed record(s))" if len(reply.failures) > 1 else ""
-        raise MlflowException(
-            f"an earlier write was not committed: {first.message}{more}", error_code=first.code
-        )
+        n = len(reply.failures)
+        more = f" (and {n - 1} more failed record(s))" if n > 1 else ""
+        raise _mlflow_error(first.code, f"an earlier write was not committed: {first.message}{more}")
     return decode_value(reply.value)
+
+
+# Codes of the daemon's own protocol errors (not MLflow's), as the nearest MLflow error code.
+_PROTOCOL_CODES = {
+    "timeout": "DEADLINE_EXCEEDED",
+    "journal_full": "RESOURCE_EXHAUSTED",
+    "frame_too_large": "INVALID_PARAMETER_VALUE",
+    "bad_field": "INVALID_PARAMETER_VALUE",
+    "bad_msgpack": "INVALID_PARAMETER_VALUE",
+    "bad_envelope": "INVALID_PARAMETER_VALUE",
+    "invalid_request": "INVALID_PARAMETER_VALUE",
+}
+
+
+def _mlflow_error(code: str, message: str) -> MlflowException:
+    """An MlflowException whose ``error_code`` is ``code``. MlflowException takes the *number*
+    of an ``ErrorCode``: given a name it silently reports INTERNAL_ERROR, and MLflow code that
+    branches on the code (``set_experiment`` and ``register_model`` racing a concurrent creator
+    on RESOURCE_ALREADY_EXISTS) would take the wrong branch."""
+    from mlflow.protos import databricks_pb2
+
+    name = _PROTOCOL_CODES.get(code, code)
+    try:
+        number = databricks_pb2.ErrorCode.Value(name)
+    except ValueError:
+        number = databricks_pb2.INTERNAL_ERROR
+        message = f"{code}: {message}"
+    return MlflowException(message, error_code=number)
 
 
 def _forwarder(target: str, name: str, sig: inspect.Signature) -> Callable[..., Any]:

@@ -292,7 +292,7 @@ class Transport:
                     self._receive(sock)
                 if self._resend_at and time.monotonic() >= self._resend_at:
                     self._resend_at = 0.0
-                    self._resend(sock)
+                    self._resend(sock, requests=False)  # journal_full: the daemon has them
         except Exception:  # pragma: no cover - a bug; make it visible instead of hanging callers
             _log.exception("tracker-client I/O thread failed")
         finally:
@@ -328,12 +328,14 @@ class Transport:
         self._next_req += 1
         return self._next_req
 
-    def _resend(self, sock: zmq.Socket[bytes]) -> None:
-        """Send again every unacked sequenced message, then every unanswered request."""
+    def _resend(self, sock: zmq.Socket[bytes], *, requests: bool = True) -> None:
+        """Send again every unacked sequenced message, then (after a reconnect, when the daemon
+        may have lost them) every unanswered request."""
         for frame in self._unacked.values():
             sock.send(frame, copy=False)
-        for req in sorted(self._pending):
-            sock.send(self._pending[req][1], copy=False)
+        if requests:
+            for req in sorted(self._pending):
+                sock.send(self._pending[req][1], copy=False)
 
     def _drain(self, sock: zmq.Socket[bytes]) -> int:
         """Send what the window allows: the spool first (older), then the queue."""

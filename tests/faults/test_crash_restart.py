@@ -6,6 +6,7 @@ and the daemon drops the frames it already holds (deduped by (client_id, seq))."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -341,9 +342,12 @@ def test_sigterm_under_load_exits_zero_and_restart_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SIGTERM while 4 workers stream: the daemon stops receiving, drains for at most
-    drain_timeout_s, exits 0; after the restart the rest (journal + resends) lands exactly once."""
+    drain_timeout_s, exits 0; after the restart the rest (journal + resends) lands exactly once.
+    Two workers start first and build a backlog; the SIGTERM follows as soon as the other two
+    have their runs, so it lands while they log."""
     drain_s = 5
     steps = 8_000
+    total = 4 * steps * len(KEYS)
     outs = [tmp_path / f"w{i}.json" for i in range(4)]
     env = {"TRACKER_DAEMON_DRAIN_TIMEOUT_S": str(drain_s)}
     monkeypatch.setenv("TRACKER_CONNECT_TIMEOUT", WORKER_END_TIMEOUT)  # see WORKER_END_TIMEOUT
@@ -354,18 +358,23 @@ def test_sigterm_under_load_exits_zero_and_restart_loses_nothing(
                 "run_name": f"worker-{i}",
                 "keys": KEYS,
                 "steps": steps,
+                "wait_stdin": True,
                 "flush_timeout": float(WORKER_END_TIMEOUT),
             }
             procs.append(start_worker(d.address, spec, out))
+        for proc in procs[:2]:
+            release(proc)
+        before = wait_for(
+            lambda: (s := d.status())["received"] >= 10_000 and s["queue_depth"] > 0 and s,
+            60,
+            "a backlog from the first two workers",
+        )
+        for proc in procs[2:]:
+            release(proc)
         wait_for(
             lambda: all((r := read_out(o)) is not None and r.get("run_id") for o in outs),
             60,
             "every worker's run id",
-        )
-        before = wait_for(
-            lambda: (s := d.status())["received"] >= 10_000 and s["queue_depth"] > 0 and s,
-            60,
-            "the daemon to be under load",
         )
         assert all(p.poll() is None for p in procs), "a worker finished before the SIGTERM"
         t0 = time.monotonic()
@@ -374,18 +383,19 @@ def test_sigterm_under_load_exits_zero_and_restart_loses_nothing(
         assert code == 0, d.log()[-5000:]
         log_text = d.log()
         assert "event=stopping signal=SIGTERM" in log_text
-        assert "event=stopped" in log_text
+        stopped = re.search(r"event=stopped received=(\d+) committed=(\d+) failed=(\d+)", log_text)
+        assert stopped is not None, log_text[-5000:]
         d.start()
         stderr = finish_workers(procs, timeout=120)
         after = d.status()
     assert all("Traceback" not in e and GAVE_UP not in e for e in stderr), stderr
     assert took < drain_s + 10, took
-    assert before["committed"] < 4 * steps * len(KEYS)
+    assert before["committed"] < total
     assert after["failed"] == 0, after
     totals = check_workers(d.backend_uri, outs)
-    assert totals["committed"] == totals["sent"] == 4 * steps * len(KEYS)
+    assert totals["committed"] == totals["sent"] == total
     print(
-        f"\nSIGTERM: exit 0 after {took:.1f} s (drain limit {drain_s} s); received before "
-        f"{before['received']}, committed before {before['committed']}; restarted life: "
+        f"\nSIGTERM: exit 0 after {took:.1f} s (drain limit {drain_s} s); the stopped daemon had "
+        f"received {stopped[1]} of {total} records and committed {stopped[2]}; restarted life: "
         f"replayed {after['replayed']}, received {after['received']}"
     )

@@ -20,12 +20,7 @@ from tests.helpers import Daemon, running_daemon, sqlite_locked, wait_for
 from tracker_client import protocol as p
 from tracker_client.framing import HEADER, scan
 
-pytestmark = [
-    pytest.mark.integration,
-    # tests/helpers.py sqlite_locked() does not close its lock process's pipes; at teardown
-    # they are reported as "unclosed file" ResourceWarnings, which this suite turns into errors.
-    pytest.mark.filterwarnings("ignore:unclosed file <_io.Buffered:ResourceWarning"),
-]
+pytestmark = pytest.mark.integration
 
 TS0 = 1_700_000_000_000
 TICK_S = 0.01  # paced logging: PER_TICK points every TICK_S (2,000 points/s)

@@ -1,0 +1,73 @@
+"""Sink lanes (pure): runs are spread over ``n`` independent batchers by a hash of the run id,
+so up to ``n`` ``log_batch`` calls run at once (REST backends) while the batches of any one run
+stay strictly in order (one lane per run). SQLite uses one lane: it has one writer.
+
+:class:`Lanes` offers the :class:`~tracker_daemon.batcher.Batcher` calls the daemon makes for
+all runs; ``pop_ready``/``next_deadline`` are per lane.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+
+from tracker_client.protocol import Record
+
+from .batcher import Batch, Batcher, Origin, Settled
+
+__all__ = ["Lanes"]
+
+
+class Lanes:
+    def __init__(self, n: int, *, max_age: float) -> None:
+        if n < 1:
+            raise ValueError("at least one lane")
+        self.lanes = [Batcher(max_age=max_age) for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.lanes)
+
+    def lane_of(self, run_id: str) -> int:
+        if len(self.lanes) == 1:
+            return 0
+        return zlib.crc32(run_id.encode()) % len(self.lanes)
+
+    def _for(self, run_id: str) -> Batcher:
+        return self.lanes[self.lane_of(run_id)]
+
+    def add(self, origin: Origin, records: Iterable[Record], now: float) -> list[Settled]:
+        if len(self.lanes) == 1:
+            return self.lanes[0].add(origin, records, now)
+        by_lane: dict[int, list[Record]] = {}
+        for rec in records:
+            by_lane.setdefault(self.lane_of(rec.run_id), []).append(rec)
+        settled: list[Settled] = []
+        for lane, recs in by_lane.items():
+            settled += self.lanes[lane].add(origin, recs, now)
+        return settled
+
+    def pop_ready(self, lane: int, now: float) -> Batch | None:
+        return self.lanes[lane].pop_ready(now)
+
+    def next_deadline(self, lane: int) -> float | None:
+        return self.lanes[lane].next_deadline()
+
+    def expedite(self, run_id: str | None = None) -> None:
+        if run_id is not None:
+            self._for(run_id).expedite(run_id)
+            return
+        for b in self.lanes:
+            b.expedite(None)
+
+    def seed_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        self._for(run_id).seed_params(run_id, params)
+
+    def param_failed(self, run_id: str, key: str) -> None:
+        self._for(run_id).param_failed(run_id, key)
+
+    def forget_run(self, run_id: str) -> None:
+        self._for(run_id).forget_run(run_id)
+
+    @property
+    def pending(self) -> int:
+        return sum(b.pending for b in self.lanes)
