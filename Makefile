@@ -37,3 +37,10 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info client/*.egg-info
+
+# Installs the systemd system service (as root): the unit with ExecStart= set to this venv's
+# tracker-daemon, the sysusers file (then systemd-sysusers), /etc/tracker-daemon/config.toml if
+# absent, and daemon-reload when systemd runs. Idempotent. DESTDIR=/some/tree installs files only.
+.PHONY: install-systemd
+install-systemd:
+	EXE="$(abspath $(BIN))/tracker-daemon" DESTDIR="$(DESTDIR)" sh systemd/install.sh

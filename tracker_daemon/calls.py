@@ -13,7 +13,7 @@ from typing import Any
 
 from tracker_client.entities import decode_value, encode_value
 
-from .errors import PermanentSinkError
+from .errors import PermanentSinkError, RetryableSinkError, SinkError
 from .sink import Sink, classify
 
 __all__ = ["READ_PREFIXES", "StoreCalls"]
@@ -39,6 +39,15 @@ class StoreCalls:
         from mlflow.store.model_registry.abstract_store import AbstractStore as RegistryStore
         from mlflow.store.tracking.abstract_store import AbstractStore as TrackingStore
 
+        from mlflow.tracking._model_registry.utils import set_registry_uri
+        from mlflow.tracking._tracking_service.utils import set_tracking_uri
+
+        # MLflow's stores resolve ``models:/`` and ``runs:/`` sources with a fresh
+        # ``MlflowClient()`` on the process's global tracking URI (e.g. the registry store's
+        # create_model_version looks the logged model up that way): point it at the backend, as
+        # ``mlflow server`` does — otherwise the lookup misses and creates ./mlflow.db in the cwd.
+        set_tracking_uri(sink.backend_uri)
+        set_registry_uri(sink.backend_uri)
         self.sink = sink
         self.allowed = {
             "tracking": _public_methods(TrackingStore),
@@ -84,4 +93,19 @@ class StoreCalls:
             result = getattr(self._target(target), method)(*a, **kw)
             return result, encode_value(result)
         except Exception as exc:
-            raise classify(exc) from exc
+            raise _call_error(exc) from exc
+
+
+def _call_error(exc: BaseException) -> SinkError:
+    """Like :func:`classify`, but an MLflow error that only says INTERNAL_ERROR (the code every
+    ``MlflowException`` without one gets: "logged model not found", a bad argument) is final for
+    a call — retrying it for 30 s only delays the caller's exception. Locks and connection
+    errors stay retryable."""
+    err = classify(exc)
+    if (
+        isinstance(err, RetryableSinkError)
+        and err.code == "INTERNAL_ERROR"
+        and "database is locked" not in err.message
+    ):
+        return PermanentSinkError(err.code, err.message)
+    return err

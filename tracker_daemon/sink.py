@@ -80,6 +80,11 @@ class Sink:
                 Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
             from mlflow.tracking._tracking_service.utils import _get_store
 
+            if self.backend_uri.startswith(("http://", "https://")):
+                # mlflow-artifacts:/ URIs of runs resolve against the tracking server
+                import mlflow
+
+                mlflow.set_tracking_uri(self.backend_uri)
             self._store = _get_store(self.backend_uri, self.artifact_root)
         except Exception as exc:
             raise classify(exc) from exc

@@ -47,7 +47,11 @@ def _resolve(name: str) -> Any:
 
 
 def _prepare(value: Any) -> Any:
-    """msgpack packs list/dict subclasses natively (without ``default``): handle them first."""
+    """msgpack packs list/dict/str/int subclasses natively (without ``default``): handle them
+    first — including MLflow's ``(str, Enum)`` members such as ``LoggedModelStatus``, which would
+    otherwise arrive as plain strings."""
+    if isinstance(value, enum.Enum) and type(value).__module__.startswith("mlflow."):
+        return msgpack.ExtType(EXT_ENUM, _pack([_qualname(value), value.value]))
     if isinstance(value, list):
         if type(value).__name__ == "PagedList" and type(value).__module__.startswith("mlflow."):
             return msgpack.ExtType(EXT_PAGED, _pack([list(value), value.token]))
