@@ -69,7 +69,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(cfg.log_level)
     from .daemon import run_daemon
 
-    run_daemon(cfg)
+    run_daemon(cfg, until_idle=args.until_idle)
     return 0
 
 
@@ -140,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon in the foreground")
     _add_config_args(run)
+    run.add_argument(
+        "--until-idle", action="store_true",
+        help="do not listen: commit what the journal holds (e.g. after an outage), then exit 0",
+    )
     run.set_defaults(func=_cmd_run)
     check = sub.add_parser("check-config", help="print the effective configuration")
     _add_config_args(check)

@@ -96,8 +96,9 @@ class Wakeup:
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, until_idle: bool = False) -> None:
         self.cfg = cfg
+        self.until_idle = until_idle  # replay, commit everything, exit (no socket)
         self.state_dir = cfg.state_path
         self.staging_dir = self.state_dir / "staging"
         self.spool_dir = self.state_dir / "spool"
@@ -176,7 +177,8 @@ class Daemon:
         self._recover()
         self.sink.open()
         self.calls = StoreCalls(self.sink)
-        self.server.bind()
+        if not self.until_idle:
+            self.server.bind()
 
     def _recover(self) -> None:
         """Index the journal from its mark: register every entry with the ledger; the feeder
@@ -227,14 +229,17 @@ class Daemon:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self._serve_until_signal, tg)
+                if self.until_idle:
+                    tg.start_soon(self._drain_then_exit, tg)
+                else:
+                    tg.start_soon(self._serve_until_signal, tg)
+                    tg.start_soon(self._import_loop)
                 for lane in range(len(self.batcher)):
                     tg.start_soon(self._sink_loop, lane)
                 tg.start_soon(self._artifact_loop)
                 tg.start_soon(self._feed_loop)
                 tg.start_soon(self._sync_loop)
                 tg.start_soon(self._mark_loop)
-                tg.start_soon(self._import_loop)
                 tg.start_soon(self._notify_loop)
                 self._feed_wake.set()
         finally:
@@ -270,6 +275,21 @@ class Daemon:
         await self._drain(self.cfg.drain_timeout_s)
         tg.cancel_scope.cancel()
 
+    async def _drain_then_exit(self, tg: anyio.abc.TaskGroup) -> None:
+        """--until-idle: commit what the journal holds, then stop (SIGTERM stops it early)."""
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as draining:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        draining.cancel_scope.cancel()
+
+                draining.start_soon(stop_on_signal)
+                await self._drain(float("inf"))
+                draining.cancel_scope.cancel()
+        log.info("event=idle note=journal_drained")
+        tg.cancel_scope.cancel()
+
     async def _drain(self, timeout: float) -> None:
         """Commit everything buffered; give up after ``timeout`` (the rest stays journaled)."""
         self.batcher.expedite(None)
@@ -280,7 +300,7 @@ class Daemon:
             while self._busy():
                 self.batcher.expedite(None)
                 # tell systemd the drain is alive, so TimeoutStopSec does not cut it short
-                self.notifier.extend_timeout(max(5.0, deadline - time.monotonic() + 5.0))
+                self.notifier.extend_timeout(min(3600.0, max(5.0, deadline - time.monotonic() + 5)))
                 await self._idle.wait(0.2)
         if self._busy():
             log.warning(
@@ -999,6 +1019,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def run_daemon(cfg: Config) -> None:
-    """Run until SIGTERM/SIGINT. Raises AlreadyRunning / SinkError before serving."""
-    anyio.run(Daemon(cfg).run, backend="asyncio")
+def run_daemon(cfg: Config, *, until_idle: bool = False) -> None:
+    """Run until SIGTERM/SIGINT (or, with ``until_idle``, until the journal is committed).
+    Raises AlreadyRunning / SinkError before serving."""
+    anyio.run(Daemon(cfg, until_idle=until_idle).run, backend="asyncio")

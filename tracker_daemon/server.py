@@ -61,11 +61,12 @@ class Server:
         self.sock = sock
 
     def close(self) -> None:
+        bound = self.sock is not None
         if self.sock is not None:
             self.sock.close(0)
             self.sock = None
         path = ipc_path(self.address)
-        if path is not None:
+        if path is not None and bound:  # never remove a socket this process did not bind
             try:
                 path.unlink()
             except FileNotFoundError:
