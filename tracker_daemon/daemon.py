@@ -38,6 +38,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tracker_client import protocol as p
+from tracker_client.curve import CurveKeys
 from tracker_client.entities import decode_value, encode_value
 from tracker_client.framing import HEADER
 from tracker_client.spool import SUFFIX as SPOOL_SUFFIX
@@ -47,16 +48,16 @@ from tracker_client.validation import check_artifact_path, record_problem
 from . import __version__
 from .batcher import Batch, Origin
 from .calls import StoreCalls
-from .config import Config
+from .config import Config, load_server_curve, metrics_host_port, redact_uri
 from .errors import AlreadyRunning, PermanentSinkError, RetryableSinkError, SinkError
-from .journal import Journal, JournalFull, Position
+from .journal import SEGMENT_SUFFIX, Journal, JournalFull, Position
 from .lanes import Lanes
 from .ledger import Ledger
 from .notify import Notifier
 from .runs import RunBook, wait_process_exit
-from .server import Server
+from .server import CurveSetup, Server
 from .sink import RunHandle, Sink
-from .status import Counters
+from .status import Counters, health
 
 __all__ = ["Daemon", "run_daemon"]
 
@@ -67,6 +68,9 @@ OFFLINE_PREFIX = "offline-"
 KIND_SEQUENCED = b"D"  # journal entry: a sequenced client frame (data or artifact), verbatim
 SPOOL_SCAN_S = 30.0  # how often the spool dir is checked for spools of dead clients
 CLIENT_MEMORY_S = 7 * 24 * 3600  # how long the mark remembers an idle client's seq
+CLIENT_IDLE_S = 300.0  # a client silent this long no longer counts toward max_clients
+RATE_SAMPLE_S = 1.0  # how often the committed count is sampled for commit_rate
+LIMIT_LOG_INTERVAL_S = 10.0  # each limit's rejections are logged at most this often
 
 
 @dataclass(slots=True)
@@ -78,6 +82,7 @@ class ClientInfo:
     last_seen: float = field(default_factory=time.monotonic)
     runs: set[str] = field(default_factory=set)
     watched: bool = False
+    gone: bool = False  # its (local) process exited: no longer counts toward max_clients
 
 
 class Wakeup:
@@ -106,7 +111,12 @@ class Daemon:
         self.sink = Sink(cfg.backend_uri, cfg.artifact_root)
         # a frame must fit the journal with room to spare, or it could never be accepted
         self.max_frame = min(cfg.max_frame_bytes, cfg.journal_max_bytes // 4)
-        self.server = Server(cfg.bind_address, self.max_frame)
+        self.curve: CurveSetup | None = None
+        if cfg.curve_enabled:
+            public, secret = load_server_curve(cfg)
+            self.curve = CurveSetup(public, secret, Path(cfg.curve_allowed_clients_dir))
+        self.server = Server(cfg.bind_address, self.max_frame, self.curve)
+        self.metrics: Any = None  # a metrics.MetricsServer while serving metrics_address
         self.batcher = Lanes(cfg.writers, max_age=cfg.batch_max_age_ms / 1000)
         self.ledger = Ledger(on_done=self._message_done)
         self.journal = Journal(
@@ -119,6 +129,8 @@ class Daemon:
         self.notifier = Notifier()
         self.clients: dict[str, ClientInfo] = {}
         self._positions: dict[tuple[str, int], Position] = {}
+        self._written_at: dict[Position, float] = {}  # outstanding entry -> monotonic write time
+        self._limit_logged: dict[str, float] = {}
         self._spill_from: Position | None = None  # journal entries from here are not delivered
         self._experiments: dict[str, str] = {}
         self._creating: dict[str, anyio.Event] = {}  # offline id -> set once the run exists
@@ -188,6 +200,7 @@ class Daemon:
         records = 0
         pos: Position | None = mark.position
         first: Position | None = None
+        seg_times: dict[int, float] = {}
         while pos is not None:
             chunk = self.journal.read(pos)
             if not chunk:
@@ -200,6 +213,7 @@ class Daemon:
                     continue  # a duplicate written twice; keep the first
                 self.journal.track(entry_pos)
                 self._positions[(cid, seq)] = entry_pos
+                self._written_at[entry_pos] = self._segment_written(entry_pos.segment, seg_times)
                 self.ledger.accept(cid, seq, count)
                 first = first or entry_pos
                 entries += 1
@@ -217,16 +231,32 @@ class Daemon:
             self.journal.bytes_used,
         )
 
+    def _segment_written(self, segment: int, cache: dict[int, float]) -> float:
+        """For a replayed entry, when it was written at the latest: its segment's mtime, as a
+        monotonic time (the journal keeps no per-entry times)."""
+        if segment not in cache:
+            try:
+                mtime = (self.journal.dir / f"{segment:010d}{SEGMENT_SUFFIX}").stat().st_mtime
+            except OSError:
+                mtime = time.time()
+            cache[segment] = time.monotonic() - max(0.0, time.time() - mtime)
+        return cache[segment]
+
     async def run(self) -> None:
         await anyio.to_thread.run_sync(self.prepare)
         log.info(
             "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d durability=%s",
-            __version__, self.cfg.backend_uri, self.cfg.artifact_root, self.cfg.bind_address,
-            os.getpid(), self.cfg.durability,
+            __version__, redact_uri(self.cfg.backend_uri), self.cfg.artifact_root,
+            self.cfg.bind_address, os.getpid(), self.cfg.durability,
         )
-        log.info("view the runs with: mlflow ui --backend-store-uri %s", self.cfg.backend_uri)
-        self.notifier.ready(self._status_line())
+        log.info(
+            "event=hint view_runs=%r",
+            f"mlflow ui --backend-store-uri {redact_uri(self.cfg.backend_uri)}",
+        )
         try:
+            if self.cfg.metrics_address and not self.until_idle:
+                self._start_metrics()
+            self.notifier.ready(self._status_line())
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 if self.until_idle:
@@ -241,9 +271,14 @@ class Daemon:
                 tg.start_soon(self._sync_loop)
                 tg.start_soon(self._mark_loop)
                 tg.start_soon(self._notify_loop)
+                tg.start_soon(self._rate_loop)
                 self._feed_wake.set()
+                self._watch_restored_owners(tg)
         finally:
             with anyio.CancelScope(shield=True):
+                if self.metrics is not None:
+                    await anyio.to_thread.run_sync(self.metrics.close)
+                    self.metrics = None
                 await anyio.to_thread.run_sync(self._shutdown_files)
             self.server.close()
             if self._lock_fd is not None:
@@ -253,6 +288,24 @@ class Daemon:
                 self.counters.received, self.counters.committed, self.counters.failed,
                 self.journal.outstanding,
             )
+
+    def _start_metrics(self) -> None:
+        """Serve Prometheus metrics; each scrape builds the status document on this loop."""
+        from .metrics import MetricsServer
+
+        token = anyio.lowlevel.current_token()
+
+        def get_status() -> dict[str, Any]:
+            return anyio.from_thread.run_sync(self.status, token=token)
+
+        host, port = metrics_host_port(self.cfg)
+        self.metrics = MetricsServer(host, port, get_status)
+        log.info("event=metrics_listening address=%s path=/metrics", self.metrics.address)
+
+    async def _rate_loop(self) -> None:
+        while True:
+            self.counters.sample_rate(time.monotonic())
+            await anyio.sleep(RATE_SAMPLE_S)
 
     def _shutdown_files(self) -> None:
         self.journal.sync()
@@ -318,6 +371,9 @@ class Daemon:
     # ------------------------------------------------------------------ dispatch (event loop)
 
     def dispatch(self, identity: bytes, msg: p.ClientMessage, raw: bytes) -> Any:
+        over = self._over_limit(msg)
+        if over is not None:
+            return self._refuse(identity, msg, *over)
         if type(msg) is p.Data or type(msg) is p.LogArtifact:
             return self._on_sequenced(identity, msg, raw)
         if isinstance(msg, p.Hello):
@@ -336,6 +392,87 @@ class Daemon:
         elif isinstance(msg, p.StatusRequest):
             return self.server.send(identity, p.StatusReply(msg.req, self.status()))
         return None
+
+    # ------------------------------------------------------------------ limits (event loop)
+
+    def _over_limit(self, msg: p.ClientMessage) -> tuple[str, int, str] | None:
+        """(limit, its value, message) when ``msg`` must be refused, else None. A refused
+        sequenced message is not acked: the client keeps it and may send it again."""
+        cfg = self.cfg
+        if type(msg) is p.Data and len(msg.records) > cfg.max_records_per_frame:
+            return (
+                "max_records_per_frame",
+                cfg.max_records_per_frame,
+                f"max_records_per_frame = {cfg.max_records_per_frame}: this data frame (seq "
+                f"{msg.seq}) holds {len(msg.records)} records; it is not acknowledged, and sent "
+                "again unchanged it is refused again: split it. (The reference client sends at "
+                "most 1000 records per frame; a client that builds larger frames has a bug.)",
+            )
+        cid = getattr(msg, "client_id", "")
+        if cid and cid not in self.clients and not self._room_for_client():
+            return (
+                "max_clients",
+                cfg.max_clients,
+                f"max_clients = {cfg.max_clients}: the daemon already serves that many clients "
+                "and takes no new one (a client counts until its process exits or it has sent "
+                f"nothing for {CLIENT_IDLE_S:g} s); try again later, or raise max_clients",
+            )
+        if cid and self._starts_new_run(msg):
+            n = self._open_runs_of(cid)
+            if n >= cfg.max_open_runs_per_client:
+                return (
+                    "max_open_runs_per_client",
+                    cfg.max_open_runs_per_client,
+                    f"max_open_runs_per_client = {cfg.max_open_runs_per_client}: this client "
+                    f"already has {n} open runs; end some before starting more",
+                )
+        return None
+
+    def _room_for_client(self) -> bool:
+        if len(self.clients) < self.cfg.max_clients:
+            return True
+        now = time.monotonic()
+        live = sum(
+            1 for i in self.clients.values() if not i.gone and now - i.last_seen < CLIENT_IDLE_S
+        )
+        return live < self.cfg.max_clients
+
+    def _starts_new_run(self, msg: p.ClientMessage) -> bool:
+        """Would ``msg`` open a run this client does not have open yet? (A resent request
+        answered from the run book, or resuming a run the client owns, would not.)"""
+        if isinstance(msg, p.Call):
+            return msg.method == "create_run" and (
+                f"{msg.client_id}:{msg.req}" not in self.runbook.created
+            )
+        if not isinstance(msg, p.StartRun):
+            return False
+        if msg.offline_id:
+            created = self._offline_run(msg.offline_id) is not None
+            return not created and msg.offline_id not in self._creating
+        if f"{msg.client_id}:{msg.req}" in self.runbook.created:
+            return False
+        if msg.run_id is not None:
+            run = self.runbook.open.get(msg.run_id)
+            return run is None or msg.client_id not in run.owners
+        return True
+
+    def _open_runs_of(self, client_id: str) -> int:
+        return sum(1 for run in self.runbook.open.values() if client_id in run.owners)
+
+    def _refuse(
+        self, identity: bytes, msg: p.ClientMessage, limit: str, value: int, text: str
+    ) -> Any:
+        self.counters.limit_rejections[limit] += 1
+        now = time.monotonic()
+        if now - self._limit_logged.get(limit, -1e9) >= LIMIT_LOG_INTERVAL_S:
+            self._limit_logged[limit] = now
+            log.warning(
+                "event=limit_exceeded limit=%s value=%d kind=%s client=%s rejections=%d",
+                limit, value, type(msg).__name__, getattr(msg, "client_id", ""),
+                self.counters.limit_rejections[limit],
+            )
+        req = getattr(msg, "req", None)
+        return self.server.send(identity, p.ErrorReply(req, "limit_exceeded", text))
 
     def _client(self, client_id: str) -> ClientInfo:
         info = self.clients.get(client_id)
@@ -380,6 +517,7 @@ class Daemon:
                 log.info("event=journal_accepting_again")
                 self._full_logged = False
             self._positions[(cid, seq)] = pos
+            self._written_at[pos] = time.monotonic()
             count = len(msg.records) if type(msg) is p.Data else 1
             self.counters.received += count
             self._sync_wake.set()
@@ -519,6 +657,7 @@ class Daemon:
     def _message_done(self, client_id: str, seq: int) -> None:
         pos = self._positions.pop((client_id, seq), None)
         if pos is not None:
+            self._written_at.pop(pos, None)
             self.journal.settle(pos)
             self._mark_wake.set()
 
@@ -606,9 +745,11 @@ class Daemon:
         give_up = None if retry_for is None else time.monotonic() + retry_for
         while True:
             try:
-                return await anyio.to_thread.run_sync(
+                result = await anyio.to_thread.run_sync(
                     functools.partial(fn, *args), limiter=self._writer
                 )
+                self.counters.last_sink_ok_at = time.time()
+                return result
             except RetryableSinkError as exc:
                 self._note_error(exc)
                 if give_up is not None and time.monotonic() + backoff > give_up:
@@ -715,7 +856,11 @@ class Daemon:
         finally:
             if msg.offline_id and msg.offline_id in self._creating:
                 self._creating.pop(msg.offline_id).set()
-        self.runbook.opened(handle, msg.client_id)
+        owner = self.clients.get(msg.client_id)
+        await anyio.to_thread.run_sync(
+            self.runbook.record_open, handle, msg.client_id,
+            owner.pid if owner else 0, owner.host if owner else "",
+        )
         if handle.params:
             self.batcher.seed_params(handle.run_id, handle.params)
         log.info("event=run_started run=%s experiment=%s", handle.run_id, handle.experiment_id)
@@ -747,7 +892,7 @@ class Daemon:
     async def _end_run(self, run_id: str, status: str, end_time: int) -> None:
         run_id = await self._resolve(run_id)
         await self._write(self.sink.end_run, run_id, status, end_time, retry_for=30.0)
-        self.runbook.closed(run_id)
+        await anyio.to_thread.run_sync(self.runbook.record_closed, run_id)
         log.info("event=run_ended run=%s status=%s", run_id, status)
 
     def _offline_run(self, offline_id: str) -> RunHandle | None:
@@ -826,7 +971,10 @@ class Daemon:
             )
             if key not in self.runbook.created:
                 self.runbook.record_creation(key, handle)
-            self.runbook.opened(handle, msg.client_id)
+            owner = self.clients.get(msg.client_id)
+            self.runbook.record_open(
+                handle, msg.client_id, owner.pid if owner else 0, owner.host if owner else ""
+            )
             self.clients.get(msg.client_id, ClientInfo(msg.client_id)).runs.add(info.run_id)
         elif msg.method == "update_run_info":
             args = decode_value(msg.args)
@@ -834,7 +982,7 @@ class Daemon:
             run_id = args[0] if args else kwargs.get("run_id")
             status = args[1] if len(args) > 1 else kwargs.get("run_status")
             if isinstance(run_id, str) and status not in (None, 1, "RUNNING"):
-                self.runbook.closed(run_id)
+                self.runbook.record_closed(run_id)
 
     def _late(self, seq: int) -> str:
         return (
@@ -844,11 +992,26 @@ class Daemon:
 
     # ------------------------------------------------------------------ client liveness
 
+    def _watch_restored_owners(self, tg: anyio.abc.TaskGroup) -> None:
+        """After a restart: watch the processes that own open runs (from runs.log); those that
+        died while the daemon was down get their runs ended once their records are committed."""
+        for cid, (pid, host) in self.runbook.owners.items():
+            if host != self.hostname or pid <= 0:
+                continue
+            if not any(cid in run.owners for run in self.runbook.open.values()):
+                continue
+            info = self._client(cid)
+            info.pid, info.host = pid, host
+            if not info.watched:
+                info.watched = True
+                tg.start_soon(self._watch_client, info)
+
     async def _watch_client(self, info: ClientInfo) -> None:
         """When a local client process dies, commit what it sent, then end its runs."""
         await wait_process_exit(info.pid)
         upto = self.ledger.received_upto(info.client_id)
         log.info("event=client_exited client=%s pid=%d", info.client_id, info.pid)
+        info.gone = True  # no longer counted toward max_clients nor listed in the status
         await self._barrier(info.client_id, upto, timeout=60.0)
         reason = (
             f"tracker-daemon: client process {info.pid} on {info.host} exited without "
@@ -871,6 +1034,13 @@ class Daemon:
 
     # ------------------------------------------------------------------ spools of dead clients
 
+    def _own_curve_keys(self) -> CurveKeys | None:
+        """With CURVE, the daemon connects to itself (spool imports) with its own key pair,
+        which it always accepts."""
+        if self.curve is None:
+            return None
+        return CurveKeys(self.curve.public, self.curve.public, self.curve.secret)
+
     async def _import_loop(self) -> None:
         """Import spools left in the spool dir by clients that died while no daemon answered
         (a live client holds its spool's lock and sends it itself)."""
@@ -880,7 +1050,7 @@ class Daemon:
                     result = await anyio.to_thread.run_sync(
                         functools.partial(
                             import_spool, path, self.cfg.bind_address, timeout=600,
-                            stop=self._import_stop,
+                            stop=self._import_stop, curve=self._own_curve_keys(),
                         ),
                         abandon_on_cancel=True,
                     )
@@ -960,17 +1130,53 @@ class Daemon:
                 last_status = time.monotonic()
             await anyio.sleep(period)
 
+    def _oldest_uncommitted_age(self, now: float) -> float:
+        """Seconds since the oldest journal entry that is not yet committed was written."""
+        if not self.journal.outstanding:
+            return 0.0
+        written = self._written_at.get(self.journal.low_water())
+        return 0.0 if written is None else max(0.0, now - written)
+
     def status(self) -> dict[str, Any]:
+        """The status document (``tracker-daemon status``, Prometheus); see status.py."""
         c = self.counters
+        cfg = self.cfg
         now = time.monotonic()
+        now_wall = time.time()
+        oldest_age = self._oldest_uncommitted_age(now)
+        error_age = c.sink_error_age(now_wall)
+        reasons = health(
+            journal_full=self.journal.full_reason,
+            sink_error_age_s=error_age,
+            sink_failing_now=c.sink_failing_now,
+            last_sink_error=c.last_sink_error,
+            oldest_uncommitted_age_s=oldest_age,
+            stall_s=cfg.health_stall_s,
+        )
+        limits = {
+            "max_frame_bytes": self.max_frame,
+            "max_records_per_frame": cfg.max_records_per_frame,
+            "max_open_runs_per_client": cfg.max_open_runs_per_client,
+            "max_clients": cfg.max_clients,
+        }
+        rejections = dict(c.limit_rejections)
+        rejections["max_frame_bytes"] = self.server.rejected_by_code["frame_too_large"]
         return {
             "version": __version__,
             "pid": os.getpid(),
-            "uptime_s": round(time.time() - c.started_at, 3),
-            "backend": self.cfg.backend_uri,
-            "artifact_root": self.cfg.artifact_root,
-            "address": self.cfg.bind_address,
-            "durability": self.cfg.durability,
+            "uptime_s": round(now_wall - c.started_at, 3),
+            "healthy": not reasons,
+            "unhealthy_reasons": reasons,
+            "health_stall_s": cfg.health_stall_s,
+            "backend": redact_uri(cfg.backend_uri),
+            "artifact_root": cfg.artifact_root,
+            "address": cfg.bind_address,
+            "auth": self.server.auth,
+            "auth_denied": self.server.auth_denied,
+            "metrics_address": self.metrics.address if self.metrics is not None else "",
+            "durability": cfg.durability,
+            "limits": limits,
+            "limit_rejections": rejections,
             "clients": [
                 {
                     "client_id": i.client_id,
@@ -980,6 +1186,7 @@ class Daemon:
                     "last_seen_s": round(now - i.last_seen, 3),
                 }
                 for i in self.clients.values()
+                if not i.gone
             ],
             "open_runs": len(self.runbook.open),
             "frames": c.frames,
@@ -1002,7 +1209,13 @@ class Daemon:
             "sink_latency_ms": c.sink_latency_ms(),
             "fsyncs": c.fsyncs,
             "fsync_ms_avg": round(c.fsync_seconds / c.fsyncs * 1000, 3) if c.fsyncs else 0.0,
+            "commit_rate": c.commit_rate(now),
             "last_sink_error": c.last_sink_error,
+            "last_sink_error_at": round(c.last_sink_error_at, 3),
+            "last_sink_error_age_s": None if error_age is None else round(error_age, 3),
+            "oldest_uncommitted_age_s": round(oldest_age, 3),
+            "journal_max_bytes": cfg.journal_max_bytes,
+            "journal_full_rejections": c.journal_full_rejections,
             **self.journal.status(),
         }
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -32,48 +34,94 @@ class OpenRun:
 
 
 class RunBook:
-    """Open runs with their owners, and an append-only log of creations keyed by request."""
+    """Open runs with their owners, and the persisted log ``runs.log`` of run creations (keyed by
+    request, so a retried start_run returns the same run) and of runs opened and closed (with the
+    owning client's pid, so a restarted daemon still ends the runs of clients that died).
+
+    ``runs.log`` holds JSON entries in the framing of :mod:`tracker_client.framing`; it is
+    compacted at load (closed runs dropped; creations kept for ``CREATION_MEMORY_S``)."""
+
+    CREATION_MEMORY_S = 30 * 24 * 3600  # an offline spool may be imported weeks later
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.created: dict[str, RunHandle] = {}  # request key -> run
         self.open: dict[str, OpenRun] = {}  # run id -> open run
         self.handles: dict[str, RunHandle] = {}  # run id -> handle (open or not)
+        self.owners: dict[str, tuple[int, str]] = {}  # client id -> (pid, host) of owners
+        self._created_at: dict[str, float] = {}
         self._fd = -1
 
     def load(self) -> None:
         if self.path.exists():
-            data = self.path.read_bytes()
-            result = scan(data)
+            result = scan(self.path.read_bytes())
             for _, payload in result.frames:
-                entry = json.loads(payload)
-                handle = RunHandle(
-                    entry["run_id"], entry["experiment_id"], entry["artifact_uri"],
-                    entry["run_name"], {},
-                )
-                self.created[entry["key"]] = handle
-                self.handles[handle.run_id] = handle
+                self._apply(json.loads(payload))
             if result.problem is not None:
                 log.warning("event=runs_log_truncated reason=%r", result.problem)
-                with open(self.path, "r+b") as fh:
-                    fh.truncate(result.good_end)
+        self._compact()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+    def _apply(self, entry: dict[str, Any]) -> None:
+        kind = entry.get("type", "created")
+        if kind == "closed":
+            self.open.pop(entry["run_id"], None)
+            return
+        handle = RunHandle(
+            entry["run_id"], entry["experiment_id"], entry["artifact_uri"], entry["run_name"], {}
+        )
+        self.handles[handle.run_id] = handle
+        if kind == "created":
+            self.created[entry["key"]] = handle
+            self._created_at[entry["key"]] = float(entry.get("t", time.time()))
+        elif kind == "open":
+            self.opened(handle, entry["client_id"])
+            self.owners[entry["client_id"]] = (int(entry.get("pid", 0)), str(entry.get("host", "")))
+
+    def _compact(self) -> None:
+        horizon = time.time() - self.CREATION_MEMORY_S
+        entries: list[dict[str, Any]] = [
+            {"type": "created", "key": k, "t": self._created_at[k], **_fields(h)}
+            for k, h in self.created.items()
+            if self._created_at[k] >= horizon
+        ]
+        for run in self.open.values():
+            for owner in run.owners:
+                pid, host = self.owners.get(owner, (0, ""))
+                entries.append(
+                    {"type": "open", "client_id": owner, "pid": pid, "host": host,
+                     **_fields(run.handle)}
+                )
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(b"".join(encode_frame(json.dumps(e).encode()) for e in entries))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        os.write(self._fd, encode_frame(json.dumps(entry).encode()))
+        os.fsync(self._fd)
 
     def record_creation(self, key: str, handle: RunHandle) -> None:
         """Persist (and fsync) that request ``key`` created ``handle`` — before replying."""
-        payload = json.dumps(
-            {
-                "key": key,
-                "run_id": handle.run_id,
-                "experiment_id": handle.experiment_id,
-                "artifact_uri": handle.artifact_uri,
-                "run_name": handle.run_name,
-            }
-        ).encode()
-        os.write(self._fd, encode_frame(payload))
-        os.fsync(self._fd)
+        self._append({"type": "created", "key": key, "t": time.time(), **_fields(handle)})
         self.created[key] = handle
+        self._created_at[key] = time.time()
         self.handles[handle.run_id] = handle
+
+    def record_open(self, handle: RunHandle, owner: str, pid: int, host: str) -> None:
+        """Persist that ``owner`` (a client process) has ``handle`` open (blocking: fsync)."""
+        self._append(
+            {"type": "open", "client_id": owner, "pid": pid, "host": host, **_fields(handle)}
+        )
+        self.owners[owner] = (pid, host)
+        self.opened(handle, owner)
+
+    def record_closed(self, run_id: str) -> None:
+        if run_id in self.open:
+            self._append({"type": "closed", "run_id": run_id})
+        self.closed(run_id)
 
     def opened(self, handle: RunHandle, owner: str) -> None:
         self.handles[handle.run_id] = handle
@@ -99,6 +147,15 @@ class RunBook:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _fields(handle: RunHandle) -> dict[str, str]:
+    return {
+        "run_id": handle.run_id,
+        "experiment_id": handle.experiment_id,
+        "artifact_uri": handle.artifact_uri,
+        "run_name": handle.run_name,
+    }
 
 
 async def wait_process_exit(pid: int) -> None:

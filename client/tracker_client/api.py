@@ -17,7 +17,6 @@ import shutil
 import sys
 import time
 import uuid
-import weakref
 from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -28,6 +27,7 @@ from typing import Any
 from . import protocol as p
 from . import validation as v
 from .address import client_default_address
+from .curve import apply_curve, curve_hint
 from .errors import CommitError, DaemonError, DaemonUnavailable
 from .spool import default_spool_dir
 from .transport import Transport
@@ -38,7 +38,9 @@ CONNECT_TIMEOUT = float(os.environ.get("TRACKER_CONNECT_TIMEOUT", "10"))
 BARRIER_TIMEOUT = float(os.environ.get("TRACKER_FLUSH_TIMEOUT", "120"))
 EXIT_TIMEOUT = float(os.environ.get("TRACKER_EXIT_TIMEOUT", "10"))
 
-_TRACKERS: weakref.WeakSet[Tracker] = weakref.WeakSet()
+# Strong references: a Tracker whose variables are gone must still end its runs and flush (or
+# spool) at exit. close() removes it.
+_TRACKERS: set[Tracker] = set()
 _log = logging.getLogger("tracker_client")
 
 
@@ -72,6 +74,7 @@ def query_status(address: str | None = None, timeout: float = 5.0) -> dict[str, 
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        keys = apply_curve(sock)  # TRACKER_CURVE_SERVER_KEY / TRACKER_CURVE_CLIENT_KEY
         sock.connect(address)
         sock.send(p.encode(p.StatusRequest(1)))
         if sock.poll(int(timeout * 1000)):
@@ -80,7 +83,9 @@ def query_status(address: str | None = None, timeout: float = 5.0) -> dict[str, 
                 return reply.status
             if isinstance(reply, p.ErrorReply):
                 raise DaemonError(reply.code, reply.message)
-        raise DaemonUnavailable(f"no status from tracker-daemon at {address} within {timeout:g} s")
+        raise DaemonUnavailable(
+            f"no status from tracker-daemon at {address} within {timeout:g} s{curve_hint(keys)}"
+        )
     finally:
         sock.close(0)
         ctx.term()
@@ -189,6 +194,7 @@ class Tracker:
                 self.flush(timeout)
         finally:
             self._transport.close(max(0.0, deadline - time.monotonic()))
+            _TRACKERS.discard(self)
 
     def __enter__(self) -> Tracker:
         return self
@@ -217,8 +223,9 @@ class Tracker:
             return p.EndRun(req, cid, seq, run_id, status, end_time)
 
         fut = self._transport.request_async(make)
-        if self.offline and not self._transport.connected:
-            timeout = min(timeout, CONNECT_TIMEOUT)  # no daemon now: do not hang the caller
+        if self.offline and not self._transport.welcomed.is_set():
+            # no daemon has ever answered: the run is offline, its end goes to the spool
+            timeout = min(timeout, CONNECT_TIMEOUT)
         run = self._open_runs.pop(run_id, None)
         if run is None:
             run = next((r for r in self._open_runs.values() if r.offline_id == run_id), None)

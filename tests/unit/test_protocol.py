@@ -12,10 +12,13 @@ from typing import Any
 import msgpack
 import pytest
 
+from tracker_client.entities import decode_value, encode_value
+from tracker_client.framing import encode_frame
 from tracker_client.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Ack,
+    Call,
     Data,
     Done,
     EndRun,
@@ -28,6 +31,7 @@ from tracker_client.protocol import (
     Metric,
     Param,
     ProtocolError,
+    Result,
     RunStarted,
     StartRun,
     StatusReply,
@@ -51,17 +55,21 @@ ALL_CLASSES = {
     EndRun,
     Flush,
     StatusRequest,
+    Call,
     Welcome,
     Ack,
     RunStarted,
     Done,
+    Result,
     StatusReply,
     ErrorReply,
 }
 
 CID = "6f1c2a9e0b3d4c5e8f7a1b2c3d4e5f60"
 RUN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
-STAGING = "/run/user/1000/tracker-daemon/staging"
+STAGING = "/var/lib/tracker-daemon/staging"
+SPOOL = "/var/lib/tracker-daemon/spool"
+OFFLINE = "offline-5d41402abc4b2a76b9719d911017c592"
 MODEL = "m-0f9e8d7c6b5a49382716051f2e3d4c5b"
 SLOT = "3e7a1c5b9d2f4e6a8b0c1d2e3f4a5b6c"
 
@@ -74,22 +82,31 @@ EXPECTED: dict[str, Message] = {
         req=8, client_id=CID, pid=4242, host="gpu-node-01", version="0.1.0", acked_floor=12
     ),
     "welcome": Welcome(
-        req=1, daemon_version="0.1.0", acked_seq=0, staging_dir=STAGING, max_frame=4194304
+        req=1,
+        daemon_version="0.1.0",
+        acked_seq=0,
+        staging_dir=STAGING,
+        max_frame=4194304,
+        spool_dir=SPOOL,
     ),
     "start_run": StartRun(
         req=2,
+        client_id=CID,
         experiment_name="resnet50",
         run_name="baseline",
         tags={"team": "vision"},
         start_time=1700000000000,
+        offline_id=OFFLINE,
     ),
     "start_run_nested": StartRun(
         req=3,
+        client_id=CID,
         experiment_id="1",
         run_name="fold-0",
         parent_run_id=RUN,
         start_time=1700000000500,
     ),
+    "start_run_resume": StartRun(req=9, client_id=CID, run_id=RUN, start_time=1700000200000),
     "run": RunStarted(
         req=2,
         run_id=RUN,
@@ -149,6 +166,37 @@ EXPECTED: dict[str, Message] = {
     "end_run": EndRun(
         req=6, client_id=CID, seq=3, run_id=RUN, status="FINISHED", end_time=1700000100000
     ),
+    "call": Call(
+        req=10,
+        client_id=CID,
+        seq=3,
+        target="tracking",
+        method="get_run",
+        args=encode_value([RUN]),
+        kwargs=encode_value({}),
+    ),
+    "call_create_experiment": Call(
+        req=11,
+        client_id=CID,
+        seq=3,
+        target="tracking",
+        method="create_experiment",
+        args=encode_value(["resnet101"]),
+        kwargs=encode_value({"artifact_location": None}),
+    ),
+    "result": Result(
+        req=11,
+        value=encode_value("2"),
+        failures=(
+            Failure(
+                Metric(RUN, "acc//top1", 0.5, 1700000003000, 3),
+                "INVALID_PARAMETER_VALUE",
+                "metric key 'acc//top1': MLflow treats names as paths and this one normalises to "
+                "'acc/top1'; names must be normalised relative paths (no '//', '/./', '/../' or "
+                "trailing '/')",
+            ),
+        ),
+    ),
     "status": StatusRequest(req=7),
     "status_reply": StatusReply(
         req=7, status={"daemon_version": "0.1.0", "clients": 1, "pending": 0}
@@ -159,6 +207,17 @@ EXPECTED: dict[str, Message] = {
         message="records up to seq 3 were not committed within 600 s; last sink error: none",
     ),
     "error_no_req": ErrorReply(req=None, code="bad_msgpack", message="not a msgpack document"),
+    "error_endpoint_not_found": ErrorReply(
+        req=12,
+        code="ENDPOINT_NOT_FOUND",
+        message="tracking store method 'drop_all' is not part of MLflow's store API",
+    ),
+    "error_journal_full": ErrorReply(
+        req=None,
+        code="journal_full",
+        message="journal holds 8589930000 bytes; the limit (journal_max_bytes) is 8589934592; "
+        "waiting for the MLflow backend to catch up",
+    ),
 }
 
 DOCUMENTED_CODES = {
@@ -256,10 +315,11 @@ DATA_FRAME = encode(EXPECTED["data"])
 
 
 def test_spec_contains_every_vector() -> None:
-    assert len(VALID_VECTORS) == len(EXPECTED) == 19
+    assert len(VALID_VECTORS) == len(EXPECTED) == 25
     assert set(VALID_VECTORS) == set(EXPECTED)
-    assert len(INVALID_VECTORS) == 7
-    assert {type(m) for m in EXPECTED.values()} == ALL_CLASSES  # all 13 kinds
+    assert len(INVALID_VECTORS) == 8
+    assert {type(m) for m in EXPECTED.values()} == ALL_CLASSES  # all 15 kinds
+    assert len(ALL_CLASSES) == 15
     assert {code for _, code in INVALID_VECTORS.values()} <= DOCUMENTED_CODES
 
 
@@ -338,10 +398,30 @@ ROUND_TRIP: list[Message] = [
         start_time=I64_MIN,
     ),
     StartRun(req=10),
+    StartRun(
+        req=0,
+        client_id="c",
+        experiment_name="\u00e9",
+        start_time=1,
+        offline_id="offline-" + "0" * 32,
+    ),
     EndRun(req=11, client_id="c", seq=0, run_id="r", status="KILLED", end_time=-5),
     Flush(req=-1, client_id="c", seq=99, run_id=None),
     StatusRequest(req=0),
+    Call(req=1, client_id="c", seq=0, target="registry", method="m", args=b"", kwargs=b""),
+    Call(
+        req=I64_MAX,
+        client_id="c",
+        seq=I64_MAX,
+        target="",
+        method="search_runs",
+        args=bytes(range(256)) * 300,  # bin16 .. bin32 sizes; any bytes, not checked as msgpack
+        kwargs=b"\xc1",
+    ),
     Welcome(req=12, daemon_version="9.9", acked_seq=123456789, staging_dir="/x", max_frame=1),
+    Welcome(
+        req=12, daemon_version="", acked_seq=0, staging_dir="", max_frame=0, spool_dir="/s p/\u00f6"
+    ),
     Ack(seq=I64_MIN),
     RunStarted(req=13, run_id="r", experiment_id="0", artifact_uri="s3://b/k", run_name="n"),
     Done(
@@ -351,6 +431,12 @@ ROUND_TRIP: list[Message] = [
             Failure(Metric("r", "k", 1.0, 2, 3, None, None, "d"), "RESOURCE_DOES_NOT_EXIST", "m"),
             Failure(Tag("r", "k", "v"), "INVALID_PARAMETER_VALUE", ""),
         ),
+    ),
+    Result(req=18, value=b"\xc0"),
+    Result(
+        req=19,
+        value=b"x" * 70000,
+        failures=(Failure(Param("r", "k", "v"), "INVALID_PARAMETER_VALUE", "m"),),
     ),
     StatusReply(req=15, status={"nested": {"list": [1, "a", None, 2.5]}, "ok": True}),
     StatusReply(req=16, status={}),
@@ -676,6 +762,51 @@ WRONG_TYPES: dict[str, tuple[bytes, str]] = {
         _frame("done", {"req": 1, "failures": [[_metric(step=1.5), "CODE", "m"]]}),
         "done.failures[0].record.step",
     ),
+    # bin (call / result)
+    "bin-array": (_frame("call", {**_body(EXPECTED["call"]), "args": [RUN]}), "call.args"),
+    "bin-str": (_frame("call", {**_body(EXPECTED["call"]), "args": "\x91"}), "call.args"),
+    "bin-nil": (_frame("call", {**_body(EXPECTED["call"]), "kwargs": None}), "call.kwargs"),
+    "bin-map": (_frame("call", {**_body(EXPECTED["call"]), "kwargs": {}}), "call.kwargs"),
+    "bin-int": (_frame("result", {**_body(EXPECTED["result"]), "value": 2}), "result.value"),
+    "bin-ext": (
+        _frame("result", {**_body(EXPECTED["result"]), "value": msgpack.ExtType(1, b"\xc0")}),
+        "result.value",
+    ),
+    "call-target-bin": (
+        _frame("call", {**_body(EXPECTED["call"]), "target": b"tracking"}),
+        "call.target",
+    ),
+    "call-method-nil": (_frame("call", {**_body(EXPECTED["call"]), "method": None}), "call.method"),
+    "call-seq-str": (_frame("call", {**_body(EXPECTED["call"]), "seq": "3"}), "call.seq"),
+    "call-client-id-int": (
+        _frame("call", {**_body(EXPECTED["call"]), "client_id": 1}),
+        "call.client_id",
+    ),
+    "result-failures-nil": (
+        _frame("result", {**_body(EXPECTED["result"]), "failures": None}),
+        "result.failures",
+    ),
+    "result-failure-record-bad": (
+        _frame("result", {"req": 1, "value": b"\xc0", "failures": [[["p", "r"], "C", "m"]]}),
+        "result.failures[0].record",
+    ),
+    # new fields of start_run and welcome
+    "start-run-client-id-nil": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "client_id": None}),
+        "start_run.client_id",
+    ),
+    "start-run-offline-id-int": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "offline_id": 1}),
+        "start_run.offline_id",
+    ),
+    "start-run-offline-id-bin": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "offline_id": OFFLINE.encode()}),
+        "start_run.offline_id",
+    ),
+    "welcome-spool-dir-nil": (
+        _frame("welcome", {**_body(EXPECTED["welcome"]), "spool_dir": None}),
+        "welcome.spool_dir",
+    ),
     # ext types are never valid field values
     "ext-in-str": (
         _frame("ack", {"seq": msgpack.ExtType(1, b"\x01")}),
@@ -743,6 +874,38 @@ def test_body_with_bin_and_str_unknown_keys() -> None:
     assert exc.message == f"ack: {BODY_KEY_MESSAGE}"
 
 
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [
+        ("start_run", "client_id"),
+        ("start_run", "offline_id"),
+        ("start_run_nested", "offline_id"),
+        ("welcome", "spool_dir"),
+    ],
+)
+def test_message_without_new_field_is_rejected(name: str, field: str) -> None:
+    """Peers built before ``client_id`` / ``offline_id`` / ``spool_dir`` are rejected."""
+    body = _body(EXPECTED[name])
+    del body[field]
+    kind = _kind(EXPECTED[name])
+    _reject(_frame(kind, body), "bad_field", kind, "missing", repr(field))
+
+
+def test_call_vector_arguments_are_entities_encoding() -> None:
+    call = decode(VALID_VECTORS["call"])
+    assert isinstance(call, Call)
+    assert (call.target, call.method) == ("tracking", "get_run")
+    assert decode_value(call.args) == [RUN]
+    assert decode_value(call.kwargs) == {}
+    create = decode(VALID_VECTORS["call_create_experiment"])
+    assert isinstance(create, Call)
+    assert decode_value(create.args) == ["resnet101"]
+    assert decode_value(create.kwargs) == {"artifact_location": None}
+    result = decode(VALID_VECTORS["result"])
+    assert isinstance(result, Result) and result.req == create.req
+    assert decode_value(result.value) == "2"
+
+
 def test_hello_without_acked_floor_is_rejected() -> None:
     """A version-1 peer that predates ``acked_floor`` is rejected, not silently defaulted."""
     body = _body(EXPECTED["hello_reconnect"])
@@ -763,10 +926,44 @@ def test_spec_documents_body_key_message_and_hello_floor() -> None:
 def test_spec_drops_codes_the_daemon_never_sends() -> None:
     assert "unknown_client" not in SPEC_TEXT
     assert "`internal`" not in SPEC_TEXT
-    for code in ("timeout", "invalid_request", "limit_exceeded"):
+    for code in ("timeout", "invalid_request", "journal_full", "limit_exceeded"):
         assert f"| `{code}` |" in SPEC_TEXT
-    (row,) = [line for line in SPEC_TEXT.splitlines() if line.startswith("| `limit_exceeded` |")]
-    assert "Reserved" in row
+
+
+def _row(prefix: str) -> str:
+    (row,) = [line for line in SPEC_TEXT.splitlines() if line.startswith(prefix)]
+    return row
+
+
+def test_spec_documents_journal_full_and_limits() -> None:
+    journal_full = _row("| `journal_full` |")
+    assert "`req` nil" in journal_full and "not** accepted" in journal_full
+    assert "1 s" in journal_full
+    limit = _row("| `limit_exceeded` |")
+    assert "Reserved" not in limit and "not** acknowledged" in limit
+    assert "min(`max_frame_bytes`, `journal_max_bytes` / 4)" in SPEC_TEXT
+    assert "A `done` or `result` reply acknowledges too" in SPEC_TEXT
+
+
+def test_spec_documents_new_fields_and_types() -> None:
+    assert _row("| `bin` |").count("`c4`") == 1
+    assert _row("| `offline_id` | `str?` |")
+    assert "| `client_id` | `str` | As in `hello`. With `req`" in SPEC_TEXT
+    assert _row("| `spool_dir` | `str` |")
+    assert "TRACKER_SPOOL_DIR" in _row("| `spool_dir` | `str` |")
+    for field in ("args", "kwargs", "value"):
+        assert _row(f"| `{field}` | `bin` |")
+    assert "ENDPOINT_NOT_FOUND" in SPEC_TEXT
+    assert "Python/MLflow-specific" in SPEC_TEXT
+    assert "`offline:<offline_id>`" in SPEC_TEXT and "`tracker.offline_id`" in SPEC_TEXT
+    assert re.fullmatch(r"offline-[0-9a-f]{32}", OFFLINE)
+
+
+def test_spec_spool_example_uses_the_file_framing() -> None:
+    section = SPEC_TEXT[SPEC_TEXT.index("## 12. Spool files") : SPEC_TEXT.index("## 13.")]
+    assert "<spool_dir>/<client_id>.spool" in section
+    example = section[section.index("```text\n") + 8 : section.rindex("\n```")]
+    assert bytes.fromhex(example) == encode_frame(VALID_VECTORS["flush_all"])
 
 
 def test_spec_documents_staging_layout() -> None:
