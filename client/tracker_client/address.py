@@ -16,6 +16,7 @@ __all__ = [
     "SOCKET_NAME",
     "client_default_address",
     "daemon_default_address",
+    "access_problem",
     "ipc_path",
 ]
 
@@ -47,9 +48,37 @@ def client_default_address() -> str:
         Path(f"/tmp/tracker-daemon-{os.getuid()}") / SOCKET_NAME,
     ]
     for path in candidates:
-        if path.exists():
+        if _present(path):
             return f"ipc://{path}"
     return daemon_default_address()
+
+
+def _present(path: Path) -> bool:
+    """True if the socket exists — or may exist but its directory is closed to us (then the
+    connection error explains the permission problem instead of pointing elsewhere)."""
+    try:
+        return path.exists()
+    except PermissionError:
+        return True
+
+
+def access_problem(path: Path) -> str | None:
+    """Why this process cannot use the socket at ``path``, if it cannot."""
+    try:
+        path.stat()
+    except PermissionError:
+        return (
+            f"permission denied on {path}: the daemon's socket is open to members of its group "
+            "(tracker by default); ask an administrator to add your user to it"
+        )
+    except FileNotFoundError:
+        return None
+    if not os.access(path, os.R_OK | os.W_OK):
+        return (
+            f"permission denied on {path}: the daemon's socket is open to members of its group "
+            "(tracker by default); ask an administrator to add your user to it"
+        )
+    return None
 
 
 def ipc_path(address: str) -> Path | None:

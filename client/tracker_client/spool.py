@@ -22,10 +22,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import zmq
 
 from . import protocol as p
+from .curve import CurveKeys, apply_curve
 from .framing import encode_frame, scan
 
 __all__ = ["ImportResult", "Spool", "SpoolBusy", "default_spool_dir", "import_spool"]
@@ -42,7 +44,7 @@ def default_spool_dir() -> Path:
     if env:
         return Path(env)
     system = Path("/var/lib/tracker-daemon/spool")
-    if os.getuid() == 0 or (system.is_dir() and os.access(system, os.W_OK)):
+    if os.getuid() == 0 or os.access(system, os.W_OK):  # access() never raises
         return system
     xdg = os.environ.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "state"
@@ -66,6 +68,8 @@ class Spool:
         except BlockingIOError:
             os.close(fd)
             raise SpoolBusy(f"{self.path} is locked by another process") from None
+        if os.fstat(fd).st_uid == os.getuid():
+            os.fchmod(fd, 0o660)  # the daemon (same group) imports it; the umask must not stop it
         self._fd = fd
         self._size = os.fstat(fd).st_size
         self._read_at = 0
@@ -138,11 +142,13 @@ def import_spool(
     timeout: float = 120.0,
     log: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    curve: CurveKeys | None | Literal["env"] = "env",
 ) -> ImportResult:
     """Send a dead client's spool to the daemon at ``address``; remove it once committed.
 
     Runs started offline and never ended in the spool (the process died) are ended FAILED.
-    ``stop`` (set from another thread) abandons the import; nothing is removed then."""
+    ``stop`` (set from another thread) abandons the import; nothing is removed then. ``curve``:
+    the CURVE keys to connect with (default: ``TRACKER_CURVE_*`` from the environment)."""
 
     def wait_reply() -> bytes:
         while True:
@@ -162,6 +168,7 @@ def import_spool(
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        apply_curve(sock, curve)  # default: TRACKER_CURVE_* from the environment
         sock.connect(address)
         frames = spool.read(1 << 30)
         client_id = ""

@@ -37,7 +37,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as p
-from .address import ipc_path
+from .address import access_problem, ipc_path
+from .curve import apply_curve, curve_from_env, curve_hint
 from .errors import DaemonError, DaemonUnavailable
 from .spool import SUFFIX, Spool, SpoolBusy, default_spool_dir
 
@@ -89,6 +90,7 @@ class Transport:
         self.flush_ms = max(1, int(flush_interval * 1000))
         self.max_inflight = max_inflight
         self.max_frame = max_frame
+        self._curve = curve_from_env()  # TRACKER_CURVE_*: checked here, so connect() fails fast
         self._reset()
         _LIVE.add(self)
 
@@ -196,12 +198,15 @@ class Transport:
     def _no_answer(self, timeout: float) -> str:
         msg = f"no answer from tracker-daemon at {self.address} within {timeout:g} s"
         path = ipc_path(self.address)
-        if path is not None and not path.exists():
+        problem = access_problem(path) if path is not None else None
+        if problem is not None:
+            msg += f"; {problem}"
+        elif path is not None and not _exists(path):
             msg += (
                 f"; the socket {path} does not exist — is the daemon running? "
                 "Start it with `tracker-daemon run` or set TRACKER_DAEMON_ADDRESS"
             )
-        return msg
+        return msg + curve_hint(self._curve)
 
     def _wait_for_space(self) -> None:
         self._ensure_started()
@@ -247,6 +252,7 @@ class Transport:
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
+        apply_curve(sock, self._curve)
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
@@ -580,6 +586,13 @@ class Transport:
             "sent when this process reconnects, or by `tracker-daemon import %s`",
             len(frames) - 1, spool.path, spool.path,
         )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return True
 
 
 def _version() -> str:

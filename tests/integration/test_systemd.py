@@ -20,11 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tracker_client
-from tests.helpers import REPO, daemon_env, short_tmpdir
+from tests.helpers import REPO, daemon_env, short_tmpdir, sqlite_locked, wait_for
 from tracker_daemon.config import ENV_PREFIX, Config, load_config
 
 pytestmark = pytest.mark.integration
@@ -144,21 +145,32 @@ def test_units_use_the_notify_protocol_and_the_daemons_settings(unit: Path) -> N
     assert _values(unit, "WatchdogSec") == ["30s"]
     assert _values(unit, "TimeoutStopSec") == ["90s"]
     assert _values(unit, "Restart") == ["on-failure"]
-    assert _values(unit, "RuntimeDirectory") == _values(unit, "StateDirectory") == ["tracker-daemon"]
+    assert _values(unit, "RuntimeDirectory") == ["tracker-daemon"]
     assert _values(unit, "ExecStart")[0].split()[:2] == [PLACEHOLDER_EXE, "run"]
     # Every TRACKER_DAEMON_* variable the unit sets is a setting the daemon reads; with %S/%t
-    # expanded as systemd does, they give the directories systemd creates for the unit.
-    runtime, state = ("/run/user/1000", "/home/u/.local/state") if user else ("/run", "/var/lib")
+    # expanded as systemd does, they name the directories systemd creates for the unit.
+    runtime = "/run/user/1000" if user else "/run"
     env = {}
     for assignment in _values(unit, "Environment"):
         name, _, value = assignment.partition("=")
-        env[name] = value.replace("%t", runtime).replace("%S", state)
+        env[name] = value.replace("%t", runtime).replace("%S", "/var/lib")
     settings = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
-    assert set(settings) == {"TRACKER_DAEMON_STATE_DIR", "TRACKER_DAEMON_ADDRESS"}
     cfg = load_config(environ=settings)
-    assert cfg.state_path == Path(state) / "tracker-daemon"
     assert cfg.bind_address == f"ipc://{runtime}/tracker-daemon/tracker.sock"
-    if not user:
+    # Found by running both units under a real systemd 252: the daemon chmods staging/ and
+    # spool/ to 2770, which RestrictSUIDSGID= turns into EPERM (no start), and libzmq aborts
+    # when ~@resources denies pthread_setschedparam().
+    assert not _values(unit, "RestrictSUIDSGID"), "the daemon sets the setgid bit on its dirs"
+    assert not any("@resources" in v for v in _values(unit, "SystemCallFilter")), "libzmq"
+    if user:
+        # systemd 252 maps StateDirectory=/%S to ~/.config in user units: the daemon's own
+        # default ($XDG_STATE_HOME/tracker-daemon) is used instead.
+        assert set(settings) == {"TRACKER_DAEMON_ADDRESS"}
+        assert not _values(unit, "StateDirectory")
+    else:
+        assert set(settings) == {"TRACKER_DAEMON_STATE_DIR", "TRACKER_DAEMON_ADDRESS"}
+        assert cfg.state_path == Path("/var/lib/tracker-daemon")
+        assert _values(unit, "StateDirectory") == ["tracker-daemon"]
         assert _values(unit, "User") == ["tracker-daemon"]
         assert _values(unit, "Group") == ["tracker"]
         assert _values(unit, "RuntimeDirectoryMode") == ["0750"]
@@ -172,7 +184,9 @@ def test_system_unit_security_exposure(tmp_path: Path) -> None:
     installed = _with_exe(SYSTEM_UNIT, tmp_path, _venv_exe())
     for unit in (SYSTEM_UNIT, installed):
         res = _run([_tool("systemd-analyze"), "security", "--offline=yes", str(unit)])
-        m = re.search(r"Overall exposure level for tracker-daemon\.service: (\d+(?:\.\d+)?)", res.stdout)
+        m = re.search(
+            r"Overall exposure level for tracker-daemon\.service: (\d+(?:\.\d+)?)", res.stdout
+        )
         assert m, res
         exposure = float(m.group(1))
         assert exposure <= MAX_EXPOSURE, res.stdout
@@ -215,7 +229,7 @@ def test_default_config_lists_every_key_at_its_default(tmp_path: Path) -> None:
     for path in (CONFIG, uncommented):
         res = _run([str(_venv_exe()), "check-config", "--config", str(path)], env=daemon_env())
         assert res.returncode == 0, res
-        assert "durability = \"fsync\"" in res.stdout
+        assert 'durability = "fsync"' in res.stdout
 
 
 # ---------------------------------------------------------------- make install-systemd
@@ -224,8 +238,13 @@ def test_default_config_lists_every_key_at_its_default(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_make_install_systemd_into_destdir_is_idempotent(tmp_path: Path, runtime_dir: Path) -> None:
     dest = tmp_path / "dest"
-    make = [shutil.which("make") or "make", "-s", "--no-print-directory", "install-systemd",
-            f"DESTDIR={dest}"]
+    make = [
+        shutil.which("make") or "make",
+        "-s",
+        "--no-print-directory",
+        "install-systemd",
+        f"DESTDIR={dest}",
+    ]
     env = {k: v for k, v in daemon_env().items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     first = _run(make, cwd=REPO, env=env)
     assert first.returncode == 0, first
@@ -307,6 +326,18 @@ class NotifyListener:
             self.received.append(dgram)
             return dgram
 
+    def drain(self) -> None:
+        """Collect what is already queued (after the sender exited)."""
+        self.sock.setblocking(False)
+        try:
+            while True:
+                data = self.sock.recv(4096)
+                self.received.append(Datagram(time.monotonic(), -1, data.decode().split("\n")))
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+
     def wait_for(
         self, key: str, timeout: float, proc: subprocess.Popen[bytes], log: Path
     ) -> Datagram:
@@ -342,23 +373,33 @@ def notify_listener(abstract: bool) -> Iterator[NotifyListener]:
 
 
 def _start_daemon(
-    tmp_path: Path, address: str, notify_socket: str, log: Path
+    tmp_path: Path, address: str, notify_socket: str, log: Path, **settings: str
 ) -> subprocess.Popen[bytes]:
-    env = daemon_env({"NOTIFY_SOCKET": notify_socket, "WATCHDOG_USEC": "400000"})
+    env = daemon_env({"NOTIFY_SOCKET": notify_socket, "WATCHDOG_USEC": "400000", **settings})
     # WATCHDOG_PID would have to be the daemon's own pid, unknown before Popen: leave it out
     # (sd_notify semantics: no WATCHDOG_PID means the watchdog is meant for this process).
     env.pop("WATCHDOG_PID", None)
-    cmd = [sys.executable, "-m", "tracker_daemon.cli", "run",
-           "--state-dir", str(tmp_path / "state"), "--address", address]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tracker_daemon.cli",
+        "run",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--address",
+        address,
+    ]
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO
+        )
 
 
-def _status(address: str) -> dict[str, object]:
+def _status(address: str) -> dict[str, Any]:
     t = tracker_client.Tracker(address)
     try:
-        return t.status(timeout=10.0)
+        status: dict[str, Any] = t.status(timeout=10.0)
+        return status
     finally:
         t._transport.close(1.0)
 
@@ -369,10 +410,12 @@ def _notify_protocol(tmp_path: Path, abstract: bool) -> None:
     address = f"ipc://{ipc}"
     log = tmp_path / "daemon.log"
     with notify_listener(abstract) as listener:
+        started = time.monotonic()
         proc = _start_daemon(tmp_path, address, listener.env_value, log)
         try:
             # READY=1 is the first datagram, sent once the socket is bound.
             ready = listener.recv(time.monotonic() + 90, proc, log)
+            print(f"\nREADY=1 {ready.at - started:.2f} s after start: {ready.fields}")
             socket_bound = ipc.exists() and stat.S_ISSOCK(ipc.stat().st_mode)
             assert ready.get("READY") == "1", ready
             assert socket_bound, "READY=1 arrived before the ipc socket was bound"
@@ -391,7 +434,7 @@ def _notify_protocol(tmp_path: Path, abstract: bool) -> None:
                     pings.append(dgram.at)
             gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
             mean = sum(gaps) / len(gaps)
-            print(f"\nwatchdog gaps (ms): {[round(g * 1000) for g in gaps]} mean {mean * 1000:.0f}")
+            print(f"watchdog gaps (ms): {[round(g * 1000) for g in gaps]} mean {mean * 1000:.0f}")
             assert 0.1 <= mean <= 0.4, gaps
 
             # STATUS= lines carry live counters: log records, see them committed.
@@ -409,11 +452,10 @@ def _notify_protocol(tmp_path: Path, abstract: bool) -> None:
                 m = re.search(r"committed=(\d+)", line or "")
                 if m and int(m.group(1)) >= 50:
                     break
-            assert re.fullmatch(
-                r"clients=\d+ open_runs=0 received=\d+ committed=\d+ failed=0 queue=0 "
-                r"journal_bytes=\d+",
-                line or "",
-            ), line
+            counters = dict(kv.split("=", 1) for kv in (line or "").split())
+            assert counters["received"] == counters["committed"] == "50", line
+            assert counters["failed"] == counters["queue"] == counters["open_runs"] == "0", line
+            assert int(counters["clients"]) >= 1 and int(counters["journal_bytes"]) > 0, line
 
             # SIGTERM: STOPPING=1, then a clean exit.
             sent = time.monotonic()
@@ -422,6 +464,7 @@ def _notify_protocol(tmp_path: Path, abstract: bool) -> None:
             print(f"STOPPING=1 {1000 * (stopping.at - sent):.0f} ms after SIGTERM: {stopping}")
             assert stopping.get("STOPPING") == "1"
             assert proc.wait(60) == 0, _tail(log)
+            print(f"exit 0 {time.monotonic() - sent:.2f} s after SIGTERM")
             assert all(d.pid == proc.pid for d in listener.received), "sent by another process"
             assert [d for d in listener.received if d.get("READY")] == [ready]
         finally:
@@ -439,3 +482,63 @@ def test_notify_protocol_over_a_filesystem_socket(tmp_path: Path) -> None:
 @pytest.mark.timeout(180)
 def test_notify_protocol_over_an_abstract_socket(tmp_path: Path) -> None:
     _notify_protocol(tmp_path, abstract=True)
+
+
+@pytest.mark.timeout(180)
+# tests/helpers.py sqlite_locked() leaves its lock process's pipes open (ResourceWarning at GC)
+@pytest.mark.filterwarnings("ignore:unclosed file <_io.Buffered:ResourceWarning")
+def test_draining_on_sigterm_extends_the_stop_timeout(tmp_path: Path) -> None:
+    """A drain that cannot finish at once (the backend is locked) keeps sending
+    EXTEND_TIMEOUT_USEC after STOPPING=1, so TimeoutStopSec= does not cut it short."""
+    sock_dir = short_tmpdir()
+    address = f"ipc://{sock_dir / 'd.sock'}"
+    log = tmp_path / "daemon.log"
+    drain_s = 20
+    with notify_listener(abstract=False) as listener:
+        proc = _start_daemon(
+            tmp_path,
+            address,
+            listener.env_value,
+            log,
+            TRACKER_DAEMON_DRAIN_TIMEOUT_S=str(drain_s),
+        )
+        tracker = None
+        try:
+            listener.wait_for("READY", 90, proc, log)
+            tracker = tracker_client.connect(address)
+            run = tracker.start_run("systemd-drain", run_name="stuck")
+            with sqlite_locked(tmp_path / "state" / "mlflow.db"):
+                for step in range(100):
+                    run.log_metric("loss", float(step), step=step)
+                wait_for(
+                    lambda: (s := _status(address))["received"] == 100 and s["committed"] == 0,
+                    30,
+                    "100 records received and not committed (backend locked)",
+                )
+                sent = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                stopping = listener.wait_for("STOPPING", 30, proc, log)
+                extends = [listener.wait_for("EXTEND_TIMEOUT_USEC", 10, proc, log)]
+                extends.append(listener.wait_for("EXTEND_TIMEOUT_USEC", 10, proc, log))
+                assert proc.poll() is None, "exited while the backend was locked"
+            # lock released: the drain commits the backlog and the daemon exits 0
+            assert proc.wait(60) == 0, _tail(log)
+            took = time.monotonic() - sent
+            listener.drain()
+            usecs = [int(d.get("EXTEND_TIMEOUT_USEC") or 0) for d in extends]
+            n_extends = sum(1 for d in listener.received if d.get("EXTEND_TIMEOUT_USEC"))
+            print(
+                f"\nSTOPPING=1 {1000 * (stopping.at - sent):.0f} ms after SIGTERM; "
+                f"EXTEND_TIMEOUT_USEC={usecs} {1000 * (extends[1].at - extends[0].at):.0f} ms "
+                f"apart, {n_extends} in all; exit 0 after {took:.2f} s"
+            )
+            assert stopping.at < extends[0].at
+            assert all(5_000_000 <= u <= (drain_s + 5) * 1_000_000 for u in usecs), usecs
+            assert "event=drain_incomplete" not in log.read_text()
+        finally:
+            if tracker is not None:
+                tracker.close(timeout=2.0)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            shutil.rmtree(sock_dir, ignore_errors=True)
