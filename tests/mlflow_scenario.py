@@ -75,7 +75,10 @@ def main(experiment: str, prefix: str) -> dict[str, Any]:
         client.set_tag(pid, "client_tag", "set-by-client")
         client.log_batch(
             pid,
-            metrics=[Metric("batch_metric", 3.5, T0 + 100, 0), Metric("batch_metric", 4.5, T0 + 101, 1)],
+            metrics=[
+                Metric("batch_metric", 3.5, T0 + 100, 0),
+                Metric("batch_metric", 4.5, T0 + 101, 1),
+            ],
             params=[Param("batch_param", "b")],
             tags=[RunTag("batch_tag", "t")],
         )

@@ -360,6 +360,15 @@ class Batcher:
         run.params = _Lane()
         run.tags = _Lane()
 
+    def release_run(self, run_id: str) -> bool:
+        """Forget an ended run's param memory if nothing of it is buffered; True if forgotten.
+        (A later changed param of that run is then refused by MLflow instead of here.)"""
+        run = self._runs.get(run_id)
+        if run is None or run.buffered():
+            return False
+        self.forget_run(run_id)
+        return True
+
     def expedite(self, run_id: str | None = None) -> None:
         """Make ``run_id`` (every run when ``None``) due now, and keep it due, including for
         records that arrive later, until its buffer has been emptied. No effect on a run with

@@ -19,6 +19,12 @@ from .sink import Sink, classify
 __all__ = ["READ_PREFIXES", "StoreCalls"]
 
 READ_PREFIXES = ("get_", "search_", "list_", "batch_get_", "query_", "find_", "calculate_")
+# Named like a read but writes (runs under the writer limiter: one writer for SQLite).
+_WRITE_PREFIXES = ("get_or_create_",)
+# Reads whose names have no read prefix (they need no writer slot).
+_READS = frozenset(
+    {"filter_active_experiment_ids", "resolve_trace_archival_config", "sum_gateway_trace_cost"}
+)
 _NOT_FORWARDED = ("__init__",)
 
 
@@ -38,7 +44,6 @@ class StoreCalls:
     def __init__(self, sink: Sink) -> None:
         from mlflow.store.model_registry.abstract_store import AbstractStore as RegistryStore
         from mlflow.store.tracking.abstract_store import AbstractStore as TrackingStore
-
         from mlflow.tracking._model_registry.utils import set_registry_uri
         from mlflow.tracking._tracking_service.utils import set_tracking_uri
 
@@ -57,7 +62,9 @@ class StoreCalls:
 
     @staticmethod
     def is_read(method: str) -> bool:
-        return method.startswith(READ_PREFIXES)
+        if method.startswith(_WRITE_PREFIXES):
+            return False
+        return method.startswith(READ_PREFIXES) or method in _READS
 
     def _target(self, target: str) -> Any:
         if target == "tracking":
@@ -65,7 +72,7 @@ class StoreCalls:
         if self._registry is None:
             from mlflow.tracking._model_registry.utils import _get_store
 
-            self._registry = _get_store(self.sink.backend_uri)
+            self._registry = _get_store(self.sink.backend_uri)  # type: ignore[no-untyped-call]
         return self._registry
 
     def check(self, target: str, method: str) -> None:

@@ -5,8 +5,11 @@ Unknown keys and bad values raise :class:`~tracker_daemon.errors.ConfigError` na
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +20,22 @@ from tracker_client.protocol import DEFAULT_MAX_FRAME_BYTES
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Config", "default_state_dir", "load_config"]
+__all__ = [
+    "ENV_PREFIX",
+    "MIN_RECORDS_PER_FRAME",
+    "Config",
+    "default_state_dir",
+    "is_loopback_tcp",
+    "load_config",
+    "load_server_curve",
+    "metrics_host_port",
+    "redact_uri",
+]
 
 ENV_PREFIX = "TRACKER_DAEMON_"
+# The reference client sends at most 1,000 records per DATA frame (Transport.frame_records); a
+# lower max_records_per_frame would refuse its frames, which it would then resend forever.
+MIN_RECORDS_PER_FRAME = 1000
 
 
 def default_state_dir() -> Path:
@@ -51,6 +67,16 @@ class Config:
     drain_timeout_s: float = 30.0
     orphan_status: str = "FAILED"  # status for runs whose process died without ending them
     log_level: str = "INFO"
+    # observability
+    metrics_address: str = ""  # "HOST:PORT": serve Prometheus metrics there; "" = off
+    health_stall_s: float = 60.0  # see status.health(): sink failing and backlog this old
+    # access control: CURVE (both or neither); required for tcp on a non-loopback address
+    curve_secret_key_file: str = ""  # the daemon's secret certificate (zmq.auth format)
+    curve_allowed_clients_dir: str = ""  # public certificates (*.key) of the allowed clients
+    # limits that protect the daemon; a hit is answered with an error "limit_exceeded"
+    max_records_per_frame: int = 10_000
+    max_open_runs_per_client: int = 1_000
+    max_clients: int = 10_000
 
     # ---- derived values
 
@@ -69,6 +95,10 @@ class Config:
     @property
     def bind_address(self) -> str:
         return self.address or daemon_default_address()
+
+    @property
+    def curve_enabled(self) -> bool:
+        return bool(self.curve_secret_key_file)
 
     @property
     def is_sqlite(self) -> bool:
@@ -106,16 +136,22 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if kind is int:
             if isinstance(value, bool):
                 raise ValueError(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)  # 65536.9 is not an integer (and nan/inf are not either)
             return int(value)
         if kind is float:
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(value)
+            return number
         if not isinstance(value, str):
             raise ValueError(value)
         return value
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{source}: {key} = {value!r} is not a valid {kind.__name__}"
-        ) from None
+    except (TypeError, ValueError, OverflowError):
+        what = "finite float" if kind is float else kind.__name__
+        raise ConfigError(f"{source}: {key} = {value!r} is not a valid {what}") from None
 
 
 def _check(cfg: Config) -> Config:
@@ -129,16 +165,8 @@ def _check(cfg: Config) -> Config:
         raise ConfigError("sink_concurrency > 1 is not allowed with SQLite: it has one writer")
     if cfg.barrier_timeout_s <= 0:
         raise ConfigError(f"barrier_timeout_s = {cfg.barrier_timeout_s}: must be > 0")
-    addr = cfg.bind_address
-    if not (addr.startswith("ipc://") or addr.startswith("tcp://")):
-        raise ConfigError(f"address = {addr!r}: must start with ipc:// or tcp://")
-    if addr.startswith("tcp://"):
-        host = addr[len("tcp://") :].rsplit(":", 1)[0]
-        if host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
-            raise ConfigError(
-                f"address = {addr!r}: tcp is only allowed on loopback (127.0.0.1); "
-                "other interfaces need CURVE authentication, which is not configured"
-            )
+    _check_curve(cfg)
+    _check_address(cfg)
     if cfg.durability not in ("fsync", "os"):
         raise ConfigError(f"durability = {cfg.durability!r}: must be 'fsync' or 'os'")
     if not 1 <= cfg.fsync_interval_ms <= 10_000:
@@ -158,7 +186,113 @@ def _check(cfg: Config) -> Config:
         raise ConfigError(f"orphan_status = {cfg.orphan_status!r}: must be FAILED or KILLED")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level = {cfg.log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
+    _check_operations(cfg)
     return cfg
+
+
+def _check_operations(cfg: Config) -> None:
+    """Observability and limits."""
+    if cfg.retry_max_backoff_s <= 0:
+        raise ConfigError(f"retry_max_backoff_s = {cfg.retry_max_backoff_s}: must be > 0")
+    if cfg.health_stall_s <= 0:
+        raise ConfigError(f"health_stall_s = {cfg.health_stall_s}: must be > 0")
+    if cfg.metrics_address:
+        _parse_host_port("metrics_address", cfg.metrics_address)
+    if not MIN_RECORDS_PER_FRAME <= cfg.max_records_per_frame <= 10_000_000:
+        raise ConfigError(
+            f"max_records_per_frame = {cfg.max_records_per_frame}: must be "
+            f"{MIN_RECORDS_PER_FRAME} (what the reference client sends per frame) .. 10000000"
+        )
+    if cfg.max_open_runs_per_client < 1:
+        raise ConfigError(
+            f"max_open_runs_per_client = {cfg.max_open_runs_per_client}: must be >= 1"
+        )
+    if cfg.max_clients < 1:
+        raise ConfigError(f"max_clients = {cfg.max_clients}: must be >= 1")
+
+
+def _check_address(cfg: Config) -> None:
+    addr = cfg.bind_address
+    if not (addr.startswith("ipc://") or addr.startswith("tcp://")):
+        raise ConfigError(f"address = {addr!r}: must start with ipc:// or tcp://")
+    if addr.startswith("tcp://") and not is_loopback_tcp(addr) and not cfg.curve_enabled:
+        raise ConfigError(
+            f"address = {addr!r}: tcp is only allowed on loopback (127.0.0.1, ::1, localhost) "
+            "unless CURVE is configured: anyone who can reach the port could write to MLflow. "
+            "Set curve_secret_key_file and curve_allowed_clients_dir (keys from "
+            "`tracker-daemon keygen`), or use ipc:// or tcp://127.0.0.1:PORT"
+        )
+
+
+def is_loopback_tcp(address: str) -> bool:
+    """True for ``tcp://`` addresses on a loopback interface (127.0.0.0/8, ::1, localhost)."""
+    host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "*", an interface name or a host name: not known to be loopback
+
+
+def _parse_host_port(key: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{key} = {value!r}: must be HOST:PORT, e.g. 127.0.0.1:9464 (port 0 = any free port)"
+        )
+    return host, int(port)
+
+
+def metrics_host_port(cfg: Config) -> tuple[str, int]:
+    return _parse_host_port("metrics_address", cfg.metrics_address)
+
+
+def _check_curve(cfg: Config) -> None:
+    key_file, clients_dir = cfg.curve_secret_key_file, cfg.curve_allowed_clients_dir
+    if bool(key_file) != bool(clients_dir):
+        raise ConfigError(
+            "curve_secret_key_file and curve_allowed_clients_dir must be set together "
+            f"(curve_secret_key_file = {key_file!r}, curve_allowed_clients_dir = {clients_dir!r})"
+        )
+    if not key_file:
+        return
+    load_server_curve(cfg)
+    if not os.path.isdir(clients_dir):
+        raise ConfigError(f"curve_allowed_clients_dir = {clients_dir!r}: not a directory")
+    if not os.access(clients_dir, os.R_OK | os.X_OK):
+        raise ConfigError(f"curve_allowed_clients_dir = {clients_dir!r}: not readable")
+
+
+def load_server_curve(cfg: Config) -> tuple[bytes, bytes]:
+    """The daemon's CURVE (public, secret) key pair from ``curve_secret_key_file``."""
+    from zmq.auth.certs import load_certificate
+
+    path = cfg.curve_secret_key_file
+    try:
+        public, secret = load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"curve_secret_key_file = {path!r}: cannot load it: {exc}") from None
+    if not secret:
+        raise ConfigError(
+            f"curve_secret_key_file = {path!r}: holds no secret key (give the .key_secret file "
+            "written by `tracker-daemon keygen`, not the public .key)"
+        )
+    return public, secret
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` with a password replaced by ``***`` (for logs and the status document)."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
 def load_config(

@@ -39,7 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from tracker_client import protocol as p
 from tracker_client.curve import CurveKeys
-from tracker_client.entities import decode_value, encode_value
+from tracker_client.entities import encode_value
 from tracker_client.framing import HEADER
 from tracker_client.spool import SUFFIX as SPOOL_SUFFIX
 from tracker_client.spool import SpoolBusy, import_spool
@@ -893,6 +893,7 @@ class Daemon:
         run_id = await self._resolve(run_id)
         await self._write(self.sink.end_run, run_id, status, end_time, retry_for=30.0)
         await anyio.to_thread.run_sync(self.runbook.record_closed, run_id)
+        self.batcher.release_run(run_id)  # bounded memory over thousands of runs
         log.info("event=run_ended run=%s status=%s", run_id, status)
 
     def _offline_run(self, offline_id: str) -> RunHandle | None:
@@ -903,9 +904,11 @@ class Daemon:
         if not run_id.startswith(OFFLINE_PREFIX):
             return run_id
         handle = self._offline_run(run_id)
-        if handle is None and run_id in self._creating:
-            with anyio.move_on_after(60.0):
-                await self._creating[run_id].wait()
+        if handle is None and run_id not in self._creation_failed:
+            # its start_run is being handled, or has not arrived yet (a resend in flight)
+            event = self._creating.setdefault(run_id, anyio.Event())
+            with anyio.move_on_after(30.0):
+                await event.wait()
             handle = self._offline_run(run_id)
         if handle is not None:
             return handle.run_id
@@ -947,7 +950,7 @@ class Daemon:
                 self.ledger.fail(msg.client_id, f.record.run_id if f.record else None, f)
             await self.server.send(identity, p.ErrorReply(msg.req, exc.code, exc.message))
             return
-        self._after_call(msg, key, result)
+        await self._after_call(msg, key, result)
         await self.server.send(identity, p.Result(msg.req, value, tuple(failures)))
 
     async def _read(self, fn: Callable[[], T]) -> T:
@@ -962,27 +965,32 @@ class Daemon:
                 await anyio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 2.0)
 
-    def _after_call(self, msg: p.Call, key: str, result: Any) -> None:
-        """Keep run bookkeeping (ownership for liveness, idempotent create) for plugin calls."""
-        if msg.method == "create_run" and hasattr(result, "info"):
-            info = result.info
-            handle = RunHandle(
-                info.run_id, str(info.experiment_id), info.artifact_uri, info.run_name, {}
-            )
-            if key not in self.runbook.created:
-                self.runbook.record_creation(key, handle)
+    async def _after_call(self, msg: p.Call, key: str, result: Any) -> None:
+        """Keep run bookkeeping (ownership for liveness, idempotent create) for plugin calls.
+        The runbook fsyncs: that runs in a worker thread, not on the event loop."""
+        if msg.target != "tracking" or msg.method not in ("create_run", "update_run_info"):
+            return
+        info = getattr(result, "info", result)  # create_run: a Run; update_run_info: a RunInfo
+        if not hasattr(info, "run_id") or not hasattr(info, "status"):
+            return
+        handle = RunHandle(
+            info.run_id, str(info.experiment_id), info.artifact_uri, info.run_name, {}
+        )
+        if msg.method == "create_run" and key not in self.runbook.created:
+            await anyio.to_thread.run_sync(self.runbook.record_creation, key, handle)
+        if info.status == "RUNNING":  # created, or resumed (mlflow.start_run(run_id=...))
             owner = self.clients.get(msg.client_id)
-            self.runbook.record_open(
-                handle, msg.client_id, owner.pid if owner else 0, owner.host if owner else ""
+            await anyio.to_thread.run_sync(
+                self.runbook.record_open,
+                handle,
+                msg.client_id,
+                owner.pid if owner else 0,
+                owner.host if owner else "",
             )
-            self.clients.get(msg.client_id, ClientInfo(msg.client_id)).runs.add(info.run_id)
-        elif msg.method == "update_run_info":
-            args = decode_value(msg.args)
-            kwargs = decode_value(msg.kwargs)
-            run_id = args[0] if args else kwargs.get("run_id")
-            status = args[1] if len(args) > 1 else kwargs.get("run_status")
-            if isinstance(run_id, str) and status not in (None, 1, "RUNNING"):
-                self.runbook.record_closed(run_id)
+            if owner is not None:
+                owner.runs.add(info.run_id)
+        else:
+            await anyio.to_thread.run_sync(self.runbook.record_closed, info.run_id)
 
     def _late(self, seq: int) -> str:
         return (

@@ -68,6 +68,9 @@ class Lanes:
     def forget_run(self, run_id: str) -> None:
         self._for(run_id).forget_run(run_id)
 
+    def release_run(self, run_id: str) -> bool:
+        return self._for(run_id).release_run(run_id)
+
     @property
     def pending(self) -> int:
         return sum(b.pending for b in self.lanes)

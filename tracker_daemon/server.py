@@ -3,6 +3,13 @@
 No business logic lives here. A frame that cannot be decoded is answered with an ``error`` reply
 (and counted); it never raises out of the loop. For ipc endpoints, binding first checks that no
 other daemon answers on the socket path: ZeroMQ's bind would silently replace a live socket file.
+
+Access control. ipc: the socket file is made mode 0660 and a socket directory the daemon creates
+0770 (whatever the umask), so only the daemon's user and group can connect. tcp: with CURVE
+configured (:class:`CurveSetup`), every connection is encrypted and a ZAP handler (pyzmq's
+``zmq.auth`` in a thread) admits only clients whose public key is in the allowed directory (re-read
+whenever the directory changes), plus the daemon's own key (for its spool imports and for
+administrators who hold the daemon's secret key).
 """
 
 from __future__ import annotations
@@ -11,33 +18,110 @@ import logging
 import os
 import socket
 import stat
+import threading
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 import zmq
 import zmq.asyncio
+from zmq.auth.thread import ThreadAuthenticator
 
 from tracker_client import protocol as p
 from tracker_client.address import ipc_path
 
 from .errors import AlreadyRunning
 
-__all__ = ["Dispatch", "Server"]
+__all__ = ["CurveSetup", "Dispatch", "Server"]
 
 log = logging.getLogger("tracker_daemon.server")
 
 Dispatch = Callable[[bytes, p.ClientMessage, bytes], Awaitable[None] | None]
+DENIED_LOG_INTERVAL_S = 60.0  # an unknown key is logged at most this often
+
+
+@dataclass(frozen=True, slots=True)
+class CurveSetup:
+    """The daemon's CURVE key pair (Z85) and the directory of allowed clients' public keys."""
+
+    public: bytes
+    secret: bytes
+    allowed_dir: Path
+
+
+class AllowedKeys:
+    """A ``zmq.auth`` credentials provider: the public keys of the ``*.key`` certificates in a
+    directory (re-read when its mtime changes) and the daemon's own key. Runs in the ZAP thread."""
+
+    def __init__(self, directory: Path, own_public: bytes) -> None:
+        self.directory = directory
+        self.own = own_public
+        self.keys: set[bytes] = set()
+        self._mtime = -1.0
+        self._lock = threading.Lock()
+        self.allowed = 0
+        self.denied = 0
+        self._denied_logged: dict[bytes, float] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        from zmq.auth.certs import load_certificates
+
+        try:
+            mtime = self.directory.stat().st_mtime
+            if mtime == self._mtime:
+                return
+            keys = set(load_certificates(self.directory))
+        except (OSError, ValueError) as exc:
+            log.error("event=curve_keys_unreadable dir=%s reason=%r", self.directory, str(exc))
+            return
+        self._mtime = mtime
+        if keys != self.keys:
+            self.keys = keys
+            log.info("event=curve_keys_loaded dir=%s clients=%d", self.directory, len(keys))
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        with self._lock:
+            self.reload()
+            if key == self.own or key in self.keys:
+                self.allowed += 1
+                return True
+            self.denied += 1
+            now = time.monotonic()
+            if now - self._denied_logged.get(key, -1e9) >= DENIED_LOG_INTERVAL_S:
+                self._denied_logged[key] = now
+                log.warning(
+                    "event=auth_denied mechanism=CURVE client_key=%s denied_total=%d "
+                    "note=key_not_in_curve_allowed_clients_dir",
+                    key.decode(errors="replace"),
+                    self.denied,
+                )
+            return False
 
 
 class Server:
-    def __init__(self, address: str, max_frame: int) -> None:
+    def __init__(self, address: str, max_frame: int, curve: CurveSetup | None = None) -> None:
         self.address = address
         self.max_frame = max_frame
+        self.curve = curve
         self.ctx = zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket | None = None
         self.rejected = 0
+        self.rejected_by_code: Counter[str] = Counter()
         self.last_rejection = ""
+        self.keys: AllowedKeys | None = None
+        self._auth: ThreadAuthenticator | None = None
+
+    @property
+    def auth(self) -> str:
+        return "curve" if self.curve is not None else "none"
+
+    @property
+    def auth_denied(self) -> int:
+        return self.keys.denied if self.keys is not None else 0
 
     def bind(self) -> None:
         path = ipc_path(self.address)
@@ -49,16 +133,36 @@ class Server:
         sock.setsockopt(zmq.RCVHWM, 100_000)
         # A hard stop for absurd frames; frames between max_frame and this get an error reply.
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame * 2 + 1024)
+        if self.curve is not None:
+            self._start_auth(self.curve)
+            sock.curve_secretkey = self.curve.secret
+            sock.curve_publickey = self.curve.public
+            sock.curve_server = True
         try:
             sock.bind(self.address)
         except zmq.ZMQError as exc:
             sock.close(0)
+            self._stop_auth()
             if exc.errno == zmq.EADDRINUSE:
-                raise AlreadyRunning(f"{self.address} is already in use by another process") from None
+                raise AlreadyRunning(
+                    f"{self.address} is already in use by another process"
+                ) from None
             raise
         if path is not None:
             os.chmod(path, 0o660)
         self.sock = sock
+
+    def _start_auth(self, curve: CurveSetup) -> None:
+        self.keys = AllowedKeys(curve.allowed_dir, curve.public)
+        auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("tracker_daemon.zap"))
+        auth.start()
+        auth.configure_curve_callback("*", credentials_provider=self.keys)
+        self._auth = auth
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
     def close(self) -> None:
         bound = self.sock is not None
@@ -71,6 +175,7 @@ class Server:
                 path.unlink()
             except FileNotFoundError:
                 pass
+        self._stop_auth()
         self.ctx.term()
 
     async def send(self, identity: bytes, msg: p.DaemonMessage) -> None:
@@ -93,7 +198,9 @@ class Server:
                 continue
             if isinstance(msg, p.DaemonMessage):
                 await self._reject(
-                    identity, getattr(msg, "req", None), "invalid_request",
+                    identity,
+                    getattr(msg, "req", None),
+                    "invalid_request",
                     f"{type(msg).__name__} is a daemon message; clients may not send it",
                 )
                 continue
@@ -103,6 +210,7 @@ class Server:
 
     async def _reject(self, identity: bytes, req: int | None, code: str, message: str) -> None:
         self.rejected += 1
+        self.rejected_by_code[code] += 1
         self.last_rejection = f"{code}: {message}"
         log.warning("event=frame_rejected code=%s reason=%r", code, message[:200])
         await self.send(identity, p.ErrorReply(req, code, message))
@@ -119,8 +227,15 @@ def _peek_req(frame: bytes) -> int | None:
 
 
 def _prepare_ipc_path(path: Path) -> None:
-    """Create the socket's directory; refuse to replace a socket another daemon still answers on."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o770)
+    """Create the socket's directory (0770 when this creates it, whatever the umask); refuse to
+    replace a socket another daemon still answers on."""
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(mode=0o770)
+    except FileExistsError:
+        pass  # an existing directory (e.g. systemd's RuntimeDirectory=, /tmp) keeps its mode
+    else:
+        os.chmod(path.parent, 0o770)
     try:
         st = path.lstat()
     except FileNotFoundError:

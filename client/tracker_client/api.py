@@ -159,6 +159,7 @@ class Tracker:
             reply = fut.result(timeout)
         except FutureTimeout:
             if not self.offline or offline_id is None:
+                self._transport.abandon(fut)
                 raise DaemonUnavailable(self._transport._no_answer(timeout)) from None
             run = Run(self, offline_id, experiment_id or "", "", run_name or "")
             run.offline_id = offline_id

@@ -54,10 +54,11 @@ def tracking_store(store_uri: str | None = None, artifact_uri: str | None = None
 
     _skip_spark_probe()
 
-    return TrackerStore(store_uri or "tracker://", artifact_uri)
+    # abstract only to mypy: the forwarders are attached when mlflow_store is imported
+    return TrackerStore(store_uri or "tracker://", artifact_uri)  # type: ignore[abstract]
 
 
 def registry_store(store_uri: str | None = None, tracking_uri: str | None = None) -> Any:
     from .mlflow_store import TrackerRegistryStore
 
-    return TrackerRegistryStore(store_uri or tracking_uri or "tracker://")
+    return TrackerRegistryStore(store_uri or tracking_uri or "tracker://")  # type: ignore[abstract]

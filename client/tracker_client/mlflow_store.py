@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from mlflow.store.model_registry.abstract_store import AbstractStore as _Registr
 from mlflow.store.tracking.abstract_store import AbstractStore as _TrackingBase
 
 from . import protocol as p
-from .api import BARRIER_TIMEOUT, Tracker
+from .api import BARRIER_TIMEOUT, CONNECT_TIMEOUT, Tracker
 from .entities import decode_value, encode_value
 from .errors import DaemonError, DaemonUnavailable
 from .mlflow_plugin import address_of
@@ -29,6 +30,8 @@ __all__ = ["TrackerRegistryStore", "TrackerStore"]
 
 _trackers: dict[str, Tracker] = {}
 _lock = threading.Lock()
+_looked_up_missing: dict[str, float] = {}  # experiment name -> when a lookup found nothing
+_RACE_WINDOW_S = 60.0
 
 
 def _tracker(store_uri: str) -> Tracker:
@@ -41,7 +44,9 @@ def _tracker(store_uri: str) -> Tracker:
         return tracker
 
 
-def _call(tracker: Tracker, target: str, method: str, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+def _call(
+    tracker: Tracker, target: str, method: str, args: Sequence[Any], kwargs: dict[str, Any]
+) -> Any:
     transport = tracker._transport
     cid = transport.client_id
     a, kw = encode_value(list(args)), encode_value(kwargs)
@@ -50,6 +55,11 @@ def _call(tracker: Tracker, target: str, method: str, args: Sequence[Any], kwarg
         return p.Call(req, cid, seq, target, method, a, kw)
 
     try:
+        if not transport.welcomed.is_set():
+            # First contact: fail within the connect timeout, not the (long) call timeout, when
+            # no daemon answers — and before the request is queued, so it is not left in the
+            # spool to be replayed later by a process that already saw it fail.
+            transport.wait_welcome(CONNECT_TIMEOUT)
         reply = transport.request(make, BARRIER_TIMEOUT)
     except DaemonError as exc:
         raise _mlflow_error(exc.code, exc.message) from None
@@ -60,7 +70,9 @@ def _call(tracker: Tracker, target: str, method: str, args: Sequence[Any], kwarg
         first = reply.failures[0]
         n = len(reply.failures)
         more = f" (and {n - 1} more failed record(s))" if n > 1 else ""
-        raise _mlflow_error(first.code, f"an earlier write was not committed: {first.message}{more}")
+        raise _mlflow_error(
+            first.code, f"an earlier write was not committed: {first.message}{more}"
+        )
     return decode_value(reply.value)
 
 
@@ -114,24 +126,41 @@ def _forward_all(cls: type, base: type, target: str, local: frozenset[str]) -> N
 
 def _metric_wire(run_id: str, m: Any) -> list[Any]:
     return [
-        "m", run_id, m.key, float(m.value), int(m.timestamp), int(m.step or 0),
-        getattr(m, "model_id", None), getattr(m, "dataset_name", None),
+        "m",
+        run_id,
+        m.key,
+        float(m.value),
+        int(m.timestamp),
+        int(m.step or 0),
+        getattr(m, "model_id", None),
+        getattr(m, "dataset_name", None),
         getattr(m, "dataset_digest", None),
     ]
 
 
-class TrackerStore(_TrackingBase):  # type: ignore[misc]
+class TrackerStore(_TrackingBase):  # type: ignore[misc, unused-ignore]
     """MLflow tracking store that talks to tracker-daemon."""
 
-    _LOCAL = frozenset({"log_batch", "log_metric", "log_param", "set_tag"})
+    _LOCAL = frozenset(
+        {
+            "log_batch",
+            "log_metric",
+            "log_param",
+            "set_tag",
+            "get_experiment_by_name",
+            "create_experiment",
+        }
+    )
 
     def __init__(self, store_uri: str, artifact_uri: str | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call, unused-ignore]
         self.store_uri = store_uri
         self.artifact_uri = artifact_uri
         self._tracker = _tracker(store_uri)
 
-    def log_batch(self, run_id: str, metrics: Sequence[Any], params: Sequence[Any], tags: Sequence[Any]) -> None:
+    def log_batch(
+        self, run_id: str, metrics: Sequence[Any], params: Sequence[Any], tags: Sequence[Any]
+    ) -> None:
         put = self._tracker._transport.put
         for param in params:
             put(["p", run_id, param.key, str(param.value)])
@@ -149,12 +178,58 @@ class TrackerStore(_TrackingBase):  # type: ignore[misc]
     def set_tag(self, run_id: str, tag: Any) -> None:
         self._tracker._transport.put(["t", run_id, tag.key, str(tag.value)])
 
+    # get-or-create races. ``mlflow.set_experiment`` looks the name up and, when it is missing,
+    # creates it; the loser of a race with another process gets RESOURCE_ALREADY_EXISTS, and
+    # MLflow (3.x) then returns the experiment *without activating it*, so that process's runs
+    # silently land in the Default experiment. With many processes per host sharing one daemon
+    # that race is the normal case, so: a bare ``create_experiment(name)`` (no artifact location,
+    # no tags) that follows this process's own lookup of ``name`` finding nothing, and loses to
+    # a concurrent creator, returns the winner's (active) experiment id — the outcome the
+    # caller's get-or-create intended. Any other duplicate create still raises.
 
-class TrackerRegistryStore(_RegistryBase):  # type: ignore[misc]
+    def get_experiment_by_name(self, experiment_name: str) -> Any:
+        exp = _call(self._tracker, "tracking", "get_experiment_by_name", [experiment_name], {})
+        with _lock:
+            if exp is None:
+                _looked_up_missing[experiment_name] = time.monotonic()
+            else:
+                _looked_up_missing.pop(experiment_name, None)
+        return exp
+
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags: Any = None
+    ) -> Any:
+        with _lock:
+            missing_at = _looked_up_missing.pop(name, None)
+        try:
+            return _call(
+                self._tracker,
+                "tracking",
+                "create_experiment",
+                [name],
+                {"artifact_location": artifact_location, "tags": tags},
+            )
+        except MlflowException as exc:
+            raced = (
+                exc.error_code == "RESOURCE_ALREADY_EXISTS"
+                and missing_at is not None
+                and time.monotonic() - missing_at < _RACE_WINDOW_S
+                and artifact_location is None
+                and not tags
+            )
+            if not raced:
+                raise
+            exp = _call(self._tracker, "tracking", "get_experiment_by_name", [name], {})
+            if exp is None or exp.lifecycle_stage != "active":
+                raise
+            return exp.experiment_id
+
+
+class TrackerRegistryStore(_RegistryBase):  # type: ignore[misc, unused-ignore]
     """MLflow model-registry store that talks to tracker-daemon (writes are rare: all calls)."""
 
     def __init__(self, store_uri: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call, unused-ignore]
         self.store_uri = store_uri
         self._tracker = _tracker(store_uri)
 

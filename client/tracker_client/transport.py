@@ -160,7 +160,15 @@ class Transport:
         try:
             return fut.result(timeout)
         except FutureTimeout:
+            self.abandon(fut)  # the caller got an error: never send or spool it later
             raise DaemonUnavailable(self._no_answer(timeout)) from None
+
+    def abandon(self, fut: Future[Any]) -> None:
+        """Forget a request the caller gave up on (not resent, not spooled)."""
+        fut.cancel()  # if still queued, _frame_call will skip it
+        for req, entry in list(self._pending.items()):
+            if entry[0] is fut:
+                self._pending.pop(req, None)
 
     def request_async(self, make: MakeMessage) -> Future[p.DaemonMessage]:
         fut: Future[p.DaemonMessage] = Future()
@@ -334,14 +342,20 @@ class Transport:
         self._next_req += 1
         return self._next_req
 
-    def _resend(self, sock: zmq.Socket[bytes], *, requests: bool = True) -> None:
-        """Send again every unacked sequenced message, then (after a reconnect, when the daemon
-        may have lost them) every unanswered request."""
-        for frame in self._unacked.values():
-            sock.send(frame, copy=False)
+    def _in_send_order(self, requests: bool = True) -> list[bytes]:
+        """Unacked sequenced frames and (optionally) unanswered requests, in the order they were
+        first sent: a request framed after seq S went between frames S and S+1. (An offline
+        run's start_run must reach the daemon before the records that use its id.)"""
+        keyed = [((seq, 0, 0), frame) for seq, frame in self._unacked.items()]
         if requests:
-            for req in sorted(self._pending):
-                sock.send(self._pending[req][1], copy=False)
+            keyed += [((seq, 1, req), f) for req, (_, f, seq) in list(self._pending.items())]
+        return [frame for _, frame in sorted(keyed, key=lambda kv: kv[0])]
+
+    def _resend(self, sock: zmq.Socket[bytes], *, requests: bool = True) -> None:
+        """Send again every unacked sequenced message and (after a reconnect, when the daemon
+        may have lost them) every unanswered request, in their original order."""
+        for frame in self._in_send_order(requests):
+            sock.send(frame, copy=False)
 
     def _drain(self, sock: zmq.Socket[bytes]) -> int:
         """Send what the window allows: the spool first (older), then the queue."""
@@ -368,8 +382,10 @@ class Transport:
             if recs:
                 sent += self._send_frames(sock, self._frame_records(recs))
                 recs = []
-            sock.send(self._frame_call(item))
-            sent += 1
+            frame = self._frame_call(item)
+            if frame is not None:
+                sock.send(frame)
+                sent += 1
         if recs:
             sent += self._send_frames(sock, self._frame_records(recs))
         if self._space_waiters:
@@ -393,18 +409,20 @@ class Transport:
         self.frames_sent += len(frames)
         return len(frames)
 
-    def _frame_call(self, call: _Call) -> bytes:
-        """Encode a control item; sequenced ones join the unacked set, requests the pending."""
+    def _frame_call(self, call: _Call) -> bytes | None:
+        """Encode a control item; sequenced ones join the unacked set, requests the pending.
+        None for a request its caller abandoned (cancelled) before it was sent."""
         if call.sequenced:
             self._seq += 1
             frame = p.encode(call.make(0, self._seq))
             self._unacked[self._seq] = frame
             return frame
+        assert call.future is not None
+        if not call.future.set_running_or_notify_cancel():
+            return None
         req = self._new_req()
         frame = p.encode(call.make(req, self._seq))
-        assert call.future is not None
-        if call.future.set_running_or_notify_cancel():
-            self._pending[req] = (call.future, frame, self._seq)
+        self._pending[req] = (call.future, frame, self._seq)
         return frame
 
     def _send_spooled(self, sock: zmq.Socket[bytes], frame: bytes) -> None:
@@ -512,7 +530,9 @@ class Transport:
             if recs:
                 frames += self._frame_spooled(recs)
                 recs = []
-            frames.append(self._frame_call(item))
+            call_frame = self._frame_call(item)
+            if call_frame is not None:
+                frames.append(call_frame)
             if item.sequenced:  # spooled, not sent: it lives in the spool now
                 self._unacked.pop(self._seq, None)
         if recs:
@@ -551,7 +571,7 @@ class Transport:
             unsent_spool = self._spool.read(1 << 30)
         nothing = not (self._unacked or q or unsent_spool) and all(
             isinstance(p.decode(f, max_frame=2**31), p.StatusRequest | p.Flush)
-            for _, f, _ in self._pending.values()
+            for _, f, _ in list(self._pending.values())
         )
         if nothing:
             if self._spool is not None:
@@ -559,8 +579,7 @@ class Transport:
                 self._spool.close()
                 self._spool = None
             return
-        frames = [self._spool_hello(), *self._unacked.values()]
-        frames += [f for _, (_, f, _) in sorted(self._pending.items())]
+        frames = [self._spool_hello(), *self._in_send_order()]
         frames += unsent_spool
         recs: list[list[Any]] = []
         while q:
@@ -571,7 +590,9 @@ class Transport:
             if recs:
                 frames += self._frame_records(recs)
                 recs = []
-            frames.append(self._frame_call(item))
+            call_frame = self._frame_call(item)
+            if call_frame is not None:
+                frames.append(call_frame)
         if recs:
             frames += self._frame_records(recs)
         spool = self._open_spool()

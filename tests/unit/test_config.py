@@ -310,3 +310,337 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.log_level = "DEBUG"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------
+# numbers from TOML and the environment: integral ints, finite floats
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("max_frame_bytes = 65536.9\n", "max_frame_bytes"),
+        ("batch_max_age_ms = 0.5\n", "batch_max_age_ms"),
+        ("max_clients = nan\n", "max_clients"),
+        ("max_clients = inf\n", "max_clients"),
+        ("barrier_timeout_s = nan\n", "barrier_timeout_s"),
+        ("barrier_timeout_s = inf\n", "barrier_timeout_s"),
+        ("drain_timeout_s = -inf\n", "drain_timeout_s"),
+        ("health_stall_s = true\n", "health_stall_s"),
+        ("metrics_address = 9464\n", "metrics_address"),
+    ],
+)
+def test_non_integral_and_non_finite_numbers_in_file(tmp_path: Path, text: str, key: str) -> None:
+    path = write_toml(tmp_path, text)
+    with pytest.raises(ConfigError, match=f"{path}: {key} = .* is not a valid"):
+        load_config(config_file=path, environ={})
+
+
+def test_integral_float_is_accepted_for_an_int_key(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "max_frame_bytes = 65536.0\n")
+    cfg = load_config(config_file=path, environ={})
+    assert cfg.max_frame_bytes == 65536 and type(cfg.max_frame_bytes) is int
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e400"])
+def test_non_finite_float_in_env(value: str) -> None:
+    with pytest.raises(ConfigError, match="TRACKER_DAEMON_BARRIER_TIMEOUT_S: barrier_timeout_s"):
+        load_config(environ={"TRACKER_DAEMON_BARRIER_TIMEOUT_S": value})
+
+
+def test_non_finite_float_override_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--health-stall-s: health_stall_s = 'inf'"):
+        load_config({"health_stall_s": "inf"}, environ={})
+
+
+# --------------------------------------------------------------------------------------------
+# operations keys: metrics, health, limits
+
+
+def test_operations_defaults() -> None:
+    cfg = Config()
+    assert cfg.metrics_address == ""
+    assert cfg.health_stall_s == 60.0
+    assert cfg.curve_secret_key_file == "" and cfg.curve_allowed_clients_dir == ""
+    assert cfg.curve_enabled is False
+    assert cfg.max_records_per_frame == 10_000
+    assert cfg.max_open_runs_per_client == 1_000
+    assert cfg.max_clients == 10_000
+
+
+def test_operations_keys_from_every_source(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path, 'metrics_address = "127.0.0.1:9464"\nmax_clients = 50\nhealth_stall_s = 5\n'
+    )
+    env = {"TRACKER_DAEMON_MAX_OPEN_RUNS_PER_CLIENT": "7", "TRACKER_DAEMON_MAX_CLIENTS": "60"}
+    cfg = load_config({"max_records_per_frame": 2000}, config_file=path, environ=env)
+    assert cfg.metrics_address == "127.0.0.1:9464"
+    assert cfg.health_stall_s == 5.0
+    assert cfg.max_clients == 60  # env beats file
+    assert cfg.max_open_runs_per_client == 7
+    assert cfg.max_records_per_frame == 2000
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:9464", "0.0.0.0:0", "[::1]:9464", "localhost:65535", "my-host:80"]
+)
+def test_good_metrics_addresses(address: str) -> None:
+    assert load_config({"metrics_address": address}, environ={}).metrics_address == address
+
+
+@pytest.mark.parametrize(
+    "address", ["9464", ":9464", "127.0.0.1:", "127.0.0.1:port", "127.0.0.1:65536", "[::1]"]
+)
+def test_bad_metrics_addresses(address: str) -> None:
+    with pytest.raises(ConfigError, match="metrics_address = .*must be HOST:PORT"):
+        load_config({"metrics_address": address}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_records_per_frame": 999}, "max_records_per_frame = 999: must be 1000"),
+        ({"max_records_per_frame": 10_000_001}, "max_records_per_frame = 10000001"),
+        ({"max_open_runs_per_client": 0}, "max_open_runs_per_client = 0: must be >= 1"),
+        ({"max_clients": 0}, "max_clients = 0: must be >= 1"),
+        ({"health_stall_s": 0}, "health_stall_s = 0.0: must be > 0"),
+        ({"retry_max_backoff_s": 0}, "retry_max_backoff_s = 0.0: must be > 0"),
+    ],
+)
+def test_operations_values_out_of_range(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides, environ={})
+
+
+def test_limit_floor_covers_the_reference_client() -> None:
+    """A frame of the reference client must never be over max_records_per_frame: it would be
+    refused and resent forever."""
+    from tracker_client.transport import Transport
+    from tracker_daemon.config import MIN_RECORDS_PER_FRAME
+
+    assert Transport("ipc:///tmp/unused.sock").frame_records <= MIN_RECORDS_PER_FRAME
+    assert load_config({"max_records_per_frame": MIN_RECORDS_PER_FRAME}, environ={})
+
+
+# --------------------------------------------------------------------------------------------
+# access control: tcp beyond loopback needs CURVE
+
+
+@pytest.fixture
+def curve_files(tmp_path: Path) -> dict[str, str]:
+    from zmq.auth.certs import create_certificates
+
+    keys = tmp_path / "keys"
+    allowed = tmp_path / "allowed"
+    keys.mkdir()
+    allowed.mkdir()
+    public, secret = create_certificates(keys, "server")
+    client_public, _ = create_certificates(keys, "client")
+    os.rename(client_public, allowed / "client.key")
+    return {"secret": secret, "public": public, "allowed": str(allowed)}
+
+
+@pytest.mark.parametrize(
+    "address", ["tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://10.1.2.3:5555", "tcp://eth0:5555"]
+)
+def test_non_loopback_tcp_needs_curve(address: str, curve_files: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="only allowed on loopback .* unless CURVE"):
+        load_config({"address": address}, environ={})
+    cfg = load_config(
+        {
+            "address": address,
+            "curve_secret_key_file": curve_files["secret"],
+            "curve_allowed_clients_dir": curve_files["allowed"],
+        },
+        environ={},
+    )
+    assert cfg.curve_enabled and cfg.bind_address == address
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.2:5555", "tcp://[::1]:1", "tcp://localhost:2"])
+def test_loopback_tcp_needs_no_curve(address: str) -> None:
+    assert load_config({"address": address}, environ={}).curve_enabled is False
+
+
+def test_curve_keys_must_come_together(curve_files: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="must be set together"):
+        load_config({"curve_secret_key_file": curve_files["secret"]}, environ={})
+    with pytest.raises(ConfigError, match="must be set together"):
+        load_config({"curve_allowed_clients_dir": curve_files["allowed"]}, environ={})
+
+
+def test_curve_files_are_checked(curve_files: dict[str, str], tmp_path: Path) -> None:
+    allowed = curve_files["allowed"]
+    with pytest.raises(ConfigError, match="curve_secret_key_file = .*nope.*cannot load it"):
+        load_config(
+            {"curve_secret_key_file": str(tmp_path / "nope"), "curve_allowed_clients_dir": allowed},
+            environ={},
+        )
+    with pytest.raises(ConfigError, match="holds no secret key"):
+        load_config(
+            {"curve_secret_key_file": curve_files["public"], "curve_allowed_clients_dir": allowed},
+            environ={},
+        )
+    garbage = tmp_path / "garbage.key_secret"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="curve_secret_key_file = .*cannot load it"):
+        load_config(
+            {"curve_secret_key_file": str(garbage), "curve_allowed_clients_dir": allowed},
+            environ={},
+        )
+    with pytest.raises(ConfigError, match="curve_allowed_clients_dir = .*not a directory"):
+        load_config(
+            {
+                "curve_secret_key_file": curve_files["secret"],
+                "curve_allowed_clients_dir": str(tmp_path / "missing"),
+            },
+            environ={},
+        )
+
+
+def test_server_curve_keys_load(curve_files: dict[str, str]) -> None:
+    from zmq.auth.certs import load_certificate
+
+    from tracker_daemon.config import load_server_curve
+
+    cfg = load_config(
+        {
+            "curve_secret_key_file": curve_files["secret"],
+            "curve_allowed_clients_dir": curve_files["allowed"],
+        },
+        environ={},
+    )
+    assert load_server_curve(cfg) == load_certificate(curve_files["secret"])
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("postgresql://mlflow:s3cret@db:5432/mlflow", "postgresql://mlflow:***@db:5432/mlflow"),
+        ("mysql+pymysql://u:p@h/db?x=1", "mysql+pymysql://u:***@h/db?x=1"),
+        ("postgresql://mlflow@db/mlflow", "postgresql://mlflow@db/mlflow"),
+        (
+            "sqlite:////var/lib/tracker-daemon/mlflow.db",
+            "sqlite:////var/lib/tracker-daemon/mlflow.db",
+        ),
+        ("http://mlflow:5000", "http://mlflow:5000"),
+    ],
+)
+def test_redact_uri(uri: str, shown: str) -> None:
+    from tracker_daemon.config import redact_uri
+
+    assert redact_uri(uri) == shown
+
+
+# --------------------------------------------------------------------------------------------
+# tracker-daemon check-config
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TRACKER_DAEMON_"):
+            monkeypatch.delenv(name)
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from tracker_daemon.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out, err = capsys.readouterr()
+    assert isinstance(exc.value.code, int)
+    return exc.value.code, out, err
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_check_config_prints_the_effective_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_toml(
+        tmp_path, f'state_dir = "{tmp_path}"\nbatch_max_age_ms = 10\nmax_clients = 5\n'
+    )
+    monkeypatch.setenv("TRACKER_DAEMON_MAX_CLIENTS", "6")
+    code, out, err = run_cli(
+        [
+            "check-config",
+            "--config",
+            path,
+            "--batch-max-age-ms",
+            "20",
+            "--metrics-address",
+            "127.0.0.1:9464",
+        ],
+        capsys,
+    )
+    assert (code, err) == (0, "")
+    lines = dict(line.split(" = ", 1) for line in out.splitlines())
+    assert set(lines) == {f.name for f in dataclasses.fields(Config)}
+    assert lines["batch_max_age_ms"] == "20"  # flag beats file
+    assert lines["max_clients"] == "6"  # env beats file
+    assert lines["metrics_address"] == '"127.0.0.1:9464"'
+    assert lines["state_dir"] == f'"{tmp_path}"'
+    assert lines["backend_store_uri"] == f'"sqlite:///{tmp_path}/mlflow.db"'
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("toml", "flags", "env", "message"),
+    [
+        ("bogus = 1\n", [], {}, "unknown key 'bogus'"),
+        ("max_frame_bytes = 65536.9\n", [], {}, "max_frame_bytes = 65536.9 is not a valid int"),
+        ("barrier_timeout_s = nan\n", [], {}, "barrier_timeout_s = nan is not a valid finite"),
+        ("", ["--address", "tcp://0.0.0.0:5555"], {}, "only allowed on loopback"),
+        ("", ["--metrics-address", "9464"], {}, "metrics_address = '9464'"),
+        ("", [], {"TRACKER_DAEMON_MAX_CLIENTS": "many"}, "TRACKER_DAEMON_MAX_CLIENTS"),
+        ("", [], {"TRACKER_DAEMON_NOPE": "1"}, "unknown setting TRACKER_DAEMON_NOPE"),
+    ],
+)
+def test_check_config_errors_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    toml: str,
+    flags: list[str],
+    env: dict[str, str],
+    message: str,
+) -> None:
+    path = write_toml(tmp_path, toml)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code, out, err = run_cli(["check-config", "--config", path, *flags], capsys)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("tracker-daemon: configuration error: ")
+    assert message in err
+
+
+def test_check_config_entry_point_exit_codes(tmp_path: Path) -> None:
+    """The installed command (a real process): 0 for a good file, 2 for a bad one."""
+    import subprocess
+    import sys
+
+    from tests.helpers import daemon_env
+
+    good = write_toml(tmp_path, "max_clients = 5\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "tracker_daemon.cli", "check-config", "--config", good],
+        capture_output=True,
+        text=True,
+        env=daemon_env(),
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "max_clients = 5" in res.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_clients = 5.5\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "tracker_daemon.cli", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=daemon_env(),
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "max_clients = 5.5 is not a valid int" in res.stderr
+    assert res.stdout == ""
