@@ -23,9 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "worker.py"
 
 
-def wait_for(
-    condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05
-) -> T:
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
     """Return the first truthy value of ``condition()``; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -65,13 +63,24 @@ class Daemon:
 
     def start(self, ready_timeout: float = 60.0) -> Daemon:
         cmd = [
-            sys.executable, "-m", "tracker_daemon.cli", "run",
-            "--state-dir", str(self.state_dir), "--address", self.address, *self.args,
+            sys.executable,
+            "-m",
+            "tracker_daemon.cli",
+            "run",
+            "--state-dir",
+            str(self.state_dir),
+            "--address",
+            self.address,
+            *self.args,
         ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=daemon_env(self.env), cwd=REPO,
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=daemon_env(self.env),
+                cwd=REPO,
             )
         self.wait_ready(ready_timeout)
         return self
@@ -119,8 +128,9 @@ class Daemon:
 @contextmanager
 def running_daemon(root: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
     sock_dir = short_tmpdir()
-    d = Daemon(root / "state", f"ipc://{sock_dir / 'd.sock'}", root / "daemon.log", list(args),
-               env or {})
+    d = Daemon(
+        root / "state", f"ipc://{sock_dir / 'd.sock'}", root / "daemon.log", list(args), env or {}
+    )
     d.start()
     try:
         yield d
@@ -135,7 +145,11 @@ def start_worker(address: str, spec: dict[str, Any], out: Path) -> subprocess.Po
     env = daemon_env({"TRACKER_DAEMON_ADDRESS": address})
     return subprocess.Popen(
         [sys.executable, str(WORKER), json.dumps(spec), str(out)],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
     )
 
 
@@ -173,7 +187,9 @@ def sqlite_locked(db_path: Path, timeout: float = 60.0) -> Iterator[None]:
     daemon's sink) blocks, then fails with 'database is locked' — a real backend outage."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _LOCK_SCRIPT, str(db_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None

@@ -60,15 +60,39 @@ def postgres() -> Iterator[str]:
     assert init.returncode == 0, init.stderr
     opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
     start = _as_postgres(
-        [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "pg.log"),
-         "-w", "-t", "60", "start"]
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-o",
+            opts,
+            "-l",
+            str(root / "pg.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ]
     )
     assert start.returncode == 0, start.stderr + (root / "pg.log").read_text(errors="replace")
     try:
         created = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "-d", "postgres",
-             "-c", "CREATE DATABASE mlflow"],
-            capture_output=True, text=True, timeout=60,
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-U",
+                "mlflow",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE mlflow",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert created.returncode == 0, created.stderr
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
@@ -84,10 +108,26 @@ def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 2) -> Iterat
     log = artifacts.parent / f"mlflow-server-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
-             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
-             "--port", str(port), "--workers", str(workers)],
-            stdout=out, stderr=subprocess.STDOUT, env=daemon_env(), cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                backend_uri,
+                "--artifacts-destination",
+                str(artifacts),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=daemon_env(),
+            cwd=REPO,
         )
     url = f"http://127.0.0.1:{port}"
     try:

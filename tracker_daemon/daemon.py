@@ -94,8 +94,9 @@ class Wakeup:
     def set(self) -> None:
         self._event.set()
 
-    async def wait(self, timeout: float | None) -> None:
-        with anyio.move_on_after(timeout):
+    async def wait(self, limit: float | None) -> None:
+        """Return when set, or after ``limit`` seconds (None: no limit)."""
+        with anyio.move_on_after(limit):
             await self._event.wait()
         self._event = anyio.Event()
 
@@ -227,7 +228,10 @@ class Daemon:
         self.counters.replayed = records
         log.info(
             "event=journal_recovered mark=%s:%s entries=%d records=%d journal_bytes=%d",
-            mark.position.segment, mark.position.offset, entries, records,
+            mark.position.segment,
+            mark.position.offset,
+            entries,
+            records,
             self.journal.bytes_used,
         )
 
@@ -246,8 +250,12 @@ class Daemon:
         await anyio.to_thread.run_sync(self.prepare)
         log.info(
             "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d durability=%s",
-            __version__, redact_uri(self.cfg.backend_uri), self.cfg.artifact_root,
-            self.cfg.bind_address, os.getpid(), self.cfg.durability,
+            __version__,
+            redact_uri(self.cfg.backend_uri),
+            self.cfg.artifact_root,
+            self.cfg.bind_address,
+            os.getpid(),
+            self.cfg.durability,
         )
         log.info(
             "event=hint view_runs=%r",
@@ -285,7 +293,9 @@ class Daemon:
                 os.close(self._lock_fd)
             log.info(
                 "event=stopped received=%d committed=%d failed=%d left_in_journal=%d",
-                self.counters.received, self.counters.committed, self.counters.failed,
+                self.counters.received,
+                self.counters.committed,
+                self.counters.failed,
                 self.journal.outstanding,
             )
 
@@ -343,13 +353,13 @@ class Daemon:
         log.info("event=idle note=journal_drained")
         tg.cancel_scope.cancel()
 
-    async def _drain(self, timeout: float) -> None:
-        """Commit everything buffered; give up after ``timeout`` (the rest stays journaled)."""
+    async def _drain(self, within: float) -> None:
+        """Commit everything buffered; give up after ``within`` s (the rest stays journaled)."""
         self.batcher.expedite(None)
         self._wake_sinks()
         self._feed_wake.set()
-        deadline = time.monotonic() + timeout
-        with anyio.move_on_after(timeout):
+        deadline = time.monotonic() + within
+        with anyio.move_on_after(within):
             while self._busy():
                 self.batcher.expedite(None)
                 # tell systemd the drain is alive, so TimeoutStopSec does not cut it short
@@ -359,12 +369,16 @@ class Daemon:
             log.warning(
                 "event=drain_incomplete pending_records=%d pending_artifacts=%d "
                 "journal_entries=%d note=kept_in_journal_for_next_start",
-                self.batcher.pending, self._art_pending, self.journal.outstanding,
+                self.batcher.pending,
+                self._art_pending,
+                self.journal.outstanding,
             )
 
     def _busy(self) -> bool:
         return bool(
-            self.batcher.pending or self._committing or self._art_pending
+            self.batcher.pending
+            or self._committing
+            or self._art_pending
             or self._spill_from is not None
         )
 
@@ -468,7 +482,10 @@ class Daemon:
             self._limit_logged[limit] = now
             log.warning(
                 "event=limit_exceeded limit=%s value=%d kind=%s client=%s rejections=%d",
-                limit, value, type(msg).__name__, getattr(msg, "client_id", ""),
+                limit,
+                value,
+                type(msg).__name__,
+                getattr(msg, "client_id", ""),
                 self.counters.limit_rejections[limit],
             )
         req = getattr(msg, "req", None)
@@ -676,7 +693,10 @@ class Daemon:
     def _dead_letter(self, origin: Origin, run_id: str | None, failure: p.Failure) -> None:
         log.warning(
             "event=record_failed client=%s run=%s code=%s reason=%r",
-            origin.client_id, run_id, failure.code, failure.message[:300],
+            origin.client_id,
+            run_id,
+            failure.code,
+            failure.message[:300],
         )
         entry = {
             "time": time.time(),
@@ -699,7 +719,9 @@ class Daemon:
             self.counters.committed += len(batch.items)
             per_origin = Counter(origin for _, origin in batch.items)
             moved = {
-                o.client_id for o, n in per_origin.items() if self.ledger.settle(o.client_id, o.seq, n)
+                o.client_id
+                for o, n in per_origin.items()
+                if self.ledger.settle(o.client_id, o.seq, n)
             }
             for cid in moved:
                 self._release(cid)
@@ -707,7 +729,9 @@ class Daemon:
         for record, origin in batch.items:
             if isinstance(record, p.Param):
                 self.batcher.param_failed(record.run_id, record.key)
-            self._settle(origin, record.run_id, record, p.Failure(record, error.code, error.message))
+            self._settle(
+                origin, record.run_id, record, p.Failure(record, error.code, error.message)
+            )
 
     def _release(self, client_id: str) -> None:
         waiters = self._waiters.get(client_id)
@@ -722,7 +746,7 @@ class Daemon:
                 keep.append((seq, event))
         self._waiters[client_id] = keep
 
-    async def _barrier(self, client_id: str, seq: int, timeout: float | None = None) -> bool:
+    async def _barrier(self, client_id: str, seq: int, within: float | None = None) -> bool:
         """Wait until every sequenced message of the client up to ``seq`` is done."""
         if self.ledger.committed_upto(client_id) >= seq:
             return True
@@ -730,7 +754,7 @@ class Daemon:
         self._wake_sinks()
         event = anyio.Event()
         self._waiters.setdefault(client_id, []).append((seq, event))
-        with anyio.move_on_after(self.cfg.barrier_timeout_s if timeout is None else timeout):
+        with anyio.move_on_after(self.cfg.barrier_timeout_s if within is None else within):
             await event.wait()
             return True
         self._waiters[client_id] = [w for w in self._waiters[client_id] if w[1] is not event]
@@ -763,7 +787,9 @@ class Daemon:
         self.counters.last_sink_error_at = time.time()
         log.warning(
             "event=sink_error code=%s retryable=%s reason=%r",
-            exc.code, isinstance(exc, RetryableSinkError), exc.message[:300],
+            exc.code,
+            isinstance(exc, RetryableSinkError),
+            exc.message[:300],
         )
 
     def _wake_sinks(self) -> None:
@@ -779,9 +805,7 @@ class Daemon:
                 if not self._committing:
                     self._idle.set()
                 deadline = self.batcher.next_deadline(lane)
-                await wake.wait(
-                    None if deadline is None else max(0.0, deadline - time.monotonic())
-                )
+                await wake.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
                 continue
             self._committing += 1
             try:
@@ -843,7 +867,12 @@ class Daemon:
                     tags["tracker.offline_id"] = msg.offline_id
                 parent = await self._resolve(msg.parent_run_id) if msg.parent_run_id else None
                 handle = await self._write(
-                    self.sink.create_run, exp_id, start, tags, msg.run_name, parent,
+                    self.sink.create_run,
+                    exp_id,
+                    start,
+                    tags,
+                    msg.run_name,
+                    parent,
                     retry_for=5.0,
                 )
                 if key:
@@ -858,8 +887,11 @@ class Daemon:
                 self._creating.pop(msg.offline_id).set()
         owner = self.clients.get(msg.client_id)
         await anyio.to_thread.run_sync(
-            self.runbook.record_open, handle, msg.client_id,
-            owner.pid if owner else 0, owner.host if owner else "",
+            self.runbook.record_open,
+            handle,
+            msg.client_id,
+            owner.pid if owner else 0,
+            owner.host if owner else "",
         )
         if handle.params:
             self.batcher.seed_params(handle.run_id, handle.params)
@@ -929,17 +961,18 @@ class Daemon:
             return
         failures = self.ledger.take_failures(msg.client_id)
         key = f"{msg.client_id}:{msg.req}"
-        invoke = functools.partial(
-            self.calls.invoke, msg.target, msg.method, msg.args, msg.kwargs
-        )
+        invoke = functools.partial(self.calls.invoke, msg.target, msg.method, msg.args, msg.kwargs)
         try:
             self.calls.check(msg.target, msg.method)
             if msg.method == "create_run" and key in self.runbook.created:
                 # a request resent after a reconnect: answer with the run it created
                 rid = self.runbook.created[key].run_id
                 invoke = functools.partial(
-                    self.calls.invoke, "tracking", "get_run",
-                    encode_value([rid]), encode_value({}),
+                    self.calls.invoke,
+                    "tracking",
+                    "get_run",
+                    encode_value([rid]),
+                    encode_value({}),
                 )
             if self.calls.is_read(msg.method):
                 result, value = await self._read(invoke)
@@ -1020,7 +1053,7 @@ class Daemon:
         upto = self.ledger.received_upto(info.client_id)
         log.info("event=client_exited client=%s pid=%d", info.client_id, info.pid)
         info.gone = True  # no longer counted toward max_clients nor listed in the status
-        await self._barrier(info.client_id, upto, timeout=60.0)
+        await self._barrier(info.client_id, upto, within=60.0)
         reason = (
             f"tracker-daemon: client process {info.pid} on {info.host} exited without "
             f"ending this run"
@@ -1028,14 +1061,21 @@ class Daemon:
         for run_id in self.runbook.orphaned_by(info.client_id):
             try:
                 await self._write(
-                    self.sink.log_batch, run_id, [], [],
-                    [p.Tag(run_id, "tracker.end_reason", reason)], retry_for=30.0,
+                    self.sink.log_batch,
+                    run_id,
+                    [],
+                    [],
+                    [p.Tag(run_id, "tracker.end_reason", reason)],
+                    retry_for=30.0,
                 )
                 await self._end_run(run_id, self.cfg.orphan_status, time.time_ns() // 1_000_000)
                 self.counters.orphaned_runs += 1
                 log.warning(
                     "event=orphaned_run run=%s client=%s pid=%d status=%s",
-                    run_id, info.client_id, info.pid, self.cfg.orphan_status,
+                    run_id,
+                    info.client_id,
+                    info.pid,
+                    self.cfg.orphan_status,
                 )
             except SinkError as exc:
                 self._note_error(exc)
@@ -1057,8 +1097,12 @@ class Daemon:
                 try:
                     result = await anyio.to_thread.run_sync(
                         functools.partial(
-                            import_spool, path, self.cfg.bind_address, timeout=600,
-                            stop=self._import_stop, curve=self._own_curve_keys(),
+                            import_spool,
+                            path,
+                            self.cfg.bind_address,
+                            timeout=600,
+                            stop=self._import_stop,
+                            curve=self._own_curve_keys(),
                         ),
                         abandon_on_cancel=True,
                     )
@@ -1071,7 +1115,10 @@ class Daemon:
                 self.counters.spools_imported += 1
                 log.info(
                     "event=spool_imported path=%s records=%d runs=%s failures=%d",
-                    path, result.records, json.dumps(result.runs), len(result.failures),
+                    path,
+                    result.records,
+                    json.dumps(result.runs),
+                    len(result.failures),
                 )
             await anyio.sleep(SPOOL_SCAN_S)
 
@@ -1086,7 +1133,9 @@ class Daemon:
                     await self._upload(uri, msg)
                     self.counters.artifacts += 1
                 except SinkError as exc:
-                    failure = p.Failure(None, exc.code, f"artifact {msg.staged_path}: {exc.message}")
+                    failure = p.Failure(
+                        None, exc.code, f"artifact {msg.staged_path}: {exc.message}"
+                    )
                 Sink.discard_staged(msg.staged_path)
                 self._art_pending -= 1
                 self._settle(origin, msg.run_id, None, failure)

@@ -146,7 +146,11 @@ class Journal:
                 os.fsync(fh.fileno())
             log.warning(
                 "event=journal_quarantine segment=%s reason=%r bytes=%d kept_frames=%d saved_to=%s",
-                path.name, result.problem, len(bad), len(result.frames), qpath,
+                path.name,
+                result.problem,
+                len(bad),
+                len(result.frames),
+                qpath,
             )
         return result.good_end
 
@@ -169,7 +173,9 @@ class Journal:
 
     # ------------------------------------------------------------------ reading
 
-    def read(self, start: Position, max_bytes: int = 8 * 1024 * 1024) -> list[tuple[Position, bytes]]:
+    def read(
+        self, start: Position, max_bytes: int = 8 * 1024 * 1024
+    ) -> list[tuple[Position, bytes]]:
         """Entries from ``start`` on (up to about ``max_bytes``), crossing segment ends."""
         out: list[tuple[Position, bytes]] = []
         seg, offset = start.segment, start.offset

@@ -98,7 +98,7 @@ class Ledger:
             b.received_upto = seq - 1
 
     def settle(self, client_id: str, seq: int, n: int = 1) -> bool:
-        """``n`` records of message ``seq`` are committed or failed. True if committed_upto moved."""
+        """``n`` records of ``seq`` are committed or failed. True if committed_upto moved."""
         b = self._books.get(client_id)
         if b is None or seq not in b.remaining:
             return False

@@ -89,8 +89,13 @@ class RunBook:
             for owner in run.owners:
                 pid, host = self.owners.get(owner, (0, ""))
                 entries.append(
-                    {"type": "open", "client_id": owner, "pid": pid, "host": host,
-                     **_fields(run.handle)}
+                    {
+                        "type": "open",
+                        "client_id": owner,
+                        "pid": pid,
+                        "host": host,
+                        **_fields(run.handle),
+                    }
                 )
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
@@ -164,8 +169,11 @@ async def wait_process_exit(pid: int) -> None:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return
-    except OSError:  # no pidfd support (old kernel, seccomp): check once a second
-        while os.path.exists(f"/proc/{pid}"):
+    except OSError:
+        # No pidfd (old kernel, seccomp): nothing signals another process's exit, so check
+        # /proc once a second — the one poll in the daemon, only on this fallback path.
+        proc = anyio.Path(f"/proc/{pid}")
+        while await proc.exists():  # noqa: ASYNC110
             await anyio.sleep(1.0)
         return
     try:

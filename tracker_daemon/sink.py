@@ -75,7 +75,9 @@ class Sink:
         """Create the store (and, for SQLite, the database and its schema). Blocking, slow once."""
         try:
             if self.backend_uri.startswith("sqlite:///"):
-                Path(self.backend_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+                Path(self.backend_uri[len("sqlite:///") :]).parent.mkdir(
+                    parents=True, exist_ok=True
+                )
             if "://" not in self.artifact_root:
                 Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
             from mlflow.tracking._tracking_service.utils import _get_store
@@ -85,7 +87,7 @@ class Sink:
                 import mlflow
 
                 mlflow.set_tracking_uri(self.backend_uri)
-            self._store = _get_store(self.backend_uri, self.artifact_root)
+            self._store = _get_store(self.backend_uri, self.artifact_root)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise classify(exc) from exc
 
@@ -218,16 +220,18 @@ class Sink:
 
     # ------------------------------------------------------------------ artifacts
 
-    def upload_artifact(self, artifact_uri: str, local_path: str, artifact_path: str | None) -> None:
+    def upload_artifact(
+        self, artifact_uri: str, local_path: str, artifact_path: str | None
+    ) -> None:
         """Upload a staged file or directory to the run's artifact location, then delete it."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         try:
             repo = get_artifact_repository(artifact_uri)
             if os.path.isdir(local_path):  # like mlflow.log_artifacts: the directory's contents
-                repo.log_artifacts(local_path, artifact_path)
+                repo.log_artifacts(local_path, artifact_path)  # type: ignore[no-untyped-call]
             else:
-                repo.log_artifact(local_path, artifact_path)
+                repo.log_artifact(local_path, artifact_path)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise classify(exc) from exc
 

@@ -1,9 +1,10 @@
 """Where the daemon listens by default (shared by the client and the daemon; pure, no I/O but stat).
 
-Resolution order for a client: ``$TRACKER_DAEMON_ADDRESS``; else the first existing socket among the
-per-user socket (``$XDG_RUNTIME_DIR/tracker-daemon/tracker.sock``), the system socket
-(``/run/tracker-daemon/tracker.sock``) and the /tmp fallback (``/tmp/tracker-daemon-$UID/tracker.sock``);
-else the address a daemon started by this user would bind by default.
+Resolution order for a client: ``$TRACKER_DAEMON_ADDRESS``; else the first existing socket
+among the per-user socket (``$XDG_RUNTIME_DIR/tracker-daemon/tracker.sock``), the system socket
+(``/run/tracker-daemon/tracker.sock``) and the /tmp fallback
+(``/tmp/tracker-daemon-$UID/tracker.sock``); else the address a daemon started by this user would
+bind by default.
 """
 
 from __future__ import annotations

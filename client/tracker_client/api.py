@@ -150,8 +150,16 @@ class Tracker:
 
         def make(req: int, seq: int) -> p.ClientMessage:
             return p.StartRun(
-                req, cid, experiment_id, experiment, run_id, run_name, parent_run_id, all_tags,
-                start, offline_id,
+                req,
+                cid,
+                experiment_id,
+                experiment,
+                run_id,
+                run_name,
+                parent_run_id,
+                all_tags,
+                start,
+                offline_id,
             )
 
         fut = self._transport.request_async(make)
@@ -169,7 +177,8 @@ class Tracker:
                 "tracker-client: %s; run %s continues offline: its data is spooled under %s and "
                 "the run gets its MLflow id when a daemon takes it (`tracker-daemon import` prints "
                 "the mapping; the run carries the tag tracker.offline_id)",
-                self._transport._no_answer(timeout), offline_id,
+                self._transport._no_answer(timeout),
+                offline_id,
                 self._transport.spool_dir or default_spool_dir(),
             )
             return run
@@ -238,7 +247,9 @@ class Tracker:
             if self.offline:  # the end_run request stays queued and is spooled at exit
                 _log.warning(
                     "tracker-client: ending run %s: %s; the request is kept and sent when a "
-                    "daemon answers (or spooled at exit)", run_id, self._transport._no_answer(timeout),
+                    "daemon answers (or spooled at exit)",
+                    run_id,
+                    self._transport._no_answer(timeout),
                 )
                 return
             raise DaemonUnavailable(self._transport._no_answer(timeout)) from None
@@ -342,14 +353,18 @@ class Run:
         for key, sval in [v.check_tag(k, x) for k, x in tags.items()]:
             self._put(["t", self.run_id, key, sval])
 
-    def log_artifact(self, local_path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    def log_artifact(
+        self, local_path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
         """Log a file. Its content now is what gets logged: it is copied before this returns."""
         src = Path(local_path)
         if not src.is_file():
             raise FileNotFoundError(f"log_artifact: {src} is not a file")
         self._stage(src, v.check_artifact_path(artifact_path), is_dir=False)
 
-    def log_artifacts(self, local_dir: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    def log_artifacts(
+        self, local_dir: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
         """Log a directory's files (recursively), as of now."""
         src = Path(local_dir)
         if not src.is_dir():
@@ -376,7 +391,7 @@ class Run:
         tracker._transport.send_sequenced(make)
 
     def flush(self, timeout: float = BARRIER_TIMEOUT) -> None:
-        """Return once everything this process logged is committed; raise CommitError on failures."""
+        """Return once everything this process logged is committed; CommitError on failures."""
         self._tracker._barrier(self.run_id, timeout)
 
     def end(self, status: str = "FINISHED", timeout: float = BARRIER_TIMEOUT) -> None:
@@ -415,7 +430,9 @@ def default_tags() -> dict[str, str]:
         "mlflow.source.name": sys.argv[0] if sys.argv and sys.argv[0] else "<console>",
         "mlflow.source.type": "LOCAL",
     }
-    commit = _git_commit(Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else Path.cwd())
+    commit = _git_commit(
+        Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else Path.cwd()
+    )
     if commit:
         tags["mlflow.source.git.commit"] = commit
     return tags

@@ -55,8 +55,11 @@ def scan(data: bytes | memoryview, start: int = 0) -> Scan:
             return Scan(frames, pos, f"implausible frame length {length} at offset {pos}")
         body_start = pos + HEADER.size
         if body_start + length > end:
-            return Scan(frames, pos, f"torn frame at offset {pos}: {length} bytes announced, "
-                                     f"{end - body_start} present")
+            return Scan(
+                frames,
+                pos,
+                f"torn frame at offset {pos}: {length} bytes announced, {end - body_start} present",
+            )
         payload = bytes(view[body_start : body_start + length])
         if zlib.crc32(payload) != crc:
             return Scan(frames, pos, f"CRC mismatch in frame at offset {pos}")

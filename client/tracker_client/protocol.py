@@ -132,31 +132,45 @@ def decode_record(item: object, where: str = "record") -> Record:
     kind = item[0]
     if kind == "m":
         if len(item) != 9:
-            raise ProtocolError("bad_field", f"{where}: metric record needs 9 elements, got {len(item)}")
+            raise ProtocolError(
+                "bad_field", f"{where}: metric record needs 9 elements, got {len(item)}"
+            )
         _, run_id, key, value, ts, step, model_id, ds_name, ds_digest = item
         _need_str(run_id, f"{where}.run_id")
         _need_str(key, f"{where}.key")
         if type(value) is int and _is_int(value):
             value = float(value)
         if type(value) is not float:
-            raise ProtocolError("bad_field", f"{where}.value: expected a float64, got {_tname(value)}")
+            raise ProtocolError(
+                "bad_field", f"{where}.value: expected a float64, got {_tname(value)}"
+            )
         if not _is_int(ts):
-            raise ProtocolError("bad_field", f"{where}.timestamp: expected an int64, got {_tname(ts)}")
+            raise ProtocolError(
+                "bad_field", f"{where}.timestamp: expected an int64, got {_tname(ts)}"
+            )
         if not _is_int(step):
             raise ProtocolError("bad_field", f"{where}.step: expected an int64, got {_tname(step)}")
-        for name, v in (("model_id", model_id), ("dataset_name", ds_name), ("dataset_digest", ds_digest)):
+        for name, v in (
+            ("model_id", model_id),
+            ("dataset_name", ds_name),
+            ("dataset_digest", ds_digest),
+        ):
             if v is not None:
                 _need_str(v, f"{where}.{name}")
         return Metric(run_id, key, value, ts, step, model_id, ds_name, ds_digest)
     if kind in ("p", "t"):
         if len(item) != 4:
-            raise ProtocolError("bad_field", f"{where}: {kind!r} record needs 4 elements, got {len(item)}")
+            raise ProtocolError(
+                "bad_field", f"{where}: {kind!r} record needs 4 elements, got {len(item)}"
+            )
         _, run_id, key, value = item
         _need_str(run_id, f"{where}.run_id")
         _need_str(key, f"{where}.key")
         _need_str(value, f"{where}.value")
         return Param(run_id, key, value) if kind == "p" else Tag(run_id, key, value)
-    raise ProtocolError("bad_field", f"{where}: unknown record kind {kind!r} (expected 'm', 'p' or 't')")
+    raise ProtocolError(
+        "bad_field", f"{where}: unknown record kind {kind!r} (expected 'm', 'p' or 't')"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,7 +526,8 @@ def decode(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     if version not in SUPPORTED_VERSIONS:
         raise ProtocolError(
             "unsupported_version",
-            f"protocol version {version} is not supported (supported: {sorted(SUPPORTED_VERSIONS)})",
+            f"protocol version {version} is not supported "
+            f"(supported: {sorted(SUPPORTED_VERSIONS)})",
         )
     if not isinstance(kind, str) or kind not in _KINDS:
         raise ProtocolError("unknown_kind", f"unknown message kind {kind!r}")
@@ -524,10 +539,13 @@ def decode(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
         raise ProtocolError("bad_field", f"{kind}: every body key must be a string")
     unknown = sorted(set(body) - set(schema))
     if unknown:
-        raise ProtocolError("bad_field", f"{kind}: unknown field(s) {', '.join(map(repr, unknown))}")
+        raise ProtocolError(
+            "bad_field", f"{kind}: unknown field(s) {', '.join(map(repr, unknown))}"
+        )
     missing = [name for name in schema if name not in body]
     if missing:
-        raise ProtocolError("bad_field", f"{kind}: missing field(s) {', '.join(map(repr, missing))}")
+        raise ProtocolError(
+            "bad_field", f"{kind}: missing field(s) {', '.join(map(repr, missing))}"
+        )
     values = {name: _check(rule, body[name], f"{kind}.{name}") for name, rule in schema.items()}
     return cls(**values)  # type: ignore[no-any-return]
-

@@ -144,102 +144,131 @@ def import_spool(
     stop: threading.Event | None = None,
     curve: CurveKeys | None | Literal["env"] = "env",
 ) -> ImportResult:
-    """Send a dead client's spool to the daemon at ``address``; remove it once committed.
+    """Send a dead client's spool to the daemon at ``address``; empty it once committed.
 
     Runs started offline and never ended in the spool (the process died) are ended FAILED.
     ``stop`` (set from another thread) abandons the import; nothing is removed then. ``curve``:
     the CURVE keys to connect with (default: ``TRACKER_CURVE_*`` from the environment)."""
-
-    def wait_reply() -> bytes:
-        while True:
-            if stop is not None and stop.is_set():
-                raise TimeoutError(f"import of {path} stopped")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"import of {path}: the daemon did not answer within {timeout} s")
-            if sock.poll(int(min(left, 0.2) * 1000) + 1):
-                return sock.recv()
-
     spool = Spool(path)
     spool.open()  # raises SpoolBusy while the writer lives
-    result = ImportResult(path)
-    deadline = time.monotonic() + timeout
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        apply_curve(sock, curve)  # default: TRACKER_CURVE_* from the environment
+        apply_curve(sock, curve)
         sock.connect(address)
-        frames = spool.read(1 << 30)
-        client_id = ""
-        last_seq = 0
-        waiting: dict[int, p.ClientMessage] = {}
-        started: dict[str, str] = {}  # run id used by the client -> real run id
-        ended: set[str] = set()
-        for frame in frames:
-            msg = p.decode(frame, max_frame=2**31)
-            result.frames += 1
-            if isinstance(msg, p.Hello):
-                client_id = msg.client_id
-            if isinstance(msg, p.Data | p.LogArtifact):
-                client_id = msg.client_id
-                last_seq = max(last_seq, msg.seq)
-                result.records += len(msg.records) if isinstance(msg, p.Data) else 1
-            if isinstance(msg, p.StartRun | p.EndRun | p.Flush | p.StatusRequest):
-                waiting[msg.req] = msg
-            if isinstance(msg, p.EndRun):
-                ended.add(msg.run_id)
-            sock.send(frame)
-        acked = 0
-        while waiting or acked < last_seq:
-            reply = p.decode(wait_reply(), max_frame=2**31)
-            if isinstance(reply, p.Ack):
-                acked = max(acked, reply.seq)
-            elif isinstance(reply, p.Welcome):
-                acked = max(acked, reply.acked_seq)
-            elif isinstance(reply, p.RunStarted):
-                req_msg = waiting.pop(reply.req, None)
-                if isinstance(req_msg, p.StartRun):
-                    used = req_msg.offline_id or req_msg.run_id or f"req-{req_msg.req}"
-                    started[used] = reply.run_id
-                    result.runs[used] = reply.run_id
-            elif isinstance(reply, p.Done):
-                waiting.pop(reply.req, None)
-                result.failures.extend(reply.failures)
-            elif isinstance(reply, p.ErrorReply):
-                if reply.req is None:
-                    if reply.code == "journal_full":
-                        raise TimeoutError(f"import of {path}: {reply.message}")
-                    continue
-                waiting.pop(reply.req, None)
-                result.failures.append(p.Failure(None, reply.code, reply.message))
-        req = 1 << 40
-        for used, run_id in started.items():
-            if used in ended or run_id in ended:
-                continue
-            req += 1
-            sock.send(p.encode(p.EndRun(req, client_id, last_seq, used, "FAILED", _now_ms())))
-            waiting[req] = p.StatusRequest(req)
-            result.ended_failed.append(run_id)
-        req += 1
-        sock.send(p.encode(p.Flush(req, client_id, last_seq, None)))
-        waiting[req] = p.StatusRequest(req)
-        while waiting:
-            reply = p.decode(wait_reply(), max_frame=2**31)
-            if isinstance(reply, p.Done | p.ErrorReply) and reply.req in waiting:
-                waiting.pop(reply.req)  # type: ignore[arg-type]
-                if isinstance(reply, p.Done):
-                    result.failures.extend(reply.failures)
-                else:
-                    result.failures.append(p.Failure(None, reply.code, reply.message))
+        importer = _Importer(sock, ImportResult(path), time.monotonic() + timeout, timeout, stop)
+        importer.send(spool.read(1 << 30))
+        importer.collect()
+        importer.end_unended_runs()
+        importer.barrier()
         spool.rewrite([])
         if log:
-            log(f"imported {path}: {result.records} records, runs {result.runs}")
-        return result
+            log(f"imported {path}: {importer.result.records} records, runs {importer.result.runs}")
+        return importer.result
     finally:
         spool.close()
         sock.close(0)
         ctx.term()
+
+
+class _Importer:
+    """One import: replays a spool's frames over a connection and tracks the replies."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        result: ImportResult,
+        deadline: float,
+        timeout: float,
+        stop: threading.Event | None,
+    ) -> None:
+        self.sock, self.result, self.deadline = sock, result, deadline
+        self.timeout, self.stop = timeout, stop
+        self.client_id = ""
+        self.last_seq = 0
+        self.acked = 0
+        self.waiting: dict[int, p.ClientMessage] = {}
+        self.started: dict[str, str] = {}  # run id the client used -> real run id
+        self.ended: set[str] = set()
+        self._req = 1 << 40  # request ids of our own, far above the client's
+
+    def send(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            msg = p.decode(frame, max_frame=2**31)
+            self.result.frames += 1
+            if isinstance(msg, p.Hello):
+                self.client_id = msg.client_id
+            elif isinstance(msg, p.Data | p.LogArtifact):
+                self.client_id = msg.client_id
+                self.last_seq = max(self.last_seq, msg.seq)
+                self.result.records += len(msg.records) if isinstance(msg, p.Data) else 1
+            if isinstance(msg, p.StartRun | p.EndRun | p.Flush | p.StatusRequest):
+                self.waiting[msg.req] = msg
+            if isinstance(msg, p.EndRun):
+                self.ended.add(msg.run_id)
+            self.sock.send(frame)
+
+    def collect(self) -> None:
+        """Until every sequenced frame is acked and every request answered."""
+        while self.waiting or self.acked < self.last_seq:
+            self._on_reply(p.decode(self._wait_reply(), max_frame=2**31))
+
+    def end_unended_runs(self) -> None:
+        for used, run_id in self.started.items():
+            if used in self.ended or run_id in self.ended:
+                continue
+            self._request(
+                p.EndRun(self._next(), self.client_id, self.last_seq, used, "FAILED", _now_ms())
+            )
+            self.result.ended_failed.append(run_id)
+
+    def barrier(self) -> None:
+        self._request(p.Flush(self._next(), self.client_id, self.last_seq, None))
+        self.collect()
+
+    def _next(self) -> int:
+        self._req += 1
+        return self._req
+
+    def _request(self, msg: p.EndRun | p.Flush) -> None:
+        self.sock.send(p.encode(msg))
+        self.waiting[msg.req] = msg
+
+    def _on_reply(self, reply: p.Message) -> None:
+        if isinstance(reply, p.Ack):
+            self.acked = max(self.acked, reply.seq)
+        elif isinstance(reply, p.Welcome):
+            self.acked = max(self.acked, reply.acked_seq)
+        elif isinstance(reply, p.RunStarted):
+            req_msg = self.waiting.pop(reply.req, None)
+            if isinstance(req_msg, p.StartRun):
+                used = req_msg.offline_id or req_msg.run_id or f"req-{req_msg.req}"
+                self.started[used] = reply.run_id
+                self.result.runs[used] = reply.run_id
+        elif isinstance(reply, p.Done):
+            self.waiting.pop(reply.req, None)
+            self.result.failures.extend(reply.failures)
+        elif isinstance(reply, p.ErrorReply):
+            if reply.req is None:
+                if reply.code == "journal_full":
+                    raise TimeoutError(f"import of {self.result.path}: {reply.message}")
+                return
+            self.waiting.pop(reply.req, None)
+            self.result.failures.append(p.Failure(None, reply.code, reply.message))
+
+    def _wait_reply(self) -> bytes:
+        while True:
+            if self.stop is not None and self.stop.is_set():
+                raise TimeoutError(f"import of {self.result.path} stopped")
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"import of {self.result.path}: the daemon did not answer within "
+                    f"{self.timeout} s"
+                )
+            if self.sock.poll(int(min(left, 0.2) * 1000) + 1):
+                return self.sock.recv()
 
 
 def _now_ms() -> int:

@@ -295,13 +295,7 @@ class Transport:
                     except BlockingIOError:
                         pass
                 if monitor in events:
-                    event = recv_monitor_message(monitor)
-                    if event["event"] == zmq.EVENT_DISCONNECTED:
-                        self.connected = False
-                    elif event["event"] == zmq.EVENT_CONNECTED:
-                        connections += 1
-                        if connections > 1:  # reconnected: the daemon may have restarted
-                            self._send_hello(sock, resend=True)
+                    connections = self._on_monitor(sock, monitor, connections)
                 if sock in events:
                     self._receive(sock)
                 if self._resend_at and time.monotonic() >= self._resend_at:
@@ -326,6 +320,20 @@ class Transport:
             os.close(fd)
             with self._space:
                 self._space.notify_all()
+
+    def _on_monitor(
+        self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], connections: int
+    ) -> int:
+        """Connection events: after a reconnect (the daemon may have restarted) say hello again
+        and resend; returns the number of connections so far."""
+        event = recv_monitor_message(monitor)
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            self.connected = False
+        elif event["event"] == zmq.EVENT_CONNECTED:
+            connections += 1
+            if connections > 1:
+                self._send_hello(sock, resend=True)
+        return connections
 
     def _window_open(self) -> bool:
         return len(self._unacked) < self.max_inflight
@@ -382,9 +390,9 @@ class Transport:
             if recs:
                 sent += self._send_frames(sock, self._frame_records(recs))
                 recs = []
-            frame = self._frame_call(item)
-            if frame is not None:
-                sock.send(frame)
+            call_frame = self._frame_call(item)
+            if call_frame is not None:
+                sock.send(call_frame)
                 sent += 1
         if recs:
             sent += self._send_frames(sock, self._frame_records(recs))
@@ -431,9 +439,10 @@ class Transport:
             self._unacked[msg.seq] = frame
         elif isinstance(msg, p.Hello):
             return  # this connection said hello already
-        elif hasattr(msg, "req") and msg.req not in self._pending:
-            seq = msg.seq if isinstance(msg, p.Flush | p.EndRun) else 0
-            self._pending[msg.req] = (None, frame, seq)  # from an earlier life of this transport
+        elif isinstance(msg, p.StartRun | p.EndRun | p.Flush | p.Call | p.StatusRequest):
+            if msg.req not in self._pending:  # from an earlier life of this transport
+                seq = msg.seq if isinstance(msg, p.Flush | p.EndRun | p.Call) else 0
+                self._pending[msg.req] = (None, frame, seq)
         sock.send(frame, copy=False)
         self.frames_sent += 1
 
@@ -452,40 +461,49 @@ class Transport:
 
     def _handle(self, sock: zmq.Socket[bytes], msg: p.Message) -> None:
         if isinstance(msg, p.Ack):
-            unacked = self._unacked
-            while unacked:
-                seq = next(iter(unacked))
-                if seq > msg.seq:
-                    break
-                del unacked[seq]
+            self._acked(msg.seq)
         elif isinstance(msg, p.Welcome):
-            self.staging_dir = msg.staging_dir
-            if msg.spool_dir and not os.environ.get("TRACKER_SPOOL_DIR") and self._spool is None:
-                self.spool_dir = Path(msg.spool_dir)
-            self.max_frame = min(self.max_frame, msg.max_frame)
-            self._handle(sock, p.Ack(msg.acked_seq))
-            if msg.req == self._resend_req:
-                self._resend(sock)
-            self.connected = True
-            self.welcomed.set()
+            self._welcome(sock, msg)
         elif isinstance(msg, p.ErrorReply):
-            entry = self._pending.pop(msg.req, None) if msg.req is not None else None
-            if entry is not None and entry[0] is not None:
-                entry[0].set_exception(DaemonError(msg.code, msg.message))
-            elif msg.code == "journal_full":
-                if not self._resend_at:
-                    _log.warning("tracker-daemon is not accepting data: %s", msg.message)
-                    self._resend_at = time.monotonic() + JOURNAL_FULL_RETRY_S
-            elif entry is None:
-                _log.warning("tracker-daemon reported an error: %s: %s", msg.code, msg.message)
+            self._error(msg)
         elif isinstance(msg, p.RunStarted | p.Done | p.StatusReply | p.Result):
             entry = self._pending.pop(msg.req, None)
             if entry is None:
                 return
             if isinstance(msg, p.Done | p.Result):  # committed up to its seq implies accepted
-                self._handle(sock, p.Ack(entry[2]))
+                self._acked(entry[2])
             if entry[0] is not None:
                 entry[0].set_result(msg)
+
+    def _acked(self, upto: int) -> None:
+        unacked = self._unacked
+        while unacked:
+            seq = next(iter(unacked))
+            if seq > upto:
+                break
+            del unacked[seq]
+
+    def _welcome(self, sock: zmq.Socket[bytes], msg: p.Welcome) -> None:
+        self.staging_dir = msg.staging_dir
+        if msg.spool_dir and not os.environ.get("TRACKER_SPOOL_DIR") and self._spool is None:
+            self.spool_dir = Path(msg.spool_dir)
+        self.max_frame = min(self.max_frame, msg.max_frame)
+        self._acked(msg.acked_seq)
+        if msg.req == self._resend_req:
+            self._resend(sock)
+        self.connected = True
+        self.welcomed.set()
+
+    def _error(self, msg: p.ErrorReply) -> None:
+        entry = self._pending.pop(msg.req, None) if msg.req is not None else None
+        if entry is not None and entry[0] is not None:
+            entry[0].set_exception(DaemonError(msg.code, msg.message))
+        elif msg.code == "journal_full":
+            if not self._resend_at:
+                _log.warning("tracker-daemon is not accepting data: %s", msg.message)
+                self._resend_at = time.monotonic() + JOURNAL_FULL_RETRY_S
+        elif entry is None:
+            _log.warning("tracker-daemon reported an error: %s: %s", msg.code, msg.message)
 
     # ---------------------------------------------------------------- spool (I/O thread only)
 
@@ -605,7 +623,9 @@ class Transport:
         _log.warning(
             "tracker-client: %d frame(s) not taken by the daemon were saved to %s; they are "
             "sent when this process reconnects, or by `tracker-daemon import %s`",
-            len(frames) - 1, spool.path, spool.path,
+            len(frames) - 1,
+            spool.path,
+            spool.path,
         )
 
 

@@ -16,7 +16,15 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 import tracker_client
-from tests.helpers import REPO, Daemon, daemon_env, finish_workers, running_daemon, short_tmpdir, wait_for
+from tests.helpers import (
+    REPO,
+    Daemon,
+    daemon_env,
+    finish_workers,
+    running_daemon,
+    short_tmpdir,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +76,10 @@ def test_killed_worker_run_is_failed_within_10s_with_its_data(tmp_path: Path) ->
     with running_daemon(tmp_path) as d:
         proc = subprocess.Popen(
             [sys.executable, str(script), d.address],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=daemon_env(), cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=daemon_env(),
+            cwd=REPO,
         )
         assert proc.stdout is not None
         run_id = proc.stdout.readline().decode().strip()
@@ -79,7 +90,8 @@ def test_killed_worker_run_is_failed_within_10s_with_its_data(tmp_path: Path) ->
         killed_at = time.monotonic()
         proc.communicate(timeout=10)
         wait_for(
-            lambda: client.get_run(run_id).info.status == "FAILED", 10.0,
+            lambda: client.get_run(run_id).info.status == "FAILED",
+            10.0,
             "the killed worker's run to become FAILED",
         )
         elapsed = time.monotonic() - killed_at
@@ -109,8 +121,12 @@ def test_no_daemon_at_start_spools_then_import_lands_exactly_once(tmp_path: Path
     )
     env = daemon_env({"TRACKER_SPOOL_DIR": str(spool_dir), "TRACKER_EXIT_TIMEOUT": "5"})
     proc = subprocess.run(
-        [sys.executable, str(script), address], env=env, capture_output=True, text=True,
-        timeout=60, cwd=REPO,
+        [sys.executable, str(script), address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
     offline_id = json.loads(proc.stdout.strip().splitlines()[-1])["offline_id"]
@@ -124,18 +140,40 @@ def test_no_daemon_at_start_spools_then_import_lands_exactly_once(tmp_path: Path
     d.start()
     try:
         imp = subprocess.run(
-            [sys.executable, "-m", "tracker_daemon.cli", "import", str(spools[0]),
-             "--address", address],
-            capture_output=True, text=True, timeout=120, env=daemon_env(), cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "tracker_daemon.cli",
+                "import",
+                str(spools[0]),
+                "--address",
+                address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=daemon_env(),
+            cwd=REPO,
         )
         assert imp.returncode == 0, imp.stdout + imp.stderr
         assert f"run {offline_id} -> MLflow run" in imp.stdout
         assert not spools[0].exists()
         # importing the same data again (a copy) must not duplicate anything
         again = subprocess.run(
-            [sys.executable, "-m", "tracker_daemon.cli", "import", str(backup),
-             "--address", address],
-            capture_output=True, text=True, timeout=120, env=daemon_env(), cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "tracker_daemon.cli",
+                "import",
+                str(backup),
+                "--address",
+                address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=daemon_env(),
+            cwd=REPO,
         )
         assert again.returncode == 0, again.stdout + again.stderr
     finally:
@@ -165,12 +203,17 @@ def test_daemon_imports_spools_of_dead_clients_from_its_spool_dir(tmp_path: Path
     spool_dir = state / "spool"
     out = tmp_path / "w.json"
     spec = {"experiment": "auto-import", "keys": ["k"], "steps": 500, "end": "exit"}
-    env_extra = {"TRACKER_SPOOL_DIR": str(spool_dir), "TRACKER_CONNECT_TIMEOUT": "1",
-                 "TRACKER_EXIT_TIMEOUT": "5"}
+    env_extra = {
+        "TRACKER_SPOOL_DIR": str(spool_dir),
+        "TRACKER_CONNECT_TIMEOUT": "1",
+        "TRACKER_EXIT_TIMEOUT": "5",
+    }
     worker = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "worker.py"), json.dumps(spec), str(out)],
         env=daemon_env({"TRACKER_DAEMON_ADDRESS": address, **env_extra}),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
     )
     finish_workers([worker], timeout=60)
     offline_id = json.loads(out.read_text())["run_id"]
@@ -192,4 +235,3 @@ def test_daemon_imports_spools_of_dead_clients_from_its_spool_dir(tmp_path: Path
     assert len(client.get_metric_history(run.info.run_id, "k")) == 500
     # The worker exited normally, so its exit handler queued end_run(FINISHED) into the spool.
     assert run.info.status == "FINISHED"
-

@@ -29,13 +29,26 @@ def test_until_idle_commits_the_journal_of_a_killed_daemon_and_exits(tmp_path: P
             d.kill()  # SIGKILL while the backend is locked: all 3000 only in the journal
         t._transport.close(1.0)
     drained = subprocess.run(
-        [sys.executable, "-m", "tracker_daemon.cli", "run", "--until-idle",
-         "--state-dir", str(d.state_dir), "--address", d.address],
-        capture_output=True, text=True, timeout=120, env=daemon_env(), cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "tracker_daemon.cli",
+            "run",
+            "--until-idle",
+            "--state-dir",
+            str(d.state_dir),
+            "--address",
+            d.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=daemon_env(),
+        cwd=REPO,
     )
     assert drained.returncode == 0, drained.stderr
     assert "event=idle" in drained.stderr
-    assert not Path(d.address[len("ipc://"):]).exists()  # it never listened
+    assert not Path(d.address[len("ipc://") :]).exists()  # it never listened
     client = MlflowClient(tracking_uri=d.backend_uri)
     assert sorted(m.step for m in client.get_metric_history(run.run_id, "loss")) == list(
         range(3000)

@@ -101,8 +101,13 @@ def test_sixteen_processes_race_to_create_one_experiment(tmp_path: Path) -> None
     with running_daemon(tmp_path) as d:
         procs = []
         for i in range(16):
-            spec = {"experiment": "race-exp", "run_name": f"r{i}", "wait_stdin": True,
-                    "keys": ["x"], "steps": 10}
+            spec = {
+                "experiment": "race-exp",
+                "run_name": f"r{i}",
+                "wait_stdin": True,
+                "keys": ["x"],
+                "steps": 10,
+            }
             procs.append(start_worker(d.address, spec, tmp_path / f"r{i}.json"))
         for proc in procs:  # release all of them at once
             assert proc.stdin is not None
@@ -253,16 +258,36 @@ def test_bad_values_fail_at_the_call_site(tmp_path: Path) -> None:
 def test_second_daemon_on_same_state_dir_is_refused(tmp_path: Path) -> None:
     with running_daemon(tmp_path) as d:
         other = subprocess.run(
-            [sys.executable, "-m", "tracker_daemon.cli", "run", "--state-dir", str(d.state_dir),
-             "--address", f"ipc://{tmp_path}/other.sock"],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "tracker_daemon.cli",
+                "run",
+                "--state-dir",
+                str(d.state_dir),
+                "--address",
+                f"ipc://{tmp_path}/other.sock",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert other.returncode == 3
         assert "in use by tracker-daemon pid" in other.stderr
         same_sock = subprocess.run(
-            [sys.executable, "-m", "tracker_daemon.cli", "run", "--state-dir",
-             str(tmp_path / "other-state"), "--address", d.address],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "tracker_daemon.cli",
+                "run",
+                "--state-dir",
+                str(tmp_path / "other-state"),
+                "--address",
+                d.address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert same_sock.returncode == 3
         assert "another tracker-daemon is listening" in same_sock.stderr

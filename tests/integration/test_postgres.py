@@ -26,7 +26,9 @@ def test_two_daemons_eight_workers_each_through_mlflow_server_on_postgres(tmp_pa
                 sock_dir = short_tmpdir()
                 socks.append(sock_dir)
                 d = Daemon(
-                    tmp_path / host, f"ipc://{sock_dir / 'd.sock'}", tmp_path / f"{host}.log",
+                    tmp_path / host,
+                    f"ipc://{sock_dir / 'd.sock'}",
+                    tmp_path / f"{host}.log",
                     ["--backend-store-uri", url],
                 )
                 daemons.append(d.start())
@@ -62,8 +64,10 @@ def test_two_daemons_eight_workers_each_through_mlflow_server_on_postgres(tmp_pa
             run = client.get_run(res["run_id"])
             assert run.info.status == "FINISHED"
             for key in ("loss", "acc"):
-                got = sorted((m.step, m.value, m.timestamp)
-                             for m in client.get_metric_history(res["run_id"], key))
+                got = sorted(
+                    (m.step, m.value, m.timestamp)
+                    for m in client.get_metric_history(res["run_id"], key)
+                )
                 want = sorted((s, v, ts) for s, v, ts in res["sent"][key])
                 assert got == want  # every point once: nothing missing, nothing twice
             arts = [f.path for f in client.list_artifacts(res["run_id"])]
