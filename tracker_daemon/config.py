@@ -63,7 +63,7 @@ class Config:
     fsync_interval_ms: int = 50
     journal_max_bytes: int = 8 * 1024**3
     journal_segment_bytes: int = 64 * 1024**2
-    max_buffered_records: int = 200_000  # beyond this the backlog stays in the journal only
+    max_buffered_records: int = 50_000  # beyond this the backlog stays in the journal only
     drain_timeout_s: float = 30.0
     orphan_status: str = "FAILED"  # status for runs whose process died without ending them
     log_level: str = "INFO"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import gc
 import json
 import logging
 import os
@@ -248,6 +249,10 @@ class Daemon:
 
     async def run(self) -> None:
         await anyio.to_thread.run_sync(self.prepare)
+        # MLflow and SQLAlchemy leave ~1M long-lived objects; move them out of the collector's
+        # sight so full collections (which paused the loop ~340 ms) only scan what we allocate.
+        gc.collect()
+        gc.freeze()
         log.info(
             "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d durability=%s",
             __version__,

@@ -265,18 +265,25 @@ class Tracker:
         return Path(staging)
 
     def _at_exit(self) -> None:
+        """End open runs FINISHED and flush, within EXIT_TIMEOUT; whatever the daemon has not
+        taken by then (or at once, when no daemon is connected) is written to the spool.
+        Never raises, never hangs."""
         deadline = time.monotonic() + EXIT_TIMEOUT
+        connected = self._transport.connected
+        for run in list(self._open_runs.values()):
+            try:
+                left = max(0.1, deadline - time.monotonic()) if connected else 0.0
+                run.end("FINISHED", timeout=left)  # unanswered: the request is spooled below
+            except Exception as exc:
+                sys.stderr.write(f"tracker-client: at exit, ending run {run.run_id}: {exc}\n")
         try:
-            if not self._transport.connected:  # no daemon now: spool at once, do not wait
-                for run in list(self._open_runs.values()):
-                    run.end("FINISHED", timeout=0.0)
-                self._transport.close(EXIT_TIMEOUT)
-                return
-            for run in list(self._open_runs.values()):
-                run.end("FINISHED", timeout=max(0.1, deadline - time.monotonic()))
-            self.close(max(0.1, deadline - time.monotonic()))
-        except Exception as exc:  # never let exit hang or raise
+            if connected:
+                self.close(max(0.1, deadline - time.monotonic()))
+        except Exception as exc:
             sys.stderr.write(f"tracker-client: at exit: {exc}\n")
+        finally:
+            self._transport.close(max(0.1, deadline - time.monotonic()))  # spools the rest
+            _TRACKERS.discard(self)
 
 
 class Run:

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol as p
 from .address import access_problem, ipc_path
@@ -326,6 +325,8 @@ class Transport:
     ) -> int:
         """Connection events: after a reconnect (the daemon may have restarted) say hello again
         and resend; returns the number of connections so far."""
+        from zmq.utils.monitor import recv_monitor_message  # ~20 ms import: keep it off import
+
         event = recv_monitor_message(monitor)
         if event["event"] == zmq.EVENT_DISCONNECTED:
             self.connected = False

@@ -235,3 +235,44 @@ def test_daemon_imports_spools_of_dead_clients_from_its_spool_dir(tmp_path: Path
     assert len(client.get_metric_history(run.info.run_id, "k")) == 500
     # The worker exited normally, so its exit handler queued end_run(FINISHED) into the spool.
     assert run.info.status == "FINISHED"
+
+
+@pytest.mark.timeout(120)
+def test_exit_with_no_daemon_spools_even_without_offline_mode(tmp_path: Path) -> None:
+    """offline=False only changes what start_run does; records logged while the daemon is gone
+    must still reach the spool at exit, and import must land them with the run ended."""
+    spool_dir = tmp_path / "spool"
+    script = tmp_path / "w.py"
+    script.write_text(
+        "import json, os, signal, sys, tracker_client\n"
+        "t = tracker_client.connect(sys.argv[1], offline=False)\n"
+        "run = t.start_run('exit-spool')\n"
+        "run.log_metric('k', 0.0, step=0)\n"
+        "run.flush()\n"
+        "print(run.run_id, flush=True)\n"
+        "sys.stdin.readline()\n"  # the test kills the daemon meanwhile
+        "for i in range(1, 101): run.log_metric('k', float(i), step=i)\n"
+    )
+    with running_daemon(tmp_path) as d:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), d.address], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+            env=daemon_env({"TRACKER_SPOOL_DIR": str(spool_dir), "TRACKER_EXIT_TIMEOUT": "3"}),
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        run_id = proc.stdout.readline().decode().strip()
+        d.kill()
+        out, err = proc.communicate(b"go\n", timeout=60)
+        assert proc.returncode == 0, err.decode()
+        spools = list(spool_dir.glob("*.spool"))
+        assert len(spools) == 1, err.decode()
+        d.start()
+        imp = subprocess.run(
+            [sys.executable, "-m", "tracker_daemon.cli", "import", str(spools[0]),
+             "--address", d.address],
+            capture_output=True, text=True, timeout=60, env=daemon_env(), cwd=REPO,
+        )
+        assert imp.returncode == 0, imp.stdout + imp.stderr
+    client = MlflowClient(tracking_uri=d.backend_uri)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "k")) == list(range(101))
+    assert client.get_run(run_id).info.status == "FINISHED"  # its exit end_run was spooled
