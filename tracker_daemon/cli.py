@@ -83,6 +83,15 @@ def _add_config_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sink-concurrency", type=int)
     ap.add_argument("--log-level")
     ap.add_argument(
+        "--durability",
+        choices=("fsync", "os"),
+        help="fsync: ack after the journal is fsynced (default); os: after the write",
+    )
+    ap.add_argument("--fsync-interval-ms", type=int, help="group fsync period (default 50)")
+    ap.add_argument("--max-buffered-records", type=int, help="records held in memory (50000)")
+    ap.add_argument("--journal-max-bytes", type=int, help="journal size limit (8 GiB)")
+    ap.add_argument("--drain-timeout-s", type=float, help="commit window at SIGTERM (30)")
+    ap.add_argument(
         "--metrics-address",
         metavar="HOST:PORT",
         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
