@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml client/pyproject.toml
 run: setup
 	$(BIN)/tracker-daemon run $(ARGS)
 
-test: setup
+# The suite, after the house-style gates (ruff, mypy --strict) so style drift fails CI too.
+test: setup lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -103,15 +103,21 @@ class Procs:
         self.items: list[subprocess.Popen[bytes]] = []
         self.log_of: dict[int, Path] = {}
 
-    def spawn(self, cmd: list[str], env: dict[str, str], name: str,
-              pipe: bool = True) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, cmd: list[str], env: dict[str, str], name: str, pipe: bool = True
+    ) -> subprocess.Popen[bytes]:
         """``pipe``: stdout is a pipe to read; else it goes to the log file too."""
         self.logs.mkdir(parents=True, exist_ok=True)
         path = self.logs / f"{len(self.items):03d}-{name}.log"
         with open(path, "wb") as log:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE if pipe else log, stderr=log,
-                bufsize=0, env=env, start_new_session=True,
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE if pipe else log,
+                stderr=log,
+                bufsize=0,
+                env=env,
+                start_new_session=True,
             )
         self.items.append(proc)
         self.log_of[proc.pid] = path
@@ -191,15 +197,26 @@ class Daemon:
 
 
 @contextmanager
-def daemon(ctx: Ctx, rep_dir: Path, backend: str | None = None,
-           graceful: bool = True) -> Iterator[Daemon]:
+def daemon(
+    ctx: Ctx, rep_dir: Path, backend: str | None = None, graceful: bool = True
+) -> Iterator[Daemon]:
     """``tracker-daemon run`` on ``rep_dir/state``; stopped at the end: SIGTERM (no drain), or
     SIGKILL when not ``graceful`` or on an error (its state is thrown away anyway)."""
     backend = backend or ctx.args.backend_store_uri
     state, sock_dir = rep_dir / "state", Path(tempfile.mkdtemp(prefix="tdb-", dir="/tmp"))
     address = f"ipc://{sock_dir / 'd.sock'}"  # AF_UNIX paths are short: not under rep_dir
-    cmd = [sys.executable, "-m", "tracker_daemon.cli", "run", "--state-dir", str(state),
-           "--address", address, "--log-level", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tracker_daemon.cli",
+        "run",
+        "--state-dir",
+        str(state),
+        "--address",
+        address,
+        "--log-level",
+        "WARNING",
+    ]
     cmd += ["--backend-store-uri", backend] if backend else []
     env = clean_env({"TRACKER_DAEMON_DRAIN_TIMEOUT_S": "0"})  # all is verified before the stop
     proc = ctx.procs.spawn(cmd, env, "daemon", pipe=False)
@@ -230,7 +247,7 @@ def daemon(ctx: Ctx, rep_dir: Path, backend: str | None = None,
 
 
 def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def count_metrics(ctx: Ctx, uri: str, runs: list[str], keys: list[str]) -> tuple[int, str]:
@@ -283,11 +300,19 @@ class Ctx:
 
     def check(self, scen: str, rep: int, what: str, sent: int, got: int, method: str) -> None:
         self.results.setdefault(scen, {}).setdefault("checks", []).append(
-            {"repeat": rep, "what": what, "sent": sent, "committed": got, "method": method,
-             "ok": sent == got})
+            {
+                "repeat": rep,
+                "what": what,
+                "sent": sent,
+                "committed": got,
+                "method": method,
+                "ok": sent == got,
+            }
+        )
         if sent != got:
-            print(f"bench: {scen} {rep}: {what}: sent {sent}, found {got} ({method})",
-                  file=sys.stderr)
+            print(
+                f"bench: {scen} {rep}: {what}: sent {sent}, found {got} ({method})", file=sys.stderr
+            )
 
 
 def best_wall(cmd: list[str], env: dict[str, str], tries: int = 3) -> float:
@@ -313,8 +338,11 @@ def scenario_client(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
     cached = clean_env({"PYTHONPYCACHEPREFIX": str(rep_dir / "pycache")})
     cached.pop("PYTHONDONTWRITEBYTECODE", None)
     subprocess.run([sys.executable, "-c", "import tracker_client"], env=cached, timeout=60)
-    return {**{f"log_metric_{k}_ns": float(v) for k, v in res.items()},
-            "import_ms": import_ms(cached), "import_env_ms": import_ms(clean_env(), "-B")}
+    return {
+        **{f"log_metric_{k}_ns": float(v) for k, v in res.items()},
+        "import_ms": import_ms(cached),
+        "import_env_ms": import_ms(clean_env(), "-B"),
+    }
 
 
 def scenario_throughput(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
@@ -322,9 +350,19 @@ def scenario_throughput(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
     keys = [f"k{i}" for i in range(a.keys)]
     exp = ctx.experiment("throughput")
     with daemon(ctx, rep_dir) as d:
-        workers = [procs.child("producer", {"address": d.address, "experiment": exp,
-                                            "steps": a.metrics, "keys": a.keys, "then": "flush"})
-                   for _ in range(a.workers)]
+        workers = [
+            procs.child(
+                "producer",
+                {
+                    "address": d.address,
+                    "experiment": exp,
+                    "steps": a.metrics,
+                    "keys": a.keys,
+                    "then": "flush",
+                },
+            )
+            for _ in range(a.workers)
+        ]
         runs = [json.loads(procs.read_line(w, 120, "worker"))["run_id"] for w in workers]
         cpu0 = cpu_ticks(d.proc.pid, d.proc.pid)
         for w in workers:
@@ -337,31 +375,57 @@ def scenario_throughput(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
         ctx.check("throughput", rep, "daemon", sent, status["committed"], "status.committed")
     wall = (max(r["done_ns"] for r in res) - min(r["first_ns"] for r in res)) / 1e9
     ceil, ceil_ms = run_ceiling(ctx, ctx.store(rep_dir, "ceiling.db"), a.workers, a.metrics, rep)
-    spec = {"uri": ctx.store(rep_dir, "direct.db"), "experiment": ctx.experiment("direct"),
-            "workers": a.workers, "steps": a.metrics, "keys": a.keys, "cap": a.cap}
+    spec = {
+        "uri": ctx.store(rep_dir, "direct.db"),
+        "experiment": ctx.experiment("direct"),
+        "workers": a.workers,
+        "steps": a.metrics,
+        "keys": a.keys,
+        "cap": a.cap,
+    }
     direct = procs.finish(procs.child("direct", spec), a.cap + 600, "direct")
-    ctx.check("throughput", rep, "direct", direct["sent"],
-              *count_metrics(ctx, spec["uri"], direct["runs"], keys))
+    ctx.check(
+        "throughput",
+        rep,
+        "direct",
+        direct["sent"],
+        *count_metrics(ctx, spec["uri"], direct["runs"], keys),
+    )
     rate, direct_rate = sent / wall, direct["sent"] / direct["seconds"]
     return {
-        "daemon_metrics_per_s": rate, "ceiling_metrics_per_s": ceil,
-        "direct_metrics_per_s": direct_rate, "direct_errors": direct["errors"],
-        "daemon_vs_ceiling": rate / ceil, "daemon_vs_direct": rate / max(direct_rate, 1e-9),
+        "daemon_metrics_per_s": rate,
+        "ceiling_metrics_per_s": ceil,
+        "direct_metrics_per_s": direct_rate,
+        "direct_errors": direct["errors"],
+        "daemon_vs_ceiling": rate / ceil,
+        "daemon_vs_direct": rate / max(direct_rate, 1e-9),
         "worker_loop_s": max(r["logged_ns"] - r["first_ns"] for r in res) / 1e9,
         "sink_batch_p50_ms": status["sink_latency_ms"]["p50"],
-        "metrics_per_batch": sent / max(1, status["batches"]), "ceiling_batch_ms": ceil_ms,
+        "metrics_per_batch": sent / max(1, status["batches"]),
+        "ceiling_batch_ms": ceil_ms,
         "main_cpu_us_per_record": (cpu1 - cpu0) / CLK_TCK * 1e6 / sent,
     }
 
 
 def run_ceiling(ctx: Ctx, uri: str, runs: int, steps: int, rep: int) -> tuple[float, float]:
     """Metrics/s and ms per call of MlflowClient.log_batch (1,000 metrics) on a fresh store."""
-    spec = {"uri": uri, "experiment": ctx.experiment("ceiling"), "runs": runs, "steps": steps,
-            "keys": ctx.args.keys, "cap": ctx.args.cap}
+    spec = {
+        "uri": uri,
+        "experiment": ctx.experiment("ceiling"),
+        "runs": runs,
+        "steps": steps,
+        "keys": ctx.args.keys,
+        "cap": ctx.args.cap,
+    }
     res = ctx.procs.finish(ctx.procs.child("ceiling", spec), ctx.args.cap + 600, "ceiling")
     keys = [f"k{i}" for i in range(ctx.args.keys)]
-    ctx.check("throughput" if rep else "latency", rep, "ceiling", res["sent"],
-              *count_metrics(ctx, uri, res["runs"], keys))
+    ctx.check(
+        "throughput" if rep else "latency",
+        rep,
+        "ceiling",
+        res["sent"],
+        *count_metrics(ctx, uri, res["runs"], keys),
+    )
     return res["sent"] / res["seconds"], res["seconds"] * 1000 / res["calls"]
 
 
@@ -370,7 +434,8 @@ def scenario_latency(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
     if not ctx.rate:  # half the ceiling: as measured by the throughput scenario, else estimated
         tput = ctx.results.get("throughput", {}).get("figures", {})
         ceil = tput.get("ceiling_metrics_per_s", {}).get("values") or [
-            run_ceiling(ctx, ctx.store(rep_dir, "estimate.db"), 1, 2000, 0)[0]]
+            run_ceiling(ctx, ctx.store(rep_dir, "estimate.db"), 1, 2000, 0)[0]
+        ]
         ctx.rate = a.rate or statistics.median(ceil) / 2
     n = max(1, int(ctx.rate * a.duration))
     with daemon(ctx, rep_dir) as d:
@@ -395,15 +460,20 @@ def scenario_latency(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
             tracker.close(5)
         visible = ctx.procs.finish(poller, 180, "poller")["visible"]
         status = d.status()
-        ctx.check("latency", rep, "daemon", n,
-                  *count_metrics(ctx, d.backend, [run.run_id], ["latency"]))
+        ctx.check(
+            "latency", rep, "daemon", n, *count_metrics(ctx, d.backend, [run.run_id], ["latency"])
+        )
     lat = [v - s for v, s in zip(visible, sent, strict=True) if v > 0]
     ctx.check("latency", rep, "visible to the poller", n, len(lat), "poll")
-    return {"offered_per_s": offered, "visible_p50_ms": pct(lat, 0.5) / 1e6,
-            "visible_p99_ms": pct(lat, 0.99) / 1e6, "visible_max_ms": max(lat) / 1e6,
-            "sink_batch_p50_ms": status["sink_latency_ms"]["p50"],
-            "sink_batch_p99_ms": status["sink_latency_ms"]["p99"],
-            "metrics_per_batch": n / max(1, status["batches"])}
+    return {
+        "offered_per_s": offered,
+        "visible_p50_ms": pct(lat, 0.5) / 1e6,
+        "visible_p99_ms": pct(lat, 0.99) / 1e6,
+        "visible_max_ms": max(lat) / 1e6,
+        "sink_batch_p50_ms": status["sink_latency_ms"]["p50"],
+        "sink_batch_p99_ms": status["sink_latency_ms"]["p99"],
+        "metrics_per_batch": n / max(1, status["batches"]),
+    }
 
 
 def scenario_drain(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
@@ -422,8 +492,13 @@ def scenario_drain(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
             t2 = time.perf_counter()
         finally:
             tracker.close(5)
-        ctx.check("drain", rep, "daemon", steps * len(keys),
-                  *count_metrics(ctx, d.backend, [run.run_id], keys))
+        ctx.check(
+            "drain",
+            rep,
+            "daemon",
+            steps * len(keys),
+            *count_metrics(ctx, d.backend, [run.run_id], keys),
+        )
     return {"burst_log_ms": (t1 - t0) * 1000, "end_s": t2 - t1}
 
 
@@ -434,9 +509,19 @@ def scenario_memory(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
     exp = ctx.experiment("memory")
     db = rep_dir / "state" / "mlflow.db"  # always SQLite, whatever --backend-store-uri, to
     with daemon(ctx, rep_dir, f"sqlite:///{db}", graceful=False) as d:  # be paused (locked)
-        prods = [procs.child("producer", {"address": d.address, "experiment": exp,
-                                          "steps": steps, "keys": 10, "then": "hold"})
-                 for _ in range(a.producers)]
+        prods = [
+            procs.child(
+                "producer",
+                {
+                    "address": d.address,
+                    "experiment": exp,
+                    "steps": steps,
+                    "keys": 10,
+                    "then": "hold",
+                },
+            )
+            for _ in range(a.producers)
+        ]
         runs = [json.loads(procs.read_line(w, 120, "producer"))["run_id"] for w in prods]
         lock = procs.child("lock", {"db": str(db)})
         try:
@@ -474,16 +559,23 @@ def scenario_memory(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
         for w in prods:
             send_line(w, "exit")
     return {
-        "baseline_rss_mb": base / 1024, "peak_rss_mb": peak / 1024,
-        "sampled_rss_max_mb": rss_max / 1024, "log_s": t1 - t0, "records_per_s": total / (t1 - t0),
+        "baseline_rss_mb": base / 1024,
+        "peak_rss_mb": peak / 1024,
+        "sampled_rss_max_mb": rss_max / 1024,
+        "log_s": t1 - t0,
+        "records_per_s": total / (t1 - t0),
         "main_cpu_us_per_record": (main1 - main0) / CLK_TCK * 1e6 / total,
-        "all_cpu_us_per_record": (all1 - all0) / CLK_TCK * 1e6 / total, **extra,
+        "all_cpu_us_per_record": (all1 - all0) / CLK_TCK * 1e6 / total,
+        **extra,
     }
 
 
 RUNNERS: dict[str, Callable[[Ctx, int, Path], dict[str, float]]] = {
-    "client": scenario_client, "throughput": scenario_throughput, "latency": scenario_latency,
-    "drain": scenario_drain, "memory": scenario_memory,
+    "client": scenario_client,
+    "throughput": scenario_throughput,
+    "latency": scenario_latency,
+    "drain": scenario_drain,
+    "memory": scenario_memory,
 }
 
 
@@ -505,8 +597,15 @@ def child_client(spec: dict[str, Any]) -> None:
         t0 = clock()
         log("loss", 0.5, i)
         costs[i] = clock() - t0
-    say({"p50": pct(costs, 0.5), "p99": pct(costs, 0.99), "max": max(costs),
-         "timed_mean": sum(costs) / n, "mean": mean})
+    say(
+        {
+            "p50": pct(costs, 0.5),
+            "p99": pct(costs, 0.99),
+            "max": max(costs),
+            "timed_mean": sum(costs) / n,
+            "mean": mean,
+        }
+    )
     os._exit(0)  # the daemon is stopped without committing all this: skip the exit flush
 
 
@@ -530,8 +629,9 @@ def child_producer(spec: dict[str, Any]) -> None:
     done = time.monotonic_ns()
     run.end()
     tracker.close(5)
-    say({"sent": spec["steps"] * len(keys), "first_ns": first, "logged_ns": logged,
-         "done_ns": done})
+    say(
+        {"sent": spec["steps"] * len(keys), "first_ns": first, "logged_ns": logged, "done_ns": done}
+    )
 
 
 def child_ceiling(spec: dict[str, Any]) -> None:
@@ -546,8 +646,11 @@ def child_ceiling(spec: dict[str, Any]) -> None:
     sent, calls, t0 = 0, 0, time.perf_counter()
     for s0 in range(0, steps, per):
         for run_id in runs:
-            batch = [Metric(k, s * 0.5, TS0 + s, s) for s in range(s0, min(steps, s0 + per))
-                     for k in keys]
+            batch = [
+                Metric(k, s * 0.5, TS0 + s, s)
+                for s in range(s0, min(steps, s0 + per))
+                for k in keys
+            ]
             client.log_batch(run_id, metrics=batch)
             sent, calls = sent + len(batch), calls + 1
         if time.perf_counter() - t0 > spec["cap"]:
@@ -583,8 +686,9 @@ def child_direct(spec: dict[str, Any]) -> None:
                 for step in range(spec["steps"]):
                     for k in range(spec["keys"]):
                         try:
-                            mlflow.log_metric(f"k{k}", step * 0.5, step=step,
-                                              timestamp=TS0 + step, run_id=run_id)
+                            mlflow.log_metric(
+                                f"k{k}", step * 0.5, step=step, timestamp=TS0 + step, run_id=run_id
+                            )
                             sent += 1
                         except Exception:
                             errors += 1
@@ -602,8 +706,14 @@ def child_direct(spec: dict[str, Any]) -> None:
     for pid in pids:
         os.waitpid(pid, 0)
     docs = [json.loads(x) for x in os.read(res_r, 1 << 20).decode().splitlines()]
-    say({"sent": sum(x["sent"] for x in docs), "errors": sum(x["errors"] for x in docs),
-         "seconds": (max(x["end_ns"] for x in docs) - t0) / 1e9, "runs": runs})
+    say(
+        {
+            "sent": sum(x["sent"] for x in docs),
+            "errors": sum(x["errors"] for x in docs),
+            "seconds": (max(x["end_ns"] for x in docs) - t0) / 1e9,
+            "runs": runs,
+        }
+    )
 
 
 def child_poll(spec: dict[str, Any]) -> None:
@@ -647,13 +757,19 @@ def child_count(spec: dict[str, Any]) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=spec["uri"])
-    say({"n": sum(len(client.get_metric_history(r, k)) for r in spec["runs"]
-                  for k in spec["keys"])})
+    say(
+        {"n": sum(len(client.get_metric_history(r, k)) for r in spec["runs"] for k in spec["keys"])}
+    )
 
 
 CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
-    "client": child_client, "producer": child_producer, "ceiling": child_ceiling,
-    "direct": child_direct, "poll": child_poll, "lock": child_lock, "count": child_count,
+    "client": child_client,
+    "producer": child_producer,
+    "ceiling": child_ceiling,
+    "direct": child_direct,
+    "poll": child_poll,
+    "lock": child_lock,
+    "count": child_count,
 }
 
 
@@ -669,9 +785,16 @@ def fmt(x: float | None) -> str:
 def summarize(name: str, values: list[float]) -> dict[str, Any]:
     label, unit, op, target = FIGURES[name]
     med = statistics.median(values)
-    return {"label": label, "unit": unit, "values": values, "min": min(values), "median": med,
-            "max": max(values), "target": f"{op} {target:g}" if op else None,
-            "pass": None if not op else med <= target if op == "<=" else med >= target}
+    return {
+        "label": label,
+        "unit": unit,
+        "values": values,
+        "min": min(values),
+        "median": med,
+        "max": max(values),
+        "target": f"{op} {target:g}" if op else None,
+        "pass": None if not op else med <= target if op == "<=" else med >= target,
+    }
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -686,8 +809,10 @@ def table(doc: dict[str, Any]) -> str:
     for scen, res in doc["scenarios"].items():
         for f in res.get("figures", {}).values():
             verdict = {None: "", True: "PASS", False: "MISS"}[f["pass"]]
-            lines.append(f"{scen:<11}{f['label']:<42}{fmt(f['min']):>11}{fmt(f['median']):>11}"
-                         f"{fmt(f['max']):>11}  {f['unit']:<10}{f['target'] or '-':<10}{verdict}")
+            lines.append(
+                f"{scen:<11}{f['label']:<42}{fmt(f['min']):>11}{fmt(f['median']):>11}"
+                f"{fmt(f['max']):>11}  {f['unit']:<10}{f['target'] or '-':<10}{verdict}"
+            )
         checks = res.get("checks", [])
         if checks:
             ok = sum(c["ok"] for c in checks)
@@ -695,38 +820,58 @@ def table(doc: dict[str, Any]) -> str:
             lines.append(f"{'':<11}committed == sent: {ok}/{len(checks)} checks OK: {kinds}")
         if res.get("error"):
             lines.append(f"{scen:<11}ERROR: {res['error']}")
-    lines.append("verdict: " + ("OK: every scenario ran, every count matched" if doc["ok"]
-                                else "FAILED"))
+    lines.append(
+        "verdict: " + ("OK: every scenario ran, every count matched" if doc["ok"] else "FAILED")
+    )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- entry points
 
 DEFAULTS = {  # option: (default, --quick)
-    "calls": (200_000, 20_000), "workers": (16, 2), "metrics": (250, 200), "keys": (10, 10),
-    "cap": (20.0, 5.0), "rate": (0.0, 500.0), "duration": (10.0, 2.0), "burst": (10_000, 10_000),
-    "backlog": (5_000_000, 300_000), "producers": (4, 2),
+    "calls": (200_000, 20_000),
+    "workers": (16, 2),
+    "metrics": (250, 200),
+    "keys": (10, 10),
+    "cap": (20.0, 5.0),
+    "rate": (0.0, 500.0),
+    "duration": (10.0, 2.0),
+    "burst": (10_000, 10_000),
+    "backlog": (5_000_000, 300_000),
+    "producers": (4, 2),
 }
 
 
 def add_parser(sub: Any) -> None:
     """Register ``tracker-daemon bench`` on the CLI's subparsers."""
-    ap = sub.add_parser("bench", help="benchmark the client, the daemon and the backend",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                    help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    ap = sub.add_parser(
+        "bench",
+        help="benchmark the client, the daemon and the backend",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+    )
     ap.add_argument("--repeat", type=int, default=3, help="repeats per scenario (default 3)")
     ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary dirs and logs")
     ap.add_argument("--quick", action="store_true", help="small sizes, for tests")
     ap.add_argument("--backend-store-uri", help="use this backend instead of fresh SQLite stores")
     for name, kind, text in (
-        ("calls", int, "client: log_metric calls"), ("workers", int, "throughput: processes"),
-        ("metrics", int, "throughput: steps per worker"), ("keys", int, "throughput: keys/step"),
+        ("calls", int, "client: log_metric calls"),
+        ("workers", int, "throughput: processes"),
+        ("metrics", int, "throughput: steps per worker"),
+        ("keys", int, "throughput: keys/step"),
         ("cap", float, "throughput: time cap (s) of the ceiling and direct runs"),
         ("rate", float, "latency: offered metrics/s (0: half the ceiling)"),
-        ("duration", float, "latency: seconds of load"), ("burst", int, "drain: metrics"),
-        ("backlog", int, "memory: records held"), ("producers", int, "memory: processes"),
+        ("duration", float, "latency: seconds of load"),
+        ("burst", int, "drain: metrics"),
+        ("backlog", int, "memory: records held"),
+        ("producers", int, "memory: processes"),
     ):
         ap.add_argument(f"--{name}", type=kind, help=f"{text} (default {DEFAULTS[name][0]:g})")
     ap.add_argument("--memory-drain", action="store_true", help="memory: also time the drain")
@@ -736,8 +881,10 @@ def add_parser(sub: Any) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     scenarios = args.scenarios or list(SCENARIOS)
     if set(scenarios) - set(SCENARIOS) or args.repeat < 1:
-        print(f"tracker-daemon bench: scenarios are {', '.join(SCENARIOS)}; --repeat >= 1",
-              file=sys.stderr)
+        print(
+            f"tracker-daemon bench: scenarios are {', '.join(SCENARIOS)}; --repeat >= 1",
+            file=sys.stderr,
+        )
         return 2
     for name, (full, quick) in DEFAULTS.items():
         if getattr(args, name) is None:
@@ -755,8 +902,11 @@ def run_bench(args: argparse.Namespace) -> int:
                     rep_dir.mkdir(parents=True)
                     for k, v in RUNNERS[scen](ctx, rep, rep_dir).items():
                         values.setdefault(k, []).append(v)
-                    print(f"bench: {scen} {rep}/{args.repeat}: {time.monotonic() - t0:.1f} s",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"bench: {scen} {rep}/{args.repeat}: {time.monotonic() - t0:.1f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             except (BenchError, tracker_client.TrackerError, OSError, KeyError) as exc:
                 res["error"] = f"{type(exc).__name__}: {exc}"
             finally:
@@ -770,15 +920,23 @@ def run_bench(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     doc: dict[str, Any] = {
-        "tool": "tracker-daemon bench", "version": __version__, "python": sys.version.split()[0],
-        "cpus": os.cpu_count(), "repeat": args.repeat, "scenarios_run": scenarios,
+        "tool": "tracker-daemon bench",
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "repeat": args.repeat,
+        "scenarios_run": scenarios,
         "backend": args.backend_store_uri or "sqlite (fresh per repeat)",
         "settings": {k: getattr(args, k) for k in DEFAULTS},
-        "loadavg_start": list(load0), "loadavg_end": list(os.getloadavg()),
-        "elapsed_s": time.monotonic() - started, "scenarios": ctx.results,
+        "loadavg_start": list(load0),
+        "loadavg_end": list(os.getloadavg()),
+        "elapsed_s": time.monotonic() - started,
+        "scenarios": ctx.results,
     }
-    doc["ok"] = all(not r.get("error") and all(c["ok"] for c in r.get("checks", []))
-                    for r in ctx.results.values())
+    doc["ok"] = all(
+        not r.get("error") and all(c["ok"] for c in r.get("checks", []))
+        for r in ctx.results.values()
+    )
     print(table(doc), file=sys.stderr if args.json else sys.stdout, flush=True)
     if args.json:
         print(json.dumps(doc, indent=2))

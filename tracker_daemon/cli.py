@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon in the foreground")
     _add_config_args(run)
     run.add_argument(
-        "--until-idle", action="store_true",
+        "--until-idle",
+        action="store_true",
         help="do not listen: commit what the journal holds (e.g. after an outage), then exit 0",
     )
     run.set_defaults(func=_cmd_run)

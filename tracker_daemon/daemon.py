@@ -890,14 +890,7 @@ class Daemon:
         finally:
             if msg.offline_id and msg.offline_id in self._creating:
                 self._creating.pop(msg.offline_id).set()
-        owner = self.clients.get(msg.client_id)
-        await anyio.to_thread.run_sync(
-            self.runbook.record_open,
-            handle,
-            msg.client_id,
-            owner.pid if owner else 0,
-            owner.host if owner else "",
-        )
+        await self._record_owner(handle, msg.client_id)
         if handle.params:
             self.batcher.seed_params(handle.run_id, handle.params)
         log.info("event=run_started run=%s experiment=%s", handle.run_id, handle.experiment_id)
@@ -907,6 +900,18 @@ class Daemon:
                 msg.req, handle.run_id, handle.experiment_id, handle.artifact_uri, handle.run_name
             ),
         )
+
+    async def _record_owner(self, handle: RunHandle, client_id: str) -> ClientInfo | None:
+        """Persist that ``client_id`` (with its pid, for liveness) has ``handle`` open."""
+        owner = self.clients.get(client_id)
+        await anyio.to_thread.run_sync(
+            self.runbook.record_open,
+            handle,
+            client_id,
+            owner.pid if owner else 0,
+            owner.host if owner else "",
+        )
+        return owner
 
     async def _on_flush(self, identity: bytes, msg: p.Flush) -> None:
         if not await self._barrier(msg.client_id, msg.seq):
@@ -1017,14 +1022,7 @@ class Daemon:
         if msg.method == "create_run" and key not in self.runbook.created:
             await anyio.to_thread.run_sync(self.runbook.record_creation, key, handle)
         if info.status == "RUNNING":  # created, or resumed (mlflow.start_run(run_id=...))
-            owner = self.clients.get(msg.client_id)
-            await anyio.to_thread.run_sync(
-                self.runbook.record_open,
-                handle,
-                msg.client_id,
-                owner.pid if owner else 0,
-                owner.host if owner else "",
-            )
+            owner = await self._record_owner(handle, msg.client_id)
             if owner is not None:
                 owner.runs.add(info.run_id)
         else:

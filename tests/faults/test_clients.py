@@ -255,8 +255,11 @@ def test_exit_with_no_daemon_spools_even_without_offline_mode(tmp_path: Path) ->
     )
     with running_daemon(tmp_path) as d:
         proc = subprocess.Popen(
-            [sys.executable, str(script), d.address], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+            [sys.executable, str(script), d.address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
             env=daemon_env({"TRACKER_SPOOL_DIR": str(spool_dir), "TRACKER_EXIT_TIMEOUT": "3"}),
         )
         assert proc.stdout is not None and proc.stdin is not None
@@ -268,9 +271,20 @@ def test_exit_with_no_daemon_spools_even_without_offline_mode(tmp_path: Path) ->
         assert len(spools) == 1, err.decode()
         d.start()
         imp = subprocess.run(
-            [sys.executable, "-m", "tracker_daemon.cli", "import", str(spools[0]),
-             "--address", d.address],
-            capture_output=True, text=True, timeout=60, env=daemon_env(), cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "tracker_daemon.cli",
+                "import",
+                str(spools[0]),
+                "--address",
+                d.address,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=daemon_env(),
+            cwd=REPO,
         )
         assert imp.returncode == 0, imp.stdout + imp.stderr
     client = MlflowClient(tracking_uri=d.backend_uri)
