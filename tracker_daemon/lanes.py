@@ -1,6 +1,7 @@
-"""Sink lanes (pure): runs are spread over ``n`` independent batchers by a hash of the run id,
-so up to ``n`` ``log_batch`` calls run at once (REST backends) while the batches of any one run
-stay strictly in order (one lane per run). SQLite uses one lane: it has one writer.
+"""Sink lanes (pure): runs are spread over ``n`` independent batchers (a new run joins the
+least loaded lane and stays there until it is released), so up to ``n`` ``log_batch`` calls run
+at once (REST backends) while the batches of any one run stay strictly in order (one lane per
+run). SQLite uses one lane: it has one writer.
 
 :class:`Lanes` offers the :class:`~tracker_daemon.batcher.Batcher` calls the daemon makes for
 all runs; ``pop_ready``/``next_deadline`` are per lane.
@@ -8,7 +9,6 @@ all runs; ``pop_ready``/``next_deadline`` are per lane.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Mapping
 
 from tracker_client.protocol import Record
@@ -23,14 +23,23 @@ class Lanes:
         if n < 1:
             raise ValueError("at least one lane")
         self.lanes = [Batcher(max_age=max_age) for _ in range(n)]
+        self._assigned: dict[str, int] = {}  # run id -> lane, until the run is released
+        self._load = [0] * n  # runs assigned per lane
 
     def __len__(self) -> int:
         return len(self.lanes)
 
     def lane_of(self, run_id: str) -> int:
+        """A run's lane: sticky; a new run goes to the lane with the fewest runs (a hash would
+        leave lanes idle: 8 runs hashed onto 4 lanes are rarely 2 + 2 + 2 + 2)."""
         if len(self.lanes) == 1:
             return 0
-        return zlib.crc32(run_id.encode()) % len(self.lanes)
+        lane = self._assigned.get(run_id)
+        if lane is None:
+            lane = min(range(len(self._load)), key=self._load.__getitem__)
+            self._assigned[run_id] = lane
+            self._load[lane] += 1
+        return lane
 
     def _for(self, run_id: str) -> Batcher:
         return self.lanes[self.lane_of(run_id)]
@@ -69,7 +78,10 @@ class Lanes:
         self._for(run_id).forget_run(run_id)
 
     def release_run(self, run_id: str) -> bool:
-        return self._for(run_id).release_run(run_id)
+        released = self._for(run_id).release_run(run_id)
+        if released and run_id in self._assigned:
+            self._load[self._assigned.pop(run_id)] -= 1
+        return released
 
     @property
     def pending(self) -> int:
