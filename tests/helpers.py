@@ -210,3 +210,15 @@ def sqlite_locked(db_path: Path, timeout: float = 60.0) -> Iterator[None]:
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
+
+
+def daemon_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run ``tracker-daemon ARGS`` in a subprocess (clean environment), capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "tracker_daemon.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=daemon_env(),
+        cwd=REPO,
+    )

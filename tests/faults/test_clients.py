@@ -19,6 +19,7 @@ import tracker_client
 from tests.helpers import (
     REPO,
     Daemon,
+    daemon_cli,
     daemon_env,
     finish_workers,
     running_daemon,
@@ -139,42 +140,12 @@ def test_no_daemon_at_start_spools_then_import_lands_exactly_once(tmp_path: Path
     d = Daemon(tmp_path / "state", address, tmp_path / "daemon.log")
     d.start()
     try:
-        imp = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tracker_daemon.cli",
-                "import",
-                str(spools[0]),
-                "--address",
-                address,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=daemon_env(),
-            cwd=REPO,
-        )
+        imp = daemon_cli("import", str(spools[0]), "--address", address, timeout=120)
         assert imp.returncode == 0, imp.stdout + imp.stderr
         assert f"run {offline_id} -> MLflow run" in imp.stdout
         assert not spools[0].exists()
         # importing the same data again (a copy) must not duplicate anything
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tracker_daemon.cli",
-                "import",
-                str(backup),
-                "--address",
-                address,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=daemon_env(),
-            cwd=REPO,
-        )
+        again = daemon_cli("import", str(backup), "--address", address, timeout=120)
         assert again.returncode == 0, again.stdout + again.stderr
     finally:
         d.stop()
@@ -270,22 +241,7 @@ def test_exit_with_no_daemon_spools_even_without_offline_mode(tmp_path: Path) ->
         spools = list(spool_dir.glob("*.spool"))
         assert len(spools) == 1, err.decode()
         d.start()
-        imp = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tracker_daemon.cli",
-                "import",
-                str(spools[0]),
-                "--address",
-                d.address,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=daemon_env(),
-            cwd=REPO,
-        )
+        imp = daemon_cli("import", str(spools[0]), "--address", d.address, timeout=60)
         assert imp.returncode == 0, imp.stdout + imp.stderr
     client = MlflowClient(tracking_uri=d.backend_uri)
     assert sorted(m.step for m in client.get_metric_history(run_id, "k")) == list(range(101))

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 import tracker_client
-from tests.helpers import REPO, daemon_env, running_daemon, sqlite_locked, wait_for
+from tests.helpers import daemon_cli, running_daemon, sqlite_locked, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,23 +26,8 @@ def test_until_idle_commits_the_journal_of_a_killed_daemon_and_exits(tmp_path: P
             assert d.status()["committed"] == 0
             d.kill()  # SIGKILL while the backend is locked: all 3000 only in the journal
         t._transport.close(1.0)
-    drained = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracker_daemon.cli",
-            "run",
-            "--until-idle",
-            "--state-dir",
-            str(d.state_dir),
-            "--address",
-            d.address,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=daemon_env(),
-        cwd=REPO,
+    drained = daemon_cli(
+        "run", "--until-idle", "--state-dir", str(d.state_dir), "--address", d.address, timeout=120
     )
     assert drained.returncode == 0, drained.stderr
     assert "event=idle" in drained.stderr
