@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tracker_client import protocol as p
 from tracker_client.curve import CurveKeys
@@ -44,9 +43,10 @@ from tracker_client.entities import encode_value
 from tracker_client.framing import HEADER
 from tracker_client.spool import SUFFIX as SPOOL_SUFFIX
 from tracker_client.spool import SpoolBusy, import_spool
-from tracker_client.validation import check_artifact_path, record_problem
+from tracker_client.validation import record_problem
 
 from . import __version__
+from .artifacts import ArtifactLane
 from .batcher import Batch, Origin
 from .calls import StoreCalls
 from .config import Config, load_server_curve, metrics_host_port, redact_uri
@@ -58,6 +58,7 @@ from .notify import Notifier
 from .runs import RunBook, wait_process_exit
 from .server import CurveSetup, Server
 from .sink import RunHandle, Sink
+from .staging import StagingArea
 from .status import Counters, health
 
 __all__ = ["Daemon", "run_daemon"]
@@ -148,11 +149,14 @@ class Daemon:
         self._writer = anyio.CapacityLimiter(cfg.writers)
         self._readers = anyio.CapacityLimiter(4)
         self.calls: StoreCalls | None = None  # created once MLflow is loaded
-        art_send, art_recv = anyio.create_memory_object_stream[tuple[Origin, p.LogArtifact]](
-            max_buffer_size=100_000
+        self.artifacts = ArtifactLane(
+            StagingArea(self.staging_dir, self.state_dir / "uploads"),
+            artifact_root=cfg.artifact_root,
+            uri_of=self._artifact_uri,
+            upload=self.sink.upload_artifact,
+            done=self._artifact_done,
+            on_retry=self._note_error,
         )
-        self._art_send: MemoryObjectSendStream[tuple[Origin, p.LogArtifact]] = art_send
-        self._art_recv: MemoryObjectReceiveStream[tuple[Origin, p.LogArtifact]] = art_recv
         self._art_pending = 0
         self._deadletter = self.state_dir / "deadletter.jsonl"
         self._lock_fd: int | None = None
@@ -187,6 +191,7 @@ class Daemon:
             # group members (clients) write here; setgid keeps the group on what they create
             shared.mkdir(exist_ok=True)
             os.chmod(shared, 0o2770)
+        self.artifacts.staging.prepare()
         self.runbook.load()
         self._recover()
         self.sink.open()
@@ -279,7 +284,7 @@ class Daemon:
                     tg.start_soon(self._import_loop)
                 for lane in range(len(self.batcher)):
                     tg.start_soon(self._sink_loop, lane)
-                tg.start_soon(self._artifact_loop)
+                tg.start_soon(self.artifacts.run)
                 tg.start_soon(self._feed_loop)
                 tg.start_soon(self._sync_loop)
                 tg.start_soon(self._mark_loop)
@@ -562,16 +567,9 @@ class Daemon:
     def _deliver(self, msg: p.Data | p.LogArtifact, *, replayed: bool = False) -> None:
         """Hand a journaled message's records to the batcher (or the artifact lane)."""
         origin = Origin(msg.client_id, msg.seq)
-        if type(msg) is p.LogArtifact:
-            problem = None if replayed else self._staged_problem(msg)
-            if replayed and not os.path.exists(msg.staged_path):
-                self._settle(origin, msg.run_id, None, None)  # uploaded before the restart
-            elif problem is not None:
-                failure = p.Failure(None, "INVALID_PARAMETER_VALUE", problem)
-                self._settle(origin, msg.run_id, None, failure)
-            else:
-                self._art_pending += 1
-                self._art_send.send_nowait((origin, msg))
+        if type(msg) is p.LogArtifact:  # checked by the lane, whichever way it came
+            self._art_pending += 1
+            self.artifacts.submit(origin, msg, replayed=replayed)
             return
         assert type(msg) is p.Data
         good: list[p.Record] = []
@@ -588,21 +586,6 @@ class Daemon:
                 rec = settled.record
                 self._settle(settled.origin, rec.run_id, rec, settled.failure)
             self._wake_sinks()
-
-    def _staged_problem(self, msg: p.LogArtifact) -> str | None:
-        try:
-            check_artifact_path(msg.artifact_path)
-        except (TypeError, ValueError) as exc:
-            return str(exc)
-        staged = Path(msg.staged_path)
-        root = self.staging_dir.resolve()
-        try:
-            real = staged.resolve(strict=True)
-        except OSError:
-            return f"artifact: staged file {msg.staged_path} does not exist"
-        if staged.is_symlink() or root not in real.parents:
-            return f"artifact: staged path {msg.staged_path} is not inside the staging dir {root}"
-        return None
 
     # ------------------------------------------------------------------ journal tasks
 
@@ -1127,21 +1110,11 @@ class Daemon:
 
     # ------------------------------------------------------------------ artifacts
 
-    async def _artifact_loop(self) -> None:
-        async with self._art_recv:
-            async for origin, msg in self._art_recv:
-                failure = None
-                try:
-                    uri = await self._artifact_uri(msg.run_id)
-                    await self._upload(uri, msg)
-                    self.counters.artifacts += 1
-                except SinkError as exc:
-                    failure = p.Failure(
-                        None, exc.code, f"artifact {msg.staged_path}: {exc.message}"
-                    )
-                Sink.discard_staged(msg.staged_path)
-                self._art_pending -= 1
-                self._settle(origin, msg.run_id, None, failure)
+    def _artifact_done(self, origin: Origin, run_id: str, failure: p.Failure | None) -> None:
+        self._art_pending -= 1
+        if failure is None:
+            self.counters.artifacts += 1
+        self._settle(origin, run_id, None, failure)
 
     async def _artifact_uri(self, run_id: str) -> str:
         run_id = await self._resolve(run_id)
@@ -1150,19 +1123,6 @@ class Daemon:
             handle = await anyio.to_thread.run_sync(self.sink.run_info, run_id)
             self.runbook.handles[run_id] = handle
         return handle.artifact_uri
-
-    async def _upload(self, uri: str, msg: p.LogArtifact) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                await anyio.to_thread.run_sync(
-                    self.sink.upload_artifact, uri, msg.staged_path, msg.artifact_path
-                )
-                return
-            except RetryableSinkError as exc:
-                self._note_error(exc)
-                await anyio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, self.cfg.retry_max_backoff_s)
 
     # ------------------------------------------------------------------ status
 

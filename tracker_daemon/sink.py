@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -223,7 +222,8 @@ class Sink:
     def upload_artifact(
         self, artifact_uri: str, local_path: str, artifact_path: str | None
     ) -> None:
-        """Upload a staged file or directory to the run's artifact location, then delete it."""
+        """Upload a file or directory (the daemon's private, verified copy) to the run's
+        artifact location."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         try:
@@ -233,9 +233,7 @@ class Sink:
             else:
                 repo.log_artifact(local_path, artifact_path)  # type: ignore[no-untyped-call]
         except Exception as exc:
-            raise classify(exc) from exc
-
-    @staticmethod
-    def discard_staged(local_path: str) -> None:
-        slot = os.path.dirname(local_path)
-        shutil.rmtree(slot, ignore_errors=True)
+            error = classify(exc)
+            if "Invalid artifact" in error.message:  # MLflow says INTERNAL_ERROR; never retry
+                raise PermanentSinkError("INVALID_PARAMETER_VALUE", error.message) from exc
+            raise error from exc

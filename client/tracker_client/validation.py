@@ -334,18 +334,21 @@ def check_run_id(run_id: object) -> str:
 
 
 def check_artifact_path(path: object) -> str | None:
-    """Validate the destination directory of an artifact inside the run's artifact root.
+    """Validate the destination directory of an artifact inside the run's artifact root,
+    exactly as MLflow's ``verify_artifact_path`` will (``path_not_unique``).
 
-    ``None``, ``""`` and ``"."`` mean the root and return None. Otherwise the path must be a
-    relative POSIX path without NUL characters or ``..`` components and must not start with
-    ``..`` (MLflow's ``path_not_unique`` rejects ``..a``). It is returned normalised with
-    :func:`posixpath.normpath` (``"a//b/"`` becomes ``"a/b"``), a form that MLflow's
-    ``verify_artifact_path`` accepts (it rejects the non-normalised spelling).
+    ``None`` and ``""`` mean the root and return None. Otherwise the path must be relative,
+    ``/``-separated and already normalised: ``posixpath.normpath(path) == path`` (so no empty,
+    ``.`` or ``..`` component and no trailing ``/``: ``a//b``, ``./a``, ``a/`` and ``.`` are
+    refused), must not start with ``..`` (MLflow rejects ``..a`` too) and must not contain NUL.
+    It is returned unchanged: the daemon uploads under exactly this path.
     """
     if path is None:
         return None
     if not isinstance(path, str):
         raise TypeError(f"artifact_path: expected a str or None, got {_tname(path)}")
+    if not path:
+        return None
     if "\x00" in path:
         raise ValueError(f"artifact_path {_short(path)}: contains a NUL character")
     if path.startswith("/"):
@@ -355,14 +358,21 @@ def check_artifact_path(path: object) -> str | None:
         )
     if ".." in path.split("/"):
         raise ValueError(f"artifact_path {_short(path)}: must not contain a '..' component")
-    if not path:
-        return None
     norm = posixpath.normpath(path)
+    if norm == ".":
+        raise ValueError(
+            f"artifact_path {_short(path)}: names the run's artifact root; pass None instead"
+        )
+    if norm != path:
+        raise ValueError(
+            f"artifact_path {_short(path)}: must be a normalised relative path (no empty, '.' "
+            f"or '..' component, no trailing '/'); MLflow refuses it, write {_short(norm)}"
+        )
     if norm.startswith(".."):  # MLflow's path_not_unique rejects '..a' and '...' too
         raise ValueError(
             f"artifact_path {_short(path)}: MLflow does not allow paths starting with '..'"
         )
-    return None if norm == "." else norm
+    return path
 
 
 def check_status(status: object) -> str:
