@@ -58,6 +58,7 @@ class _Job:
     first: float = 0.0  # monotonic time of the first attempt
     attempts: int = 0
     backoff: float = FIRST_BACKOFF_S
+    finished: bool = False
 
 
 class ArtifactLane:
@@ -94,6 +95,11 @@ class ArtifactLane:
     def waiting(self) -> int:
         return len(self._ready) + len(self._later)
 
+    @property
+    def retrying(self) -> int:
+        """Artifacts waiting for their next attempt after a retryable failure."""
+        return len(self._later)
+
     def submit(self, origin: Origin, msg: p.LogArtifact, *, replayed: bool = False) -> None:
         """Queue an artifact message (journaled already). ``replayed``: delivered from the
         journal, so a slot that no longer exists was uploaded before a restart."""
@@ -111,7 +117,8 @@ class ArtifactLane:
                 await self._attempt(job)
             except Exception as exc:  # contained: the lane must outlive any one artifact
                 log.exception("event=artifact_lane_error")
-                await self._finish(job, p.Failure(None, "INTERNAL_ERROR", f"{exc!r}"))
+                if not job.finished:
+                    await self._finish(job, self._failure(job.msg, "INTERNAL_ERROR", repr(exc)))
 
     async def _next(self) -> _Job:
         while True:
@@ -189,6 +196,7 @@ class ArtifactLane:
     async def _finish(
         self, job: _Job, failure: p.Failure | None, ref: SlotRef | None = None
     ) -> None:
+        job.finished = True
         if ref is not None:
             await anyio.to_thread.run_sync(self.staging.discard, ref)
         self._done(job.origin, job.msg.run_id, failure)

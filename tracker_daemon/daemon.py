@@ -1223,6 +1223,7 @@ class Daemon:
             "queue_depth": self.batcher.pending,
             "spilled": self._spill_from is not None,
             "artifacts_pending": self._art_pending,
+            "artifacts_retrying": self.artifacts.retrying,
             "artifacts": c.artifacts,
             "batches": c.batches,
             "sink_retries": c.sink_retries,

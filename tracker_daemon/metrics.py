@@ -54,6 +54,11 @@ GAUGES = (
     ("open_runs", "open_runs", "Runs started through the daemon and not yet ended."),
     ("queue_depth", "queue_depth", "Records buffered in memory, waiting for the backend."),
     ("artifacts_pending", "artifacts_pending", "Artifacts waiting to be uploaded."),
+    (
+        "artifacts_retrying",
+        "artifacts_retrying",
+        "Artifacts waiting to retry an upload after a retryable failure (at most 5 minutes).",
+    ),
     ("journal_bytes", "journal_bytes", "Bytes in the journal's segment files."),
     ("journal_max_bytes", "journal_max_bytes", "The journal's size limit (journal_max_bytes)."),
     ("journal_segments", "journal_segments", "Journal segment files."),

@@ -208,7 +208,10 @@ class StagingArea:
                 os.mkdir(name, 0o700, dir_fd=dst_dir)
                 with _fd(os.open(name, _DIR, dir_fd=dst_dir)) as dsub:
                     for child in sorted(os.listdir(sub)):
-                        self._copy_entry(sub, child, dsub, owner, f"{rel}/{child}", depth + 1)
+                        try:
+                            self._copy_entry(sub, child, dsub, owner, f"{rel}/{child}", depth + 1)
+                        except SlotMissing as exc:  # only a missing slot or entry is "missing"
+                            raise StagingRefused(f"{exc} (it vanished while read)") from None
             return
         if not stat.S_ISREG(st.st_mode):
             raise StagingRefused(f"staged entry {rel!r} is {_kind(st.st_mode)}")

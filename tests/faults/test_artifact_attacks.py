@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -317,7 +318,8 @@ def test_poison_artifact_path_fails_alone(tmp_path: Path) -> None:
         assert list((staging / cid).iterdir()) == []
         status = d.status()
         assert status["artifacts"] == 1 and status["failed"] == 3
-        assert status["artifacts_pending"] == 0 and status["last_sink_error"] in ("", None)
+        assert status["artifacts_pending"] == 0 and status["artifacts_retrying"] == 0
+        assert status["last_sink_error"] in ("", None)
         grun.end()
         good.close()
 
@@ -352,3 +354,63 @@ def test_partial_upload_files_are_removed_on_restart(tmp_path: Path) -> None:
         }
         assert outside.read_text() == "not the daemon's"
         assert list((d.state_dir / "uploads").iterdir()) == []
+
+
+# ------------------------------------------------------------------ retries out of line
+
+
+@contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {exc}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.timeout(120)
+def test_a_retrying_upload_does_not_hold_up_other_clients(tmp_path: Path) -> None:
+    """A real retryable fault: one run's artifact location is a full tmpfs (ENOSPC). Its upload
+    is retried after the others, another client's artifact uploads meanwhile, and the first
+    one lands once space comes back."""
+    with tmpfs(tmp_path / "small", "1m") as small, running_daemon(tmp_path) as d:
+        filler = small / "filler"
+        filler.write_bytes(b"f" * (900 * 1024))
+        exp = MlflowClient(tracking_uri=d.backend_uri).create_experiment(
+            "on-a-full-disk", artifact_location=str(small / "runs")
+        )
+        stuck = tracker_client.connect(d.address)
+        srun = stuck.start_run(experiment_id=exp, run_name="full")
+        big = tmp_path / "big.bin"
+        big.write_bytes(b"b" * (300 * 1024))
+        srun.log_artifact(big, "weights")
+        wait_for(lambda: d.status()["artifacts_retrying"] == 1, 30, "the upload retrying")
+
+        other = tracker_client.connect(d.address)
+        orun = other.start_run("attacks", run_name="other")
+        src = tmp_path / "small.txt"
+        src.write_text("uploaded while the other one waits")
+        started = time.monotonic()
+        orun.log_artifact(src)
+        assert failures_of(orun) == []
+        assert time.monotonic() - started < 10
+        assert run_files(d, orun.run_id) == {"small.txt": b"uploaded while the other one waits"}
+        status = d.status()
+        assert status["artifacts_retrying"] == 1 and status["artifacts"] == 1
+        assert "No space left on device" in status["last_sink_error"]
+
+        filler.unlink()  # space comes back
+        assert failures_of(srun) == []
+        assert run_files(d, srun.run_id) == {"weights/big.bin": b"b" * (300 * 1024)}
+        assert d.status()["artifacts"] == 2
+        for t, r in ((stuck, srun), (other, orun)):
+            r.end()
+            t.close()
