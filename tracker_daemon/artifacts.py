@@ -33,7 +33,7 @@ from .batcher import Origin
 from .errors import PermanentSinkError, RetryableSinkError, SinkError
 from .staging import SlotMissing, SlotRef, StagingArea, StagingRefused, clean_partial_uploads
 
-__all__ = ["RETRY_FOR_S", "ArtifactLane", "label"]
+__all__ = ["FIRST_BACKOFF_S", "RETRY_FOR_S", "ArtifactLane", "label"]
 
 log = logging.getLogger("tracker_daemon")
 
@@ -41,7 +41,7 @@ RETRY_FOR_S = 300.0  # a retryable failure is retried this long after the first 
 FIRST_BACKOFF_S = 0.5
 _RETRYABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY})
 
-Done = Callable[[Origin, str, "p.Failure | None"], None]
+_Done = Callable[[Origin, str, "p.Failure | None"], None]
 
 
 def label(msg: p.LogArtifact) -> str:
@@ -71,7 +71,7 @@ class ArtifactLane:
         artifact_root: str,
         uri_of: Callable[[str], Awaitable[str]],
         upload: Callable[[str, str, str | None], None],
-        done: Done,
+        done: _Done,
         on_retry: Callable[[SinkError], None],
         retry_for: float = RETRY_FOR_S,
         max_backoff: float = 30.0,
@@ -142,15 +142,17 @@ class ArtifactLane:
             await self._finish(job, self._failure(msg, "INVALID_PARAMETER_VALUE", str(exc)))
             return
         try:
-            check_artifact_path(msg.artifact_path)
+            check_artifact_path(msg.artifact_path)  # MLflow's rule, exactly
+        except (TypeError, ValueError) as exc:
+            await self._finish(job, self._failure(msg, "INVALID_PARAMETER_VALUE", str(exc)), ref)
+            return
+        try:
             uri = await self._uri_of(msg.run_id)
             copy = await anyio.to_thread.run_sync(self.staging.snapshot, ref)
             try:
                 await anyio.to_thread.run_sync(self._upload, uri, str(copy), msg.artifact_path)
             finally:
                 await anyio.to_thread.run_sync(self.staging.release, copy)
-        except (TypeError, ValueError) as exc:  # artifact_path
-            await self._finish(job, self._failure(msg, "INVALID_PARAMETER_VALUE", str(exc)), ref)
         except SlotMissing as exc:
             if job.replayed:  # uploaded before the restart, then deleted
                 await self._finish(job, None, ref)
@@ -165,9 +167,10 @@ class ArtifactLane:
         except PermanentSinkError as exc:
             await self._finish(job, self._failure(msg, exc.code, exc.message), ref)
         except OSError as exc:
-            reason = f"reading the staged copy: {exc.strerror or exc}"
+            reason = f"copying the staged files: {exc.strerror or exc}"
             if exc.errno in _RETRYABLE_ERRNOS:
-                await self._retry_or_fail(job, ref, RetryableSinkError("IO_ERROR", reason))
+                retry = RetryableSinkError("TEMPORARILY_UNAVAILABLE", reason)
+                await self._retry_or_fail(job, ref, retry)
             else:
                 await self._finish(job, self._failure(msg, "INVALID_PARAMETER_VALUE", reason), ref)
         else:

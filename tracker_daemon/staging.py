@@ -32,6 +32,7 @@ __all__ = [
     "StagingArea",
     "StagingRefused",
     "clean_partial_uploads",
+    "local_root",
     "parse_staged",
 ]
 

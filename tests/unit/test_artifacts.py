@@ -315,3 +315,58 @@ def test_lane_retries_out_of_line_and_gives_up(area: StagingArea, tmp_path: Path
 def test_label() -> None:
     assert label(p.LogArtifact("c", 1, "r", "/s/c/x/model.pt", None)) == "artifact 'model.pt'"
     assert label(p.LogArtifact("c", 1, "r", "/s/c/x/model.pt", "ckpt")) == "artifact 'ckpt'"
+
+
+def test_lane_missing_slots_and_contained_errors(area: StagingArea, tmp_path: Path) -> None:
+    """A replayed artifact whose slot is gone was uploaded before a restart; a live one fails;
+    an unexpected exception fails that artifact only and the lane goes on."""
+    cid = "4" * 32
+    (_slot(area, cid, "b" * 32) / "boom.txt").write_text("boom")
+    (_slot(area, cid, "c" * 32) / "ok.txt").write_text("ok")
+    done: list[tuple[int, p.Failure | None]] = []
+    uploaded: list[str] = []
+
+    async def uri_of(run_id: str) -> str:
+        return "file:///nowhere"
+
+    def upload(uri: str, local: str, artifact_path: str | None) -> None:
+        if local.endswith("boom.txt"):
+            raise RuntimeError("unexpected")
+        uploaded.append(Path(local).name)
+
+    lane = ArtifactLane(
+        area,
+        artifact_root=str(tmp_path / "none"),
+        uri_of=uri_of,
+        upload=upload,
+        done=lambda origin, run_id, failure: done.append((origin.seq, failure)),
+        on_retry=lambda exc: None,
+    )
+
+    def msg(seq: int, slot: str, name: str) -> p.LogArtifact:
+        return p.LogArtifact(cid, seq, "run", f"{area.root}/{cid}/{slot}/{name}", None)
+
+    async def main() -> None:
+        lane.submit(Origin(cid, 1), msg(1, "a" * 32, "gone.txt"), replayed=True)
+        lane.submit(Origin(cid, 2), msg(2, "a" * 32, "gone.txt"))
+        lane.submit(Origin(cid, 3), msg(3, "b" * 32, "boom.txt"))
+        lane.submit(Origin(cid, 4), msg(4, "c" * 32, "ok.txt"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lane.run)
+            with anyio.fail_after(10):
+                while lane.waiting or len(done) < 4:  # noqa: ASYNC110 (a stand-in's results)
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert [seq for seq, _ in done] == [1, 2, 3, 4]
+    assert done[0][1] is None and done[3][1] is None
+    assert done[1][1] is not None
+    assert (
+        done[1][1].message
+        == "artifact 'gone.txt': client staging dir '" + cid + "'" + (" does not exist")
+        or "does not exist" in done[1][1].message
+    )
+    assert done[2][1] is not None and done[2][1].code == "INTERNAL_ERROR"
+    assert done[2][1].message.startswith("artifact 'boom.txt': RuntimeError('unexpected')")
+    assert uploaded == ["ok.txt"]
