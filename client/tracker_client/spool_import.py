@@ -165,13 +165,14 @@ class _Importer:
 
     def _send_sequenced(self, index: int, msg: p.Data | p.LogArtifact, frame: bytes) -> None:
         self.client_id = msg.client_id
+        records = len(msg.records) if isinstance(msg, p.Data) else 1
         if msg.seq <= self.acked:
+            self.result.records += records
             return  # the daemon holds it already
         if msg.seq > self.last_seq + 1:  # seqs missing from the spool: close them
             missing = f"seqs {self.last_seq + 1}..{msg.seq - 1}"
             self._skip(f"{missing} of client {self.client_id} are not in the spool")
             self._close_upto(msg.seq - 1)
-        records = len(msg.records) if isinstance(msg, p.Data) else 1
         if isinstance(msg, p.Data) and (
             len(msg.records) > RECORDS_PER_FRAME or len(frame) > self.max_frame
         ):
