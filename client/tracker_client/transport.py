@@ -114,6 +114,7 @@ class Transport:
         self._start_lock = threading.Lock()
         self._wake_fd = -1
         self._seq = 0
+        self._acked_upto = 0  # every seq <= this was acknowledged by a daemon
         self._next_req = 0
         # req -> (future or None, frame, seq sent before it): kept until answered, resent after
         # a reconnect; a barrier's reply also acks everything up to its seq.
@@ -441,7 +442,7 @@ class Transport:
         req = self._new_req()
         if resend:
             self._resend_req = req
-        floor = next(iter(self._unacked)) - 1 if self._unacked else self._seq
+        floor = self._acked_upto  # not our last seq: spooled frames may not be sent yet
         hello = p.Hello(req, self.client_id, os.getpid(), os.uname().nodename, _version(), floor)
         sock.send(p.encode(hello))
 
@@ -557,6 +558,7 @@ class Transport:
                 entry[0].set_result(msg)
 
     def _acked(self, upto: int) -> None:
+        self._acked_upto = max(self._acked_upto, min(upto, self._seq))
         unacked = self._unacked
         while unacked:
             seq = next(iter(unacked))
@@ -671,7 +673,7 @@ class Transport:
         self.spool_error = str(exc) or type(exc).__name__
 
     def _spool_hello(self) -> bytes:
-        floor = next(iter(self._unacked)) - 1 if self._unacked else self._seq
+        floor = self._acked_upto  # not our last seq: spooled frames may not be sent yet
         return p.encode(
             p.Hello(0, self.client_id, os.getpid(), os.uname().nodename, _version(), floor)
         )
