@@ -325,3 +325,23 @@ def test_an_unexpected_io_thread_error_is_raised_by_flush(tmp_path: Path) -> Non
     assert transport.unacked == 1  # and sent the record after the error
     transport.close(1.0)
     tracker_client.api._TRACKERS.discard(t)
+
+
+@pytest.mark.timeout(120)
+def test_exit_with_a_full_spool_disk_names_what_is_lost(small_tmpfs: Path) -> None:
+    spool_dir = small_tmpfs / "spool"
+    spool_dir.mkdir()
+    fill(small_tmpfs)
+    env = {
+        "TRACKER_DAEMON_ADDRESS": f"ipc://{short_tmpdir() / 'none.sock'}",
+        "TRACKER_SPOOL_DIR": str(spool_dir),
+        "TRACKER_CONNECT_TIMEOUT": "1",
+    }
+    proc = worker(OFFLINE_EXIT_WORKER, env)
+    _, stderr = proc.communicate(timeout=100)
+    assert proc.returncode == 0, stderr  # the exit handler never raises
+    assert (
+        "at exit: 100000 record(s) not taken by a daemon could not be written to the spool"
+        in stderr
+    ), stderr
+    assert "No space left on device" in stderr
