@@ -169,7 +169,7 @@ class Transport:
             self._drop_oldest(2 * self.max_buffer)  # no daemon, no spool: memory is the bound
         elif self.policy == "block" or full:
             self._wait_for_space()  # spool: only if the I/O thread cannot keep up at all
-        else:
+        elif self.spool_error is None:  # (else the I/O thread retries the spool on a timer)
             self._wake()  # the I/O thread moves the oldest part of the queue to the spool
 
     def _drop_oldest(self, bound: int) -> None:
