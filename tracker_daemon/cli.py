@@ -192,7 +192,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tracker_client.address import client_default_address
-    from tracker_client.spool import SpoolBusy, import_spool
+    from tracker_client.spool import ImportRefused, SpoolBusy, import_spool
 
     address = args.address or client_default_address()
     paths = [Path(x) for x in args.paths]
@@ -212,12 +212,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
             )
             code = 1
             continue
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ImportRefused) as exc:
             print(f"tracker-daemon import: {path}: {exc}", file=sys.stderr)
             code = 1
             continue
         path.unlink(missing_ok=True)
         print(f"{path}: {result.records} record(s) in {result.frames} frame(s) imported")
+        if result.reframed:
+            print(f"  {result.reframed} oversized frame(s) sent as frames within the limits")
         for used, run_id in result.runs.items():
             print(f"  run {used} -> MLflow run {run_id}")
         for run_id in result.ended_failed:

@@ -42,7 +42,7 @@ from tracker_client.curve import CurveKeys
 from tracker_client.entities import encode_value
 from tracker_client.framing import HEADER
 from tracker_client.spool import SUFFIX as SPOOL_SUFFIX
-from tracker_client.spool import SpoolBusy, import_spool
+from tracker_client.spool import ImportRefused, SpoolBusy, import_spool
 from tracker_client.validation import record_problem
 
 from . import __version__
@@ -58,6 +58,7 @@ from .notify import Notifier
 from .runs import RunBook, wait_process_exit
 from .server import CurveSetup, Server
 from .sink import RunHandle, Sink
+from .spool_backoff import SpoolBackoff
 from .staging import StagingArea
 from .status import Counters, health
 
@@ -1077,9 +1078,14 @@ class Daemon:
 
     async def _import_loop(self) -> None:
         """Import spools left in the spool dir by clients that died while no daemon answered
-        (a live client holds its spool's lock and sends it itself)."""
+        (a live client holds its spool's lock and sends it itself). A spool that fails is tried
+        again with a growing delay; one the daemon refuses for good is not retried until it
+        changes (both logged)."""
+        backoff = SpoolBackoff()
         while True:
             for path in sorted(self.spool_dir.glob(f"*{SPOOL_SUFFIX}")):
+                if not backoff.due(path, time.monotonic()):
+                    continue
                 try:
                     result = await anyio.to_thread.run_sync(
                         functools.partial(
@@ -1094,17 +1100,27 @@ class Daemon:
                     )
                 except SpoolBusy:
                     continue
-                except (OSError, TimeoutError, p.ProtocolError) as exc:
-                    log.error("event=spool_import_failed path=%s reason=%r", path, str(exc))
+                except (OSError, TimeoutError, p.ProtocolError, ImportRefused) as exc:
+                    permanent = isinstance(exc, ImportRefused)
+                    delay = backoff.failed(path, time.monotonic(), permanent=permanent)
+                    log.error(
+                        "event=spool_import_failed path=%s reason=%r attempts=%d retry=%s",
+                        path,
+                        str(exc),
+                        backoff.attempts(path),
+                        "when the file changes" if permanent else f"in {delay:g} s",
+                    )
                     continue
+                backoff.forget(path)
                 path.unlink(missing_ok=True)
                 self.counters.spools_imported += 1
                 log.info(
-                    "event=spool_imported path=%s records=%d runs=%s failures=%d",
+                    "event=spool_imported path=%s records=%d runs=%s failures=%d reframed=%d",
                     path,
                     result.records,
                     json.dumps(result.runs),
                     len(result.failures),
+                    result.reframed,
                 )
             await anyio.sleep(SPOOL_SCAN_S)
 

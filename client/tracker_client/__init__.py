@@ -17,12 +17,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .api import Run, Tracker, connect, default_tags, query_status
-from .errors import CommitError, DaemonError, DaemonUnavailable, TrackerError
+from .errors import CommitError, DaemonError, DaemonUnavailable, RecordsDropped, TrackerError
 
 __all__ = [
     "CommitError",
     "DaemonError",
     "DaemonUnavailable",
+    "RecordsDropped",
     "Run",
     "Tracker",
     "TrackerError",

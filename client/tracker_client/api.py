@@ -28,7 +28,7 @@ from . import protocol as p
 from . import validation as v
 from .address import client_default_address
 from .curve import apply_curve, curve_hint
-from .errors import CommitError, DaemonError, DaemonUnavailable
+from .errors import CommitError, DaemonError, DaemonUnavailable, RecordsDropped, TrackerError
 from .spool import default_spool_dir
 from .transport import Transport
 
@@ -220,10 +220,38 @@ class Tracker:
         def make(req: int, seq: int) -> p.ClientMessage:
             return p.Flush(req, cid, seq, run_id)
 
-        reply = self._transport.request(make, timeout)
+        try:
+            reply = self._transport.request(make, timeout)
+        except DaemonUnavailable as exc:
+            self._raise_problems(cause=exc)
+            raise
         assert isinstance(reply, p.Done)
+        self._raise_problems(reply.failures)
         if reply.failures:
             raise CommitError(reply.failures)
+
+    def _raise_problems(
+        self,
+        failures: tuple[p.Failure, ...] | list[p.Failure] = (),
+        cause: BaseException | None = None,
+    ) -> None:
+        """Raise what the transport has to report since the last barrier: records it had to
+        drop (RecordsDropped, with the count) or an unexpected error of its I/O thread."""
+        lost, failure = self._transport.take_problems()
+        err: TrackerError | None = None
+        if lost:
+            more = f"; and: {cause}" if cause is not None else ""
+            err = RecordsDropped(lost, self._transport.lost_reason, more)
+        elif failure is not None:
+            err = TrackerError(
+                f"tracker-client: the I/O thread met an unexpected error: {failure!r}"
+            )
+            cause = failure
+        if err is None:
+            return
+        if failures:
+            err.add_note(str(CommitError(failures)))
+        raise err from cause
 
     def _end(self, run_id: str, status: str, timeout: float) -> None:
         cid = self._transport.client_id
@@ -251,9 +279,16 @@ class Tracker:
                     run_id,
                     self._transport._no_answer(timeout),
                 )
+                self._raise_problems()
                 return
-            raise DaemonUnavailable(self._transport._no_answer(timeout)) from None
+            exc = DaemonUnavailable(self._transport._no_answer(timeout))
+            self._raise_problems(cause=exc)
+            raise exc from None
+        except DaemonUnavailable as exc:
+            self._raise_problems(cause=exc)
+            raise
         assert isinstance(reply, p.Done)
+        self._raise_problems(reply.failures)
         if reply.failures:
             raise CommitError(reply.failures)
 
@@ -282,8 +317,20 @@ class Tracker:
         except Exception as exc:
             sys.stderr.write(f"tracker-client: at exit: {exc}\n")
         finally:
-            self._transport.close(max(0.1, deadline - time.monotonic()))  # spools the rest
+            transport = self._transport
+            transport.close(max(0.1, deadline - time.monotonic()))  # spools the rest
             _TRACKERS.discard(self)
+            lost, failure = transport.take_problems()
+            if lost:
+                sys.stderr.write(
+                    f"tracker-client: at exit: {RecordsDropped(lost, transport.lost_reason)}\n"
+                )
+            if transport.unspooled:
+                sys.stderr.write(
+                    f"tracker-client: at exit: {transport.unspooled} record(s) not taken by a "
+                    f"daemon could not be written to the spool ({transport.spool_error}); they "
+                    "are lost\n"
+                )
 
 
 class Run:

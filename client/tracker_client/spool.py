@@ -18,19 +18,24 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import zmq
-
 from . import protocol as p
-from .curve import CurveKeys, apply_curve
-from .framing import encode_frame, scan
+from .curve import CurveKeys
+from .framing import HEADER, MAX_PAYLOAD, encode_frame
 
-__all__ = ["ImportResult", "Spool", "SpoolBusy", "default_spool_dir", "import_spool"]
+__all__ = [
+    "ImportRefused",
+    "ImportResult",
+    "Spool",
+    "SpoolBusy",
+    "default_spool_dir",
+    "import_spool",
+]
 
 SUFFIX = ".spool"
 
@@ -62,7 +67,8 @@ class Spool:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o2770)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        # O_NOFOLLOW: a link planted in a shared spool dir must not make us truncate its target
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o660)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -82,34 +88,55 @@ class Spool:
     def unread(self) -> int:
         return self._size - self._read_at
 
+    @property
+    def size(self) -> int:
+        return self._size
+
     def append(self, frames: list[bytes]) -> None:
-        data = b"".join(encode_frame(f) for f in frames)
-        os.pwrite(self._fd, data, self._size)
-        os.fsync(self._fd)
-        self._size += len(data)
+        """Add ``frames`` at the end, all or nothing: on an error (ENOSPC, EIO, ...) the file is cut
+        back to where it was and the ``OSError`` is raised."""
+        self._write(b"".join(encode_frame(f) for f in frames), self._size)
+
+    def _write(self, data: bytes, at: int) -> None:
+        try:
+            done = 0
+            while done < len(data):  # a full disk may take part of it before it raises ENOSPC
+                done += os.pwrite(self._fd, memoryview(data)[done:], at + done)
+            os.fsync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, at)  # frees the torn part; needs no space
+            except OSError:
+                pass
+            self._size = min(self._size, at)
+            raise
+        self._size = at + len(data)
 
     def read(self, max_frames: int) -> list[bytes]:
-        """Up to ``max_frames`` frames not yet read."""
-        if self.unread <= 0:
-            return []
-        data = os.pread(self._fd, min(self.unread, 16 * 1024 * 1024), self._read_at)
-        result = scan(data)
-        frames = [payload for _, payload in result.frames[:max_frames]]
-        if result.frames:
-            last_off, last = result.frames[: len(frames)][-1]
-            self._read_at += last_off + 8 + len(last)
-        elif result.problem is not None:
+        """Up to ``max_frames`` frames not yet read (a torn or corrupt tail is skipped)."""
+        frames: list[bytes] = []
+        while len(frames) < max_frames and self.unread >= HEADER.size:
+            length, crc = HEADER.unpack(os.pread(self._fd, HEADER.size, self._read_at))
+            if length > MAX_PAYLOAD or HEADER.size + length > self.unread:
+                break
+            payload = os.pread(self._fd, length, self._read_at + HEADER.size)
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                break
+            frames.append(payload)
+            self._read_at += HEADER.size + length
+        if len(frames) < max_frames and self.unread > 0:
             self._read_at = self._size  # a torn tail cannot be sent; skip it
         return frames
 
+    def read_all(self) -> list[bytes]:
+        return self.read(1 << 62)
+
     def rewrite(self, frames: list[bytes]) -> None:
-        """Replace the whole content (used at close to put everything unsent in order)."""
-        data = b"".join(encode_frame(f) for f in frames)
+        """Replace the whole content (used at close to put everything unsent in order). On an
+        error the file is left empty and the ``OSError`` is raised."""
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
-        os.fsync(self._fd)
-        self._size = len(data)
-        self._read_at = 0
+        self._size = self._read_at = 0
+        self._write(b"".join(encode_frame(f) for f in frames), 0)
 
     def reset_if_done(self) -> None:
         if self._fd >= 0 and self._read_at >= self._size and self._size:
@@ -125,6 +152,11 @@ class Spool:
         self._fd = -1
 
 
+class ImportRefused(Exception):
+    """The daemon refused a frame of the spool for good: importing the same file again cannot
+    succeed (the frames before it were imported; the file is left in place)."""
+
+
 @dataclass
 class ImportResult:
     path: Path
@@ -133,6 +165,8 @@ class ImportResult:
     runs: dict[str, str] = field(default_factory=dict)  # offline id (or req) -> MLflow run id
     failures: list[p.Failure] = field(default_factory=list)
     ended_failed: list[str] = field(default_factory=list)
+    reframed: int = 0  # oversized data frames (older clients) sent as several smaller ones
+    skipped: list[str] = field(default_factory=list)  # frames or seqs that could not be sent
 
 
 def import_spool(
@@ -146,130 +180,13 @@ def import_spool(
 ) -> ImportResult:
     """Send a dead client's spool to the daemon at ``address``; empty it once committed.
 
-    Runs started offline and never ended in the spool (the process died) are ended FAILED.
-    ``stop`` (set from another thread) abandons the import; nothing is removed then. ``curve``:
-    the CURVE keys to connect with (default: ``TRACKER_CURVE_*`` from the environment)."""
-    spool = Spool(path)
-    spool.open()  # raises SpoolBusy while the writer lives
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        apply_curve(sock, curve)
-        sock.connect(address)
-        importer = _Importer(sock, ImportResult(path), time.monotonic() + timeout, timeout, stop)
-        importer.send(spool.read(1 << 30))
-        importer.collect()
-        importer.end_unended_runs()
-        importer.barrier()
-        spool.rewrite([])
-        if log:
-            log(f"imported {path}: {importer.result.records} records, runs {importer.result.runs}")
-        return importer.result
-    finally:
-        spool.close()
-        sock.close(0)
-        ctx.term()
+    Runs started offline and never ended in the spool (the process died) are ended FAILED. A data
+    frame over the protocol's limits (written by an older client) is sent as several frames
+    (see :mod:`.spool_import`). ``stop`` (set from another thread) abandons the import; nothing
+    is removed then. ``curve``: the CURVE keys to connect with (default: ``TRACKER_CURVE_*`` from
+    the environment). Raises :class:`SpoolBusy` while the writer lives, ``TimeoutError`` when
+    the daemon does not take the data now (try again later), :class:`ImportRefused` when it
+    refuses a frame for good."""
+    from .spool_import import run_import
 
-
-class _Importer:
-    """One import: replays a spool's frames over a connection and tracks the replies."""
-
-    def __init__(
-        self,
-        sock: zmq.Socket[bytes],
-        result: ImportResult,
-        deadline: float,
-        timeout: float,
-        stop: threading.Event | None,
-    ) -> None:
-        self.sock, self.result, self.deadline = sock, result, deadline
-        self.timeout, self.stop = timeout, stop
-        self.client_id = ""
-        self.last_seq = 0
-        self.acked = 0
-        self.waiting: dict[int, p.ClientMessage] = {}
-        self.started: dict[str, str] = {}  # run id the client used -> real run id
-        self.ended: set[str] = set()
-        self._req = 1 << 40  # request ids of our own, far above the client's
-
-    def send(self, frames: list[bytes]) -> None:
-        for frame in frames:
-            msg = p.decode(frame, max_frame=2**31)
-            self.result.frames += 1
-            if isinstance(msg, p.Hello):
-                self.client_id = msg.client_id
-            elif isinstance(msg, p.Data | p.LogArtifact):
-                self.client_id = msg.client_id
-                self.last_seq = max(self.last_seq, msg.seq)
-                self.result.records += len(msg.records) if isinstance(msg, p.Data) else 1
-            if isinstance(msg, p.StartRun | p.EndRun | p.Flush | p.StatusRequest):
-                self.waiting[msg.req] = msg
-            if isinstance(msg, p.EndRun):
-                self.ended.add(msg.run_id)
-            self.sock.send(frame)
-
-    def collect(self) -> None:
-        """Until every sequenced frame is acked and every request answered."""
-        while self.waiting or self.acked < self.last_seq:
-            self._on_reply(p.decode(self._wait_reply(), max_frame=2**31))
-
-    def end_unended_runs(self) -> None:
-        for used, run_id in self.started.items():
-            if used in self.ended or run_id in self.ended:
-                continue
-            self._request(
-                p.EndRun(self._next(), self.client_id, self.last_seq, used, "FAILED", _now_ms())
-            )
-            self.result.ended_failed.append(run_id)
-
-    def barrier(self) -> None:
-        self._request(p.Flush(self._next(), self.client_id, self.last_seq, None))
-        self.collect()
-
-    def _next(self) -> int:
-        self._req += 1
-        return self._req
-
-    def _request(self, msg: p.EndRun | p.Flush) -> None:
-        self.sock.send(p.encode(msg))
-        self.waiting[msg.req] = msg
-
-    def _on_reply(self, reply: p.Message) -> None:
-        if isinstance(reply, p.Ack):
-            self.acked = max(self.acked, reply.seq)
-        elif isinstance(reply, p.Welcome):
-            self.acked = max(self.acked, reply.acked_seq)
-        elif isinstance(reply, p.RunStarted):
-            req_msg = self.waiting.pop(reply.req, None)
-            if isinstance(req_msg, p.StartRun):
-                used = req_msg.offline_id or req_msg.run_id or f"req-{req_msg.req}"
-                self.started[used] = reply.run_id
-                self.result.runs[used] = reply.run_id
-        elif isinstance(reply, p.Done):
-            self.waiting.pop(reply.req, None)
-            self.result.failures.extend(reply.failures)
-        elif isinstance(reply, p.ErrorReply):
-            if reply.req is None:
-                if reply.code == "journal_full":
-                    raise TimeoutError(f"import of {self.result.path}: {reply.message}")
-                return
-            self.waiting.pop(reply.req, None)
-            self.result.failures.append(p.Failure(None, reply.code, reply.message))
-
-    def _wait_reply(self) -> bytes:
-        while True:
-            if self.stop is not None and self.stop.is_set():
-                raise TimeoutError(f"import of {self.result.path} stopped")
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(
-                    f"import of {self.result.path}: the daemon did not answer within "
-                    f"{self.timeout} s"
-                )
-            if self.sock.poll(int(min(left, 0.2) * 1000) + 1):
-                return self.sock.recv()
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return run_import(path, address, timeout=timeout, log=log, stop=stop, curve=curve)

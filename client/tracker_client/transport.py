@@ -16,6 +16,15 @@ which holds at most ``max_buffer`` records. When it is full the ``policy`` decid
 log call waits), ``drop-oldest`` (the oldest record is dropped, counted, warned once) or ``spool``
 (default: the oldest part of the queue is written to the on-disk spool, see :mod:`.spool`). At
 close, whatever the daemon has not acked or answered is written to the spool too.
+
+Nothing leaves the queue before it is safely elsewhere: every frame comes from one
+:class:`~.outbox.FrameMaker`, and an item is gone from the queue only once its frame is sent (and
+kept until acked) or written to the spool; a frame that could not be written goes back to the
+queue and uses no seq. When the spool cannot be written (a full disk) the records stay in memory
+and the write is retried every second; if the queue then reaches twice ``max_buffer`` the oldest
+records are dropped, counted, warned about once, and the next ``flush``/``end`` raises
+:class:`~.errors.RecordsDropped` with the count. The I/O thread does not die on an error: I/O
+errors are logged and retried, anything unexpected is logged and raised by the next barrier.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from . import protocol as p
 from .address import access_problem, ipc_path
 from .curve import apply_curve, curve_from_env, curve_hint
 from .errors import DaemonError, DaemonUnavailable
+from .outbox import RECORDS_PER_FRAME, FrameMaker, Unit, records_in
 from .spool import SUFFIX, Spool, SpoolBusy, default_spool_dir
 
 __all__ = ["POLICIES", "Transport"]
@@ -48,6 +58,8 @@ _log = logging.getLogger("tracker_client")
 MakeMessage = Callable[[int, int], p.ClientMessage]  # (req, seq) -> message
 POLICIES = ("spool", "block", "drop-oldest")
 JOURNAL_FULL_RETRY_S = 1.0
+SPOOL_RETRY_S = 1.0  # after a failed spool write (a full disk), try again this much later
+FAILURE_LIMIT = 100  # unexpected errors in a row after which the I/O thread gives up
 
 
 class _Call:
@@ -73,7 +85,7 @@ class Transport:
         *,
         max_buffer: int = 1_000_000,
         policy: str = "spool",
-        frame_records: int = 1000,
+        frame_records: int = RECORDS_PER_FRAME,
         flush_interval: float = 0.005,
         max_inflight: int = 64,
         max_frame: int = p.DEFAULT_MAX_FRAME_BYTES,
@@ -102,6 +114,7 @@ class Transport:
         self._start_lock = threading.Lock()
         self._wake_fd = -1
         self._seq = 0
+        self._acked_upto = 0  # every seq <= this was acknowledged by a daemon
         self._next_req = 0
         # req -> (future or None, frame, seq sent before it): kept until answered, resent after
         # a reconnect; a barrier's reply also acks everything up to its seq.
@@ -121,6 +134,21 @@ class Transport:
         self.frames_sent = 0
         self.dropped = 0
         self.spooled_frames = 0
+        self._maker = FrameMaker(
+            self._queue,
+            lambda: self.client_id,
+            max_records=min(self.frame_records, RECORDS_PER_FRAME),
+            max_bytes=self.max_frame,
+        )
+        self._drop_lock = threading.Lock()
+        self._lost = 0  # records dropped because neither daemon nor spool took them; unreported
+        self.lost_total = 0
+        self.lost_reason = ""
+        self.spool_error: str | None = None  # the last spool write error, None once one works
+        self._spool_retry_at = 0.0
+        self.unspooled = 0  # records not written to the spool at close (lost if the process exits)
+        self._failure: BaseException | None = None  # unexpected I/O-thread error, unreported
+        self._warned: set[str] = set()
 
     # ---------------------------------------------------------------- producer side (any thread)
 
@@ -134,24 +162,62 @@ class Transport:
             self._wake()
 
     def _overflow(self) -> None:
-        if self.policy == "block" or len(self._queue) >= 2 * self.max_buffer:
+        full = len(self._queue) >= 2 * self.max_buffer
+        if self.policy == "drop-oldest":
+            self._drop_oldest(self.max_buffer)
+        elif self.policy == "spool" and full and self.spool_error is not None:
+            self._drop_oldest(2 * self.max_buffer)  # no daemon, no spool: memory is the bound
+        elif self.policy == "block" or full:
             self._wait_for_space()  # spool: only if the I/O thread cannot keep up at all
-        elif self.policy == "drop-oldest":
-            q = self._queue
-            while len(q) >= self.max_buffer:
-                item = q.popleft()
+        elif self.spool_error is None:  # (else the I/O thread retries the spool on a timer)
+            self._wake()  # the I/O thread moves the oldest part of the queue to the spool
+
+    def _drop_oldest(self, bound: int) -> None:
+        q = self._queue
+        with self._drop_lock:
+            n = 0
+            while len(q) >= bound:
+                try:
+                    item = q.popleft()
+                except IndexError:
+                    break
                 if type(item) is not list:  # never drop a control request
                     q.appendleft(item)
                     break
-                self.dropped += 1
-                if self.dropped == 1:
-                    _log.warning(
-                        "tracker-client: buffer full (%d records); dropping the oldest records "
-                        "(policy drop-oldest); further drops are counted, not logged",
-                        self.max_buffer,
-                    )
+                n += 1
+            if not n:
+                return
+            first = self.dropped == 0
+            self.dropped += n
+            if self.policy != "drop-oldest":
+                first = self.lost_total == 0
+                self._lost += n
+                self.lost_total += n
+                self.lost_reason = self.spool_error or "unknown"
+        if not first:
+            return
+        if self.policy == "drop-oldest":
+            _log.warning(
+                "tracker-client: buffer full (%d records); dropping the oldest records "
+                "(policy drop-oldest); further drops are counted, not logged",
+                self.max_buffer,
+            )
         else:
-            self._wake()  # the I/O thread moves the oldest part of the queue to the spool
+            _log.warning(
+                "tracker-client: no daemon takes the data and the spool cannot be written (%s); "
+                "%d records are held in memory and the oldest beyond that are DROPPED; the next "
+                "flush() or end() raises RecordsDropped with the count",
+                self.spool_error,
+                2 * self.max_buffer,
+            )
+
+    def take_problems(self) -> tuple[int, BaseException | None]:
+        """(records dropped since the last call because no daemon and no spool took them, an
+        unexpected error of the I/O thread since the last call); both are reported once."""
+        with self._drop_lock:
+            lost, self._lost = self._lost, 0
+        failure, self._failure = self._failure, None
+        return lost, failure
 
     def request(self, make: MakeMessage, timeout: float) -> p.DaemonMessage:
         """Send a control request after everything queued so far; wait for its reply."""
@@ -164,7 +230,7 @@ class Transport:
 
     def abandon(self, fut: Future[Any]) -> None:
         """Forget a request the caller gave up on (not resent, not spooled)."""
-        fut.cancel()  # if still queued, _frame_call will skip it
+        fut.cancel()  # if still queued, the frame maker skips it
         for req, entry in list(self._pending.items()):
             if entry[0] is fut:
                 self._pending.pop(req, None)
@@ -269,38 +335,21 @@ class Transport:
             self._reopen_spool()
             sock.connect(self.address)
             self._send_hello(sock, resend=bool(self._unacked or self._pending))
-            connections = 0
+            state = {"connections": 0, "failures": 0}
             while not self._closing:
-                if self.policy == "spool" and len(self._queue) > self.max_buffer:
-                    self._spill()
-                sent = self._drain(sock)
-                timeout: int | None
-                if sent:
-                    timeout = self.flush_ms
-                else:
-                    self._idle = True
-                    if self._closing or (self._queue and self._window_open()):
-                        self._idle = False
-                        continue
-                    timeout = None
-                if self._resend_at:
-                    wait_ms = max(1, int((self._resend_at - time.monotonic()) * 1000))
-                    timeout = wait_ms if timeout is None else min(timeout, wait_ms)
-                events = dict(poller.poll(timeout))
-                self._idle = False
-                if self._wake_fd in events:
-                    try:
-                        os.eventfd_read(self._wake_fd)
-                    except BlockingIOError:
-                        pass
-                if monitor in events:
-                    connections = self._on_monitor(sock, monitor, connections)
-                if sock in events:
-                    self._receive(sock)
-                if self._resend_at and time.monotonic() >= self._resend_at:
-                    self._resend_at = 0.0
-                    self._resend(sock, requests=False)  # journal_full: the daemon has them
-        except Exception:  # pragma: no cover - a bug; make it visible instead of hanging callers
+                try:
+                    self._step(sock, monitor, poller, state)
+                    state["failures"] = 0
+                except Exception as exc:  # a bug: report it at the next barrier, keep going
+                    state["failures"] += 1
+                    self._failure = exc
+                    if state["failures"] == 1:
+                        _log.exception("tracker-client: unexpected error in the I/O thread")
+                    if state["failures"] >= FAILURE_LIMIT:
+                        raise
+                    time.sleep(0.05)
+        except Exception as exc:  # pragma: no cover - a bug; make it visible instead of hanging
+            self._failure = exc
             _log.exception("tracker-client I/O thread failed")
         finally:
             try:
@@ -319,6 +368,56 @@ class Transport:
             os.close(fd)
             with self._space:
                 self._space.notify_all()
+
+    def _step(
+        self,
+        sock: zmq.Socket[bytes],
+        monitor: zmq.Socket[bytes],
+        poller: zmq.Poller,
+        state: dict[str, int],
+    ) -> None:
+        """One turn of the I/O loop: spill, send, wait for an event, handle it."""
+        if self.policy == "spool" and len(self._queue) > self.max_buffer:
+            self._spill()
+        sent = self._drain(sock)
+        timeout: int | None
+        if sent:
+            timeout = self.flush_ms
+        else:
+            self._idle = True
+            if self._closing or (self._queue and self._window_open()):
+                self._idle = False
+                return
+            timeout = None
+        for at in (self._resend_at, self._spill_retry_at()):
+            if at:
+                wait_ms = max(1, int((at - time.monotonic()) * 1000))
+                timeout = wait_ms if timeout is None else min(timeout, wait_ms)
+        events = dict(poller.poll(timeout))
+        self._idle = False
+        if self._wake_fd in events:
+            try:
+                os.eventfd_read(self._wake_fd)
+            except BlockingIOError:
+                pass
+        if monitor in events:
+            state["connections"] = self._on_monitor(sock, monitor, state["connections"])
+        if sock in events:
+            self._receive(sock)
+        if self._resend_at and time.monotonic() >= self._resend_at:
+            self._resend_at = 0.0
+            self._resend(sock, requests=False)  # journal_full: the daemon has them
+
+    def _spill_retry_at(self) -> float:
+        """When a failed spill should be tried again (0: no retry pending)."""
+        if self.spool_error is None or len(self._queue) <= self.max_buffer:
+            return 0.0
+        return self._spool_retry_at
+
+    def _warn_once(self, key: str, msg: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            _log.warning(msg, *args)
 
     def _on_monitor(
         self, sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes], connections: int
@@ -343,7 +442,7 @@ class Transport:
         req = self._new_req()
         if resend:
             self._resend_req = req
-        floor = next(iter(self._unacked)) - 1 if self._unacked else self._seq
+        floor = self._acked_upto  # not our last seq: spooled frames may not be sent yet
         hello = p.Hello(req, self.client_id, os.getpid(), os.uname().nodename, _version(), floor)
         sock.send(p.encode(hello))
 
@@ -371,81 +470,63 @@ class Transport:
         sent = 0
         spool = self._spool
         if spool is not None and spool.unread > 0:
-            while self._window_open() and spool.unread > 0:
-                for frame in spool.read(self.max_inflight - len(self._unacked)):
-                    self._send_spooled(sock, frame)
-                    sent += 1
-            if spool.unread > 0:
+            try:
+                while self._window_open() and spool.unread > 0:
+                    for frame in spool.read(self.max_inflight - len(self._unacked)):
+                        sent += self._send_spooled(sock, frame)
+                if spool.unread > 0:
+                    return sent
+                spool.reset_if_done()
+            except OSError as exc:
+                self._warn_once("spool-read", "tracker-client: reading %s: %s", spool.path, exc)
                 return sent
-            spool.reset_if_done()
-        q = self._queue
-        recs: list[list[Any]] = []
-        while q and self._window_open():
-            item = q.popleft()
-            if type(item) is list:
-                recs.append(item)
-                if len(recs) >= self.frame_records:
-                    sent += self._send_frames(sock, self._frame_records(recs))
-                    recs = []
-                continue
-            if recs:
-                sent += self._send_frames(sock, self._frame_records(recs))
-                recs = []
-            call_frame = self._frame_call(item)
-            if call_frame is not None:
-                sock.send(call_frame)
-                sent += 1
-        if recs:
-            sent += self._send_frames(sock, self._frame_records(recs))
+        while self._window_open():
+            unit = self._maker.take(self._seq + 1, self._new_req)
+            if unit is None:
+                break
+            try:
+                sock.send(unit.frame, copy=False)
+            except zmq.ZMQError as exc:  # not expected with SNDHWM 0; keep the frame queued
+                self._maker.give_back(unit)
+                self._warn_once("send", "tracker-client: sending to the daemon: %s", exc)
+                break
+            self._keep(unit, in_flight=True)
+            self.frames_sent += 1
+            sent += 1
         if self._space_waiters:
             with self._space:
                 self._space.notify_all()
         return sent
 
-    def _frame_records(self, recs: list[list[Any]]) -> list[bytes]:
-        """Encode records as DATA frames (assigning seqs), splitting to respect max_frame."""
-        frame = p.encode_data(self.client_id, self._seq + 1, recs)
-        if len(frame) > self.max_frame and len(recs) > 1:
-            half = len(recs) // 2
-            return self._frame_records(recs[:half]) + self._frame_records(recs[half:])
-        self._seq += 1
-        self._unacked[self._seq] = frame
-        return [frame]
+    def _keep(self, unit: Unit, *, in_flight: bool) -> None:
+        """A unit is placed (sent, or written to the spool): its seq is used; a sent sequenced
+        frame is kept until acked; a request waits for its reply (and is resent after a
+        reconnect) wherever it went."""
+        if unit.sequenced:
+            self._seq = unit.seq
+            if in_flight:
+                self._unacked[unit.seq] = unit.frame
+        else:
+            assert unit.call is not None
+            self._pending[unit.req] = (unit.call.future, unit.frame, unit.seq)
 
-    def _send_frames(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> int:
-        for frame in frames:
-            sock.send(frame, copy=False)
-        self.frames_sent += len(frames)
-        return len(frames)
-
-    def _frame_call(self, call: _Call) -> bytes | None:
-        """Encode a control item; sequenced ones join the unacked set, requests the pending.
-        None for a request its caller abandoned (cancelled) before it was sent."""
-        if call.sequenced:
-            self._seq += 1
-            frame = p.encode(call.make(0, self._seq))
-            self._unacked[self._seq] = frame
-            return frame
-        assert call.future is not None
-        if not call.future.set_running_or_notify_cancel():
-            return None
-        req = self._new_req()
-        frame = p.encode(call.make(req, self._seq))
-        self._pending[req] = (call.future, frame, self._seq)
-        return frame
-
-    def _send_spooled(self, sock: zmq.Socket[bytes], frame: bytes) -> None:
-        msg = p.decode(frame, max_frame=2**31)
+    def _send_spooled(self, sock: zmq.Socket[bytes], frame: bytes) -> int:
+        try:
+            msg = p.decode(frame, max_frame=2**31)
+        except p.ProtocolError as exc:  # cannot happen with our own files; never stop on one
+            self._warn_once("spool-frame", "tracker-client: skipping a spool frame: %s", exc)
+            return 0
         if isinstance(msg, p.Data | p.LogArtifact):
             self._unacked[msg.seq] = frame
         elif isinstance(msg, p.Hello):
-            return  # this connection said hello already
+            return 0  # this connection said hello already
         elif isinstance(msg, p.StartRun | p.EndRun | p.Flush | p.Call | p.StatusRequest):
             if msg.req not in self._pending:  # from an earlier life of this transport
                 seq = msg.seq if isinstance(msg, p.Flush | p.EndRun | p.Call) else 0
                 self._pending[msg.req] = (None, frame, seq)
         sock.send(frame, copy=False)
         self.frames_sent += 1
+        return 1
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         while True:
@@ -477,6 +558,7 @@ class Transport:
                 entry[0].set_result(msg)
 
     def _acked(self, upto: int) -> None:
+        self._acked_upto = max(self._acked_upto, min(upto, self._seq))
         unacked = self._unacked
         while unacked:
             seq = next(iter(unacked))
@@ -489,6 +571,7 @@ class Transport:
         if msg.spool_dir and not os.environ.get("TRACKER_SPOOL_DIR") and self._spool is None:
             self.spool_dir = Path(msg.spool_dir)
         self.max_frame = min(self.max_frame, msg.max_frame)
+        self._maker.max_bytes = self.max_frame
         self._acked(msg.acked_seq)
         if msg.req == self._resend_req:
             self._resend(sock)
@@ -530,104 +613,168 @@ class Transport:
         return self._spool
 
     def _spill(self) -> None:
-        """Queue over its bound: move its oldest part to the spool, in order."""
-        spool = self._open_spool()
-        if spool is None:
+        """Queue over its bound: move its oldest part to the spool, in order. If the spool cannot
+        be written, everything stays queued and the write is tried again SPOOL_RETRY_S later."""
+        if self.spool_error is not None and time.monotonic() < self._spool_retry_at:
             return
         keep = self.max_buffer * 3 // 4
-        frames: list[bytes] = []
-        recs: list[list[Any]] = []
-        q = self._queue
-        while len(q) > keep:
-            item = q.popleft()
-            if type(item) is list:
-                recs.append(item)
-                if len(recs) >= self.frame_records:
-                    frames += self._frame_spooled(recs)
-                    recs = []
-                continue
-            if recs:
-                frames += self._frame_spooled(recs)
-                recs = []
-            call_frame = self._frame_call(item)
-            if call_frame is not None:
-                frames.append(call_frame)
-            if item.sequenced:  # spooled, not sent: it lives in the spool now
-                self._unacked.pop(self._seq, None)
-        if recs:
-            frames += self._frame_spooled(recs)
-        if frames:
-            if spool.unread == 0 and spool.path.stat().st_size == 0:
-                frames.insert(0, self._spool_hello())
-            spool.append(frames)
-            self.spooled_frames += len(frames)
-            if self.spooled_frames == len(frames):
+        units: list[Unit] = []
+        seq = self._seq
+        while len(self._queue) > keep:
+            unit = self._maker.take(seq + 1, self._new_req)
+            if unit is None:
+                break
+            units.append(unit)
+            if unit.sequenced:
+                seq = unit.seq
+        if units and self._write_units(units):
+            if self.spooled_frames == len(units):
                 _log.warning(
                     "tracker-client: the daemon is not keeping up or not reachable; spooling to %s",
-                    spool.path,
+                    self._spool_path(),
                 )
         with self._space:
             self._space.notify_all()
 
-    def _frame_spooled(self, recs: list[list[Any]]) -> list[bytes]:
-        frames = self._frame_records(recs)
-        for _ in frames:  # they are in the spool, not in flight
-            self._unacked.popitem(last=True)
-        return frames
+    def _write_units(self, units: list[Unit]) -> bool:
+        """Append ``units`` to the spool (all or nothing) and keep them; on failure give them
+        back to the queue, in order, and remember the error."""
+        spool = self._open_spool()
+        try:
+            if spool is None:
+                raise OSError(f"cannot open the spool {self._spool_path()}")
+            frames = [u.frame for u in units]
+            if spool.size == 0:
+                frames.insert(0, self._spool_hello())
+            spool.append(frames)
+        except OSError as exc:
+            for unit in reversed(units):
+                self._maker.give_back(unit)
+            self._spool_failed(exc)
+            return False
+        for unit in units:
+            self._keep(unit, in_flight=False)
+        self.spooled_frames += len(units)
+        if self.spool_error is not None:
+            _log.warning("tracker-client: the spool %s can be written again", spool.path)
+            self.spool_error = None
+        return True
+
+    def _spool_failed(self, exc: OSError) -> None:
+        self._spool_retry_at = time.monotonic() + SPOOL_RETRY_S
+        if self.spool_error is None:
+            _log.warning(
+                "tracker-client: cannot write the spool %s: %s; the records stay in memory and "
+                "the write is tried again every %g s",
+                self._spool_path(),
+                exc,
+                SPOOL_RETRY_S,
+            )
+        self.spool_error = str(exc) or type(exc).__name__
 
     def _spool_hello(self) -> bytes:
-        floor = next(iter(self._unacked)) - 1 if self._unacked else 0
+        floor = self._acked_upto  # not our last seq: spooled frames may not be sent yet
         return p.encode(
             p.Hello(0, self.client_id, os.getpid(), os.uname().nodename, _version(), floor)
         )
 
     def _spool_everything(self) -> None:
         """At close: unacked frames, unanswered requests, the unsent spool and the queue go to
-        the spool file, in that order, so nothing the daemon has not taken is lost."""
-        q = self._queue
+        the spool file, in that order, so nothing the daemon has not taken is lost. What the
+        disk cannot take stays in memory (sent if this transport is used again), is counted in
+        ``unspooled`` and logged as an error."""
         unsent_spool: list[bytes] = []
         if self._spool is not None and self._spool.unread > 0:
-            unsent_spool = self._spool.read(1 << 30)
+            try:
+                unsent_spool = self._spool.read_all()
+            except OSError as exc:
+                _log.error("tracker-client: cannot read the spool %s: %s", self._spool.path, exc)
+                self._spool.close(remove_if_empty=False)  # leave its content as it is
+                self._spool = None
+                return
+        q = self._queue
         nothing = not (self._unacked or q or unsent_spool) and all(
             isinstance(p.decode(f, max_frame=2**31), p.StatusRequest | p.Flush)
             for _, f, _ in list(self._pending.values())
         )
         if nothing:
             if self._spool is not None:
-                self._spool.rewrite([])
+                try:
+                    self._spool.rewrite([])
+                except OSError:
+                    pass
                 self._spool.close()
                 self._spool = None
             return
-        frames = [self._spool_hello(), *self._in_send_order()]
-        frames += unsent_spool
-        recs: list[list[Any]] = []
-        while q:
-            item = q.popleft()
-            if type(item) is list:
-                recs.append(item)
-                continue
-            if recs:
-                frames += self._frame_records(recs)
-                recs = []
-            call_frame = self._frame_call(item)
-            if call_frame is not None:
-                frames.append(call_frame)
-        if recs:
-            frames += self._frame_records(recs)
+        head = [self._spool_hello(), *self._in_send_order()]
+        units: list[Unit] = []
+        seq = self._seq
+        while (unit := self._maker.take(seq + 1, self._new_req)) is not None:
+            units.append(unit)
+            if unit.sequenced:
+                seq = unit.seq
+        written, saved = self._write_exit_spool(head, unsent_spool, units)
+        for unit in units[:written]:
+            self._keep(unit, in_flight=False)
+        for unit in reversed(units[written:]):
+            self._maker.give_back(unit)
+        self.unspooled = sum(len(u.records) for u in units[written:])
+        if saved != "all":  # the unacked frames are only in memory
+            self.unspooled += sum(records_in(f) for f in self._unacked.values())
+        if saved == "none":
+            self.unspooled += sum(records_in(f) for f in unsent_spool)
+        spool, self._spool = self._spool, None
+        size = spool.size if spool is not None else 0
+        if spool is not None:
+            spool.close(remove_if_empty=False)
+        path = self._spool_path()
+        if self.unspooled:
+            _log.error(
+                "tracker-client: %d record(s) not taken by the daemon could not be written to "
+                "the spool %s (%s); they are lost if this process exits now",
+                self.unspooled,
+                path,
+                self.spool_error,
+            )
+        if size > 0:
+            _log.warning(
+                "tracker-client: frames not taken by the daemon were saved to %s; they are "
+                "sent when this process reconnects, or by `tracker-daemon import %s`",
+                path,
+                path,
+            )
+
+    def _write_exit_spool(
+        self, head: list[bytes], unsent_spool: list[bytes], units: list[Unit]
+    ) -> tuple[int, str]:
+        """Write ``head + unsent_spool + units`` as the spool's content, or as much of it as
+        the disk takes, in order. Returns (units written, what of head + unsent_spool is in the
+        file: "all", "unsent" (not the unacked frames) or "none")."""
         spool = self._open_spool()
-        if spool is None:
-            _log.error("tracker-client: %d frames could not be spooled and are lost", len(frames))
-            return
-        spool.rewrite(frames)
-        spool.close(remove_if_empty=False)
-        self._spool = None
-        _log.warning(
-            "tracker-client: %d frame(s) not taken by the daemon were saved to %s; they are "
-            "sent when this process reconnects, or by `tracker-daemon import %s`",
-            len(frames) - 1,
-            spool.path,
-            spool.path,
-        )
+        written = 0
+        saved = "none"
+        try:
+            if spool is None:
+                raise OSError(f"cannot open the spool {self._spool_path()}")
+            try:
+                spool.rewrite(head + unsent_spool + [u.frame for u in units])
+                return len(units), "all"
+            except OSError:  # not all of it fits: keep the order, write what fits
+                spool.rewrite(head + unsent_spool)
+                saved = "all"
+                while written < len(units):
+                    batch = units[written : written + 16]
+                    spool.append([u.frame for u in batch])
+                    written += len(batch)
+        except OSError as exc:
+            self.spool_error = str(exc) or type(exc).__name__
+            if spool is not None and saved == "none":  # at least what the file held before
+                try:
+                    spool.rewrite([head[0], *unsent_spool])
+                    saved = "unsent"
+                except OSError:
+                    pass
+        return written, saved
 
 
 def _exists(path: Path) -> bool:

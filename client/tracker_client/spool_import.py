@@ -1,0 +1,309 @@
+"""Import of a dead client's spool (:func:`tracker_client.spool.import_spool`).
+
+The importer replays the spool's frames over an ordinary connection, in order, and waits for
+the acks and replies. Two things it does beyond replaying (PROTOCOL.md section 12):
+
+* **Re-framing.** A ``data`` frame over the limits (more than 1,000 records, or more bytes than
+  the daemon's ``max_frame``: older clients wrote such frames at exit) would be refused every
+  time. Its records are sent instead as frames of at most 1,000 records and ``max_frame`` bytes
+  under a *derived* client id — ``sha256("reframe:<client id>:<seq>")``, 32 hex characters — with
+  seqs 1, 2, …, on a connection of their own (acks carry no client id), and a barrier on the
+  derived id waits until they are committed. The original seq is then closed with a ``hello``
+  whose ``acked_floor`` is that seq (sent only once every lower seq is acked, so the floor
+  covers nothing else). The derived id and the split are deterministic, so an import that is
+  interrupted and run again writes nothing twice (the daemon drops seqs it already holds); a
+  frame the daemon already holds (``acked_seq`` ≥ its seq) is not sent at all.
+* **Gaps.** Frames that cannot be sent at all (undecodable, or another kind over ``max_frame``)
+  are skipped and reported; seqs missing from the spool (a client killed with frames in flight)
+  are closed the same way with a floor, so the final barrier does not wait for them forever.
+
+A refusal that retrying cannot cure raises :class:`~tracker_client.spool.ImportRefused`;
+``journal_full`` and ``max_clients`` raise ``TimeoutError`` (try again later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgpack
+import zmq
+
+from . import protocol as p
+from .curve import CurveKeys, apply_curve
+from .outbox import RECORDS_PER_FRAME
+from .spool import ImportRefused, ImportResult, Spool
+
+__all__ = ["derived_client_id", "run_import", "split_records"]
+
+TRANSIENT = ("journal_full",)
+
+
+def run_import(
+    path: Path,
+    address: str,
+    *,
+    timeout: float,
+    log: Callable[[str], None] | None,
+    stop: threading.Event | None,
+    curve: CurveKeys | None | Literal["env"],
+) -> ImportResult:
+    spool = Spool(path)
+    spool.open()  # raises SpoolBusy while the writer lives
+    ctx = zmq.Context()
+    importer = _Importer(ctx, address, curve, ImportResult(path), timeout, stop)
+    try:
+        importer.send(spool.read_all())
+        importer.collect()
+        importer.end_unended_runs()
+        importer.barrier()
+        spool.rewrite([])
+        if log:
+            r = importer.result
+            log(f"imported {path}: {r.records} records, runs {r.runs}")
+        return importer.result
+    finally:
+        spool.close()
+        importer.close()
+        ctx.term()
+
+
+def derived_client_id(client_id: str, seq: int) -> str:
+    return hashlib.sha256(f"reframe:{client_id}:{seq}".encode()).hexdigest()[:32]
+
+
+def split_records(
+    client_id: str, records: list[Any], max_records: int, max_bytes: int
+) -> list[bytes]:
+    """``records`` (wire form) as data frames with seqs 1, 2, …, each within the limits."""
+    frames: list[bytes] = []
+    i = 0
+    while i < len(records):
+        n = min(max_records, len(records) - i)
+        frame = p.encode_data(client_id, len(frames) + 1, records[i : i + n])
+        while len(frame) > max_bytes and n > 1:
+            n = max(1, min(n // 2 + n % 2, n * max_bytes * 9 // (10 * len(frame))))
+            frame = p.encode_data(client_id, len(frames) + 1, records[i : i + n])
+        frames.append(frame)
+        i += n
+    return frames
+
+
+class _Importer:
+    """One import: replays a spool's frames over a connection and tracks the replies."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        address: str,
+        curve: CurveKeys | None | Literal["env"],
+        result: ImportResult,
+        timeout: float,
+        stop: threading.Event | None,
+    ) -> None:
+        self.ctx, self.address, self.curve = ctx, address, curve
+        self.result, self.timeout, self.stop = result, timeout, stop
+        self.deadline = time.monotonic() + timeout
+        self.sock = self._connect()
+        self.client_id = ""
+        self.last_seq = 0  # the highest seq sent or closed with a floor
+        self.acked = 0
+        self.max_frame = p.DEFAULT_MAX_FRAME_BYTES
+        self.waiting: dict[int, p.ClientMessage] = {}
+        self.started: dict[str, str] = {}  # run id the client used -> real run id
+        self.ended: set[str] = set()
+        self._req = 1 << 40  # request ids of our own, far above the client's
+        self._main = True  # replies come from the main connection (not a derived client's)
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            apply_curve(sock, self.curve)
+            sock.connect(self.address)
+        except BaseException:
+            sock.close(0)
+            raise
+        return sock
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+    # ---------------------------------------------------------------- sending
+
+    def send(self, frames: list[bytes]) -> None:
+        for index, frame in enumerate(frames):
+            self.result.frames += 1
+            try:
+                msg = p.decode(frame, max_frame=2**31)
+            except p.ProtocolError as exc:
+                self._skip(f"frame {index}: {exc.code}: {exc.message}")
+                continue
+            if isinstance(msg, p.Data | p.LogArtifact):
+                self._send_sequenced(index, msg, frame)
+                continue
+            if len(frame) > self.max_frame:
+                self._skip(f"frame {index} ({type(msg).__name__}): {len(frame)} bytes > max_frame")
+                continue
+            if isinstance(msg, p.Hello):
+                self.client_id = msg.client_id
+                self.last_seq = max(self.last_seq, msg.acked_floor)
+                self.sock.send(frame)
+                self.waiting[msg.req] = msg
+                self._wait_answer(msg.req)  # its welcome: acked_seq and max_frame
+                continue
+            if isinstance(msg, p.StartRun | p.EndRun | p.Flush | p.StatusRequest | p.Call):
+                self.waiting[msg.req] = msg
+            if isinstance(msg, p.EndRun):
+                self.ended.add(msg.run_id)
+            self.sock.send(frame)
+
+    def _send_sequenced(self, index: int, msg: p.Data | p.LogArtifact, frame: bytes) -> None:
+        self.client_id = msg.client_id
+        records = len(msg.records) if isinstance(msg, p.Data) else 1
+        if msg.seq <= self.acked:
+            self.result.records += records
+            return  # the daemon holds it already
+        if msg.seq > self.last_seq + 1:  # seqs missing from the spool: close them
+            missing = f"seqs {self.last_seq + 1}..{msg.seq - 1}"
+            self._skip(f"{missing} of client {self.client_id} are not in the spool")
+            self._close_upto(msg.seq - 1)
+        if isinstance(msg, p.Data) and (
+            len(msg.records) > RECORDS_PER_FRAME or len(frame) > self.max_frame
+        ):
+            self._reframe(msg.seq, frame)
+        elif len(frame) > self.max_frame:
+            self._skip(f"frame {index} (artifact seq {msg.seq}): {len(frame)} bytes > max_frame")
+            return  # the next sequenced frame (or the end) closes its seq
+        else:
+            self.sock.send(frame)
+        self.last_seq = max(self.last_seq, msg.seq)
+        self.result.records += records
+
+    def _reframe(self, seq: int, frame: bytes) -> None:
+        """Send an oversized data frame's records as smaller frames under a derived client id,
+        then close its seq with a floor (module docstring)."""
+        # every earlier frame is held and every earlier request answered (an offline run's
+        # start_run must have created the run before records for it arrive on another socket)
+        self._wait(lambda: self.acked >= seq - 1 and not self.waiting)
+        if self.acked >= seq:
+            return
+        _, _, body = msgpack.unpackb(frame, raw=False, use_list=True)
+        derived = derived_client_id(self.client_id, seq)
+        frames = split_records(derived, body["records"], RECORDS_PER_FRAME, self.max_frame)
+        sock, main = self._connect(), self.sock
+        try:
+            self.sock, self._main = sock, False  # the derived client's replies: own connection
+            for f in frames:
+                sock.send(f)
+            self._request(p.Flush(self._next(), derived, len(frames), None))
+            self._wait(lambda: not self.waiting)
+        finally:
+            self.sock, self._main = main, True
+            sock.close(0)
+        self._close_upto(seq)
+        self.result.reframed += 1
+
+    def _close_upto(self, seq: int) -> None:
+        """Make the daemon count every seq <= ``seq`` it never received as done: a hello with
+        that floor, once every lower seq we sent is held (so the floor covers only the gap)."""
+        self._wait(lambda: self.acked >= self.last_seq)
+        host = os.uname().nodename
+        hello = p.Hello(self._next(), self.client_id, os.getpid(), host, "import", seq)
+        self._request(hello)
+        self._wait_answer(hello.req)
+        self.last_seq = max(self.last_seq, seq)
+
+    def _skip(self, what: str) -> None:
+        self.result.skipped.append(what)
+        self.result.failures.append(p.Failure(None, "spool_frame_skipped", what))
+
+    def collect(self) -> None:
+        """Until every sequenced frame is acked and every request answered."""
+        self._wait(lambda: not self.waiting and self.acked >= self.last_seq)
+
+    def end_unended_runs(self) -> None:
+        for used, run_id in self.started.items():
+            if used in self.ended or run_id in self.ended:
+                continue
+            self._request(
+                p.EndRun(self._next(), self.client_id, self.last_seq, used, "FAILED", _now_ms())
+            )
+            self.result.ended_failed.append(run_id)
+
+    def barrier(self) -> None:
+        self._request(p.Flush(self._next(), self.client_id, self.last_seq, None))
+        self.collect()
+
+    def _next(self) -> int:
+        self._req += 1
+        return self._req
+
+    def _request(self, msg: p.EndRun | p.Flush | p.Hello) -> None:
+        self.sock.send(p.encode(msg))
+        self.waiting[msg.req] = msg
+
+    # ---------------------------------------------------------------- replies
+
+    def _wait_answer(self, req: int) -> None:
+        self._wait(lambda: req not in self.waiting)
+
+    def _wait(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self._on_reply(p.decode(self._wait_reply(), max_frame=2**31))
+
+    def _on_reply(self, reply: p.Message) -> None:
+        if isinstance(reply, p.Ack):
+            if self._main:  # acks carry no client id: those of the derived client are not ours
+                self.acked = max(self.acked, reply.seq)
+        elif isinstance(reply, p.Welcome):
+            hello = self.waiting.pop(reply.req, None)
+            if self._main and isinstance(hello, p.Hello):
+                self.acked = max(self.acked, reply.acked_seq)
+            self.max_frame = reply.max_frame
+        elif isinstance(reply, p.RunStarted):
+            req_msg = self.waiting.pop(reply.req, None)
+            if isinstance(req_msg, p.StartRun):
+                used = req_msg.offline_id or req_msg.run_id or f"req-{req_msg.req}"
+                self.started[used] = reply.run_id
+                self.result.runs[used] = reply.run_id
+        elif isinstance(reply, p.Done | p.Result):
+            self.waiting.pop(reply.req, None)
+            self.result.failures.extend(reply.failures)
+        elif isinstance(reply, p.StatusReply):
+            self.waiting.pop(reply.req, None)
+        elif isinstance(reply, p.ErrorReply):
+            if reply.req is None or reply.req not in self.waiting:
+                self._refused(reply)
+                return
+            self.waiting.pop(reply.req, None)
+            self.result.failures.append(p.Failure(None, reply.code, reply.message))
+
+    def _refused(self, reply: p.ErrorReply) -> None:
+        """An error about a frame without a req (data, artifact, undecodable): no ack follows."""
+        where = f"import of {self.result.path}: {reply.code}: {reply.message}"
+        if reply.code in TRANSIENT or "max_clients" in reply.message:
+            raise TimeoutError(where)  # the daemon may take it later
+        raise ImportRefused(where)
+
+    def _wait_reply(self) -> bytes:
+        while True:
+            if self.stop is not None and self.stop.is_set():
+                raise TimeoutError(f"import of {self.result.path} stopped")
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(
+                    f"import of {self.result.path}: the daemon did not answer within "
+                    f"{self.timeout} s"
+                )
+            if self.sock.poll(int(min(left, 0.2) * 1000) + 1):
+                return self.sock.recv()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
