@@ -7,6 +7,11 @@ test vectors there are checked against this module by ``tests/unit/test_protocol
 
 Decoding is strict: a wrong version, unknown kind, missing/unknown/mistyped field or an oversize
 frame raises :class:`ProtocolError` with a stable ``code`` and a message naming the field.
+
+Decoding is bounded: a daemon passes ``max_values`` (see :func:`value_budget`), and the decoder
+stops building Python objects as soon as a frame holds more arrays, maps and elements than that
+(``frame_too_complex``), so a hostile frame of N bytes costs a small multiple of N at most,
+however it nests (msgpack's own parser refuses nesting deeper than 1024).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import msgpack
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_MAX_RECORDS",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",
@@ -48,25 +54,69 @@ __all__ = [
     "decode_record",
     "encode",
     "encode_data",
+    "peek_req",
     "peek_sequenced",
     "record_to_wire",
+    "value_budget",
 ]
 
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = frozenset({1})
 DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+DEFAULT_MAX_RECORDS: Final = 10_000  # a daemon's default max_records_per_frame
+VALUES_PER_RECORD: Final = 11  # a metric record: its array, its 9 elements, its slot in "records"
+ENVELOPE_VALUES: Final = 64  # the envelope, the body and its fields, with room to spare
+PEEK_REQ_BYTES: Final = 4096  # peek_req reads the req of a frame from this many leading bytes
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 
 
 class ProtocolError(ValueError):
-    """A frame that does not follow the protocol. ``code`` is stable and machine-readable."""
+    """A frame that does not follow the protocol. ``code`` is stable and machine-readable;
+    ``req`` is the frame's ``req`` when the decoder read a valid one (to echo in the reply)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, req: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.req = req
+
+
+def value_budget(max_records: int) -> int:
+    """The most msgpack values (each array and map, and each of their elements and keys) the
+    decoder of a daemon that accepts ``max_records`` records per data frame builds for one frame:
+    room for a data frame of twice that many metric records (which is then still decoded, and
+    refused with ``limit_exceeded`` naming the limit) plus the envelope."""
+    return 2 * max_records * VALUES_PER_RECORD + ENVELOPE_VALUES
+
+
+class _Budget:
+    """msgpack ``list_hook``/``object_hook``: counts the values built so far and aborts the
+    unpacking once they exceed the budget. The hooks run as each array/map is completed, so at
+    most one array or map (itself bounded by ``max_array_len``/``max_map_len``) is built past it."""
+
+    __slots__ = ("left", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+
+    def array(self, v: list[Any]) -> list[Any]:
+        self.left -= 1 + len(v)
+        if self.left < 0:
+            raise _OverBudget
+        return v
+
+    def map(self, v: dict[Any, Any]) -> dict[Any, Any]:
+        self.left -= 1 + 2 * len(v)
+        if self.left < 0:
+            raise _OverBudget
+        return v
+
+
+class _OverBudget(Exception):
+    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,12 +503,39 @@ def _check(rule: str, v: object, where: str) -> object:
     if base == "records":
         if not isinstance(v, list):
             raise ProtocolError("bad_field", f"{where}: expected an array, got {_tname(v)}")
-        return tuple(decode_record(item, f"{where}[{i}]") for i, item in enumerate(v))
+        return _decode_records(v, where)
     if base == "failures":
         if not isinstance(v, list):
             raise ProtocolError("bad_field", f"{where}: expected an array, got {_tname(v)}")
         return tuple(_decode_failure(item, f"{where}[{i}]") for i, item in enumerate(v))
     raise AssertionError(rule)  # pragma: no cover - schema typo
+
+
+def _decode_records(items: list[Any], where: str) -> tuple[Record, ...]:
+    """decode_record for each item; a plain metric (the common case) takes a fast path that
+    checks exactly the same rules, anything else (and every error) the general one."""
+    out: list[Record] = []
+    append = out.append
+    for i, item in enumerate(items):
+        if type(item) is list and len(item) == 9:
+            kind, run_id, key, value, ts, step, model_id, ds_name, ds_digest = item
+            if (
+                kind == "m"
+                and type(run_id) is str
+                and type(key) is str
+                and type(value) is float
+                and type(ts) is int
+                and type(step) is int
+                and _INT64_MIN <= ts <= _INT64_MAX
+                and _INT64_MIN <= step <= _INT64_MAX
+                and model_id is None
+                and ds_name is None
+                and ds_digest is None
+            ):
+                append(Metric(run_id, key, value, ts, step))
+                continue
+        append(decode_record(item, f"{where}[{i}]"))
+    return tuple(out)
 
 
 def _decode_failure(item: object, where: str) -> Failure:
@@ -506,18 +583,99 @@ def peek_sequenced(frame: bytes) -> tuple[str, int, int]:
     return body["client_id"], body["seq"], count
 
 
-def decode(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
-    """Decode one frame strictly. Raises :class:`ProtocolError`, never anything else."""
+def peek_req(frame: bytes) -> int | None:
+    """Best effort, bounded: the ``req`` of a frame that is not decoded (too large or too
+    complex), read from its first ``PEEK_REQ_BYTES`` bytes without building the rest."""
+    try:
+        up = msgpack.Unpacker(raw=False, max_buffer_size=PEEK_REQ_BYTES)
+        up.feed(frame[:PEEK_REQ_BYTES])
+        if up.read_array_header() != 3:
+            return None
+        up.skip()  # version
+        up.skip()  # kind
+        for _ in range(up.read_map_header()):
+            if up.unpack() == "req":
+                req = up.unpack()
+                return req if type(req) is int and 0 <= req <= _INT64_MAX else None
+            up.skip()
+    except Exception:  # truncated by the peek window, not msgpack, ...: no req
+        return None
+    return None
+
+
+def _req_of(obj: object) -> int | None:
+    if type(obj) is list and len(obj) >= 3 and type(obj[2]) is dict:
+        req = obj[2].get("req")
+        if type(req) is int and 0 <= req <= _INT64_MAX:
+            return req
+    return None
+
+
+def decode(
+    frame: bytes, max_frame: int = DEFAULT_MAX_FRAME_BYTES, max_values: int | None = None
+) -> Message:
+    """Decode one frame strictly. Raises :class:`ProtocolError`, never anything else.
+
+    ``max_values`` bounds the work: at most that many msgpack values (see :func:`value_budget`)
+    are built, and no array or map longer than that is started; a daemon passes it for frames
+    from clients. ``None`` (a client decoding its daemon's replies, or journal replay) leaves
+    only msgpack's own bounds (lengths at most the frame size, nesting at most 1024)."""
     if len(frame) > max_frame:
         raise ProtocolError(
-            "frame_too_large", f"frame is {len(frame)} bytes; the limit is {max_frame} bytes"
+            "frame_too_large",
+            f"frame is {len(frame)} bytes; the limit is {max_frame} bytes",
+            peek_req(frame),
         )
     try:
-        obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+        if max_values is None:
+            obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+        else:
+            budget = _Budget(max_values)
+            obj = msgpack.unpackb(
+                frame,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                list_hook=budget.array,
+                object_hook=budget.map,
+                max_array_len=max_values,
+                max_map_len=max_values // 2,
+            )
     except msgpack.ExtraData:
         raise ProtocolError("bad_msgpack", "trailing bytes after the msgpack envelope") from None
-    except Exception as exc:  # msgpack raises several types (ValueError, FormatError, ...)
-        raise ProtocolError("bad_msgpack", f"not a msgpack document: {exc}") from None
+    except (_OverBudget, msgpack.StackError) as exc:
+        raise _too_complex(frame, max_values, exc) from None
+    except ValueError as exc:
+        text = str(exc)
+        if max_values is not None and ("max_array_len" in text or "max_map_len" in text):
+            raise _too_complex(frame, max_values, exc) from None  # a longer array/map header
+        raise ProtocolError("bad_msgpack", f"not a msgpack document: {_why(exc)}") from None
+    except Exception as exc:  # msgpack raises several types (FormatError, ...)
+        raise ProtocolError("bad_msgpack", f"not a msgpack document: {_why(exc)}") from None
+    req = _req_of(obj)
+    try:
+        return _decode_envelope(obj)
+    except ProtocolError as exc:
+        exc.req = req
+        raise
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _too_complex(frame: bytes, max_values: int | None, exc: Exception) -> ProtocolError:
+    if isinstance(exc, msgpack.StackError):
+        why = "it nests arrays/maps deeper than msgpack's limit of 1024 levels"
+    else:
+        why = (
+            f"it holds more than {max_values} msgpack values (arrays, maps and their elements; "
+            "the limit follows from max_records_per_frame)"
+        )
+    return ProtocolError("frame_too_complex", f"frame not decoded: {why}", peek_req(frame))
+
+
+def _decode_envelope(obj: object) -> Message:
     if not isinstance(obj, list) or len(obj) != 3:
         raise ProtocolError("bad_envelope", "envelope must be an array [version, kind, body]")
     version, kind, body = obj
