@@ -8,8 +8,10 @@ on lines per interval over all keys bounds the log however many peers there are.
 rejected frames may cost per second (beyond it, that peer's frames are dropped unread).
 
 Both remember at most ``max_keys`` keys: when full, keys that are idle (their interval passed, or
-their bucket refilled) are forgotten, and if none is, new keys share one overflow entry.
-A forgotten key's count of held-back lines is only in ``suppressed_total`` then.
+their bucket refilled) are forgotten. If none is, new keys share one overflow line in
+:class:`LogThrottle`, and are not tracked by :class:`RateBudget` (they stay ready: a budget never
+holds back a key that has not spent it). A forgotten key's count of held-back lines is only in
+``suppressed_total`` then.
 """
 
 from __future__ import annotations
@@ -91,12 +93,11 @@ class RateBudget:
         self.burst = burst
         self.max_keys = max_keys
         self._buckets: dict[Hashable, _Bucket] = {}
+        self.untracked = 0  # spends not recorded because the table was full
 
     def ready(self, key: Hashable, now: float) -> bool:
         """Whether ``key`` has at least one token (a key never seen has a full bucket)."""
         b = self._buckets.get(key)
-        if b is None and len(self._buckets) >= self.max_keys:
-            b = self._buckets.get(_OVERFLOW)
         return b is None or self._refill(b, now) >= 1
 
     def spend(self, key: Hashable, now: float, cost: float = 1.0) -> None:
@@ -107,10 +108,9 @@ class RateBudget:
             if len(self._buckets) >= self.max_keys:
                 self._forget_full(now)
             if len(self._buckets) >= self.max_keys:
-                key = _OVERFLOW
-                b = self._buckets.get(key)
-            if b is None:
-                b = self._buckets[key] = _Bucket(self.burst, now)
+                self.untracked += 1
+                return
+            b = self._buckets[key] = _Bucket(self.burst, now)
         self._refill(b, now)
         b.tokens -= cost
 

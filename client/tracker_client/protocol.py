@@ -577,10 +577,33 @@ def encode_data(client_id: str, seq: int, wire_records: list[list[Any]]) -> byte
 
 def peek_sequenced(frame: bytes) -> tuple[str, int, int]:
     """(client_id, seq, record count) of a DATA or artifact frame known to be valid (it was
-    decoded strictly when it arrived); cheap: no record objects are built. For journal replay."""
-    _, kind, body = msgpack.unpackb(frame, raw=False, use_list=True)
-    count = len(body["records"]) if kind == "data" else 1
-    return body["client_id"], body["seq"], count
+    decoded strictly when it arrived); cheap: reads the header fields and the records array's
+    length without building the records. For journal replay."""
+    up = msgpack.Unpacker(raw=False, max_buffer_size=max(len(frame), 1024))
+    up.feed(frame)
+    up.read_array_header()
+    up.skip()  # version
+    kind = up.unpack()
+    client_id: str | None = None
+    seq: int | None = None
+    count = None if kind == "data" else 1
+    for _ in range(up.read_map_header()):
+        if client_id is not None and seq is not None and count is not None:
+            break
+        key = up.unpack()
+        if key == "client_id":
+            client_id = up.unpack()
+        elif key == "seq":
+            seq = up.unpack()
+        elif key == "records":
+            count = up.read_array_header()
+            for _ in range(count):
+                up.skip()
+        else:
+            up.skip()
+    if client_id is None or seq is None or count is None:
+        raise ProtocolError("bad_field", f"{kind}: not a valid sequenced message")
+    return client_id, seq, count
 
 
 def peek_req(frame: bytes) -> int | None:

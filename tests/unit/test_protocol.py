@@ -43,6 +43,7 @@ from tracker_client.protocol import (
     encode,
     encode_data,
     peek_req,
+    peek_sequenced,
     record_to_wire,
     value_budget,
 )
@@ -1143,3 +1144,17 @@ def test_budgeted_decode_never_raises_anything_else() -> None:
             decode(bytes(frame), max_values=rng.choice([0, 5, 64, BUDGET]))
         except ProtocolError as exc:
             assert exc.code in DOCUMENTED_CODES
+
+
+def test_peek_sequenced_reads_only_the_header() -> None:
+    assert peek_sequenced(_metrics_frame(1000)) == (CID, 1, 1000)
+    data, artifact_msg = EXPECTED["data"], EXPECTED["artifact"]
+    assert isinstance(data, Data) and isinstance(artifact_msg, LogArtifact)
+    assert peek_sequenced(VALID_VECTORS["data"]) == (CID, data.seq, len(data.records))
+    assert peek_sequenced(encode(artifact_msg)) == (CID, artifact_msg.seq, 1)
+    # any field order
+    body = {"records": [record_to_wire(Param(RUN, "k", "v"))] * 2, "seq": 9, "client_id": "c"}
+    assert peek_sequenced(_frame("data", body)) == ("c", 9, 2)
+    artifact = _body(EXPECTED["artifact"])
+    reordered = dict(reversed(list(artifact.items())))
+    assert peek_sequenced(_frame("artifact", reordered)) == (CID, artifact_msg.seq, 1)
