@@ -21,6 +21,15 @@ from typing import Any, Final, TypeAlias
 
 import msgpack
 
+from .bounds import (
+    DEFAULT_MAX_RECORDS,
+    Budget,
+    OverBudget,
+    peek_req,
+    peek_sequenced,
+    value_budget,
+)
+
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_RECORDS",
@@ -63,10 +72,6 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = frozenset({1})
 DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
-DEFAULT_MAX_RECORDS: Final = 10_000  # a daemon's default max_records_per_frame
-VALUES_PER_RECORD: Final = 11  # a metric record: its array, its 9 elements, its slot in "records"
-ENVELOPE_VALUES: Final = 64  # the envelope, the body and its fields, with room to spare
-PEEK_REQ_BYTES: Final = 4096  # peek_req reads the req of a frame from this many leading bytes
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -81,42 +86,6 @@ class ProtocolError(ValueError):
         self.code = code
         self.message = message
         self.req = req
-
-
-def value_budget(max_records: int) -> int:
-    """The most msgpack values (each array and map, and each of their elements and keys) the
-    decoder of a daemon that accepts ``max_records`` records per data frame builds for one frame:
-    room for a data frame of twice that many metric records (which is then still decoded, and
-    refused with ``limit_exceeded`` naming the limit) plus the envelope."""
-    return 2 * max_records * VALUES_PER_RECORD + ENVELOPE_VALUES
-
-
-class _Budget:
-    """msgpack ``list_hook``/``object_hook``: counts the values built so far and aborts the
-    unpacking once they exceed the budget. The hooks run as each array/map is completed, so at
-    most one array or map (itself bounded by ``max_array_len``/``max_map_len``) is built past it."""
-
-    __slots__ = ("left", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.left = limit
-
-    def array(self, v: list[Any]) -> list[Any]:
-        self.left -= 1 + len(v)
-        if self.left < 0:
-            raise _OverBudget
-        return v
-
-    def map(self, v: dict[Any, Any]) -> dict[Any, Any]:
-        self.left -= 1 + 2 * len(v)
-        if self.left < 0:
-            raise _OverBudget
-        return v
-
-
-class _OverBudget(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,57 +544,6 @@ def encode_data(client_id: str, seq: int, wire_records: list[list[Any]]) -> byte
     return msgpack.packb([PROTOCOL_VERSION, "data", body], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def peek_sequenced(frame: bytes) -> tuple[str, int, int]:
-    """(client_id, seq, record count) of a DATA or artifact frame known to be valid (it was
-    decoded strictly when it arrived); cheap: reads the header fields and the records array's
-    length without building the records. For journal replay."""
-    up = msgpack.Unpacker(raw=False, max_buffer_size=max(len(frame), 1024))
-    up.feed(frame)
-    up.read_array_header()
-    up.skip()  # version
-    kind = up.unpack()
-    client_id: str | None = None
-    seq: int | None = None
-    count = None if kind == "data" else 1
-    for _ in range(up.read_map_header()):
-        if client_id is not None and seq is not None and count is not None:
-            break
-        key = up.unpack()
-        if key == "client_id":
-            client_id = up.unpack()
-        elif key == "seq":
-            seq = up.unpack()
-        elif key == "records":
-            count = up.read_array_header()
-            for _ in range(count):
-                up.skip()
-        else:
-            up.skip()
-    if client_id is None or seq is None or count is None:
-        raise ProtocolError("bad_field", f"{kind}: not a valid sequenced message")
-    return client_id, seq, count
-
-
-def peek_req(frame: bytes) -> int | None:
-    """Best effort, bounded: the ``req`` of a frame that is not decoded (too large or too
-    complex), read from its first ``PEEK_REQ_BYTES`` bytes without building the rest."""
-    try:
-        up = msgpack.Unpacker(raw=False, max_buffer_size=PEEK_REQ_BYTES)
-        up.feed(frame[:PEEK_REQ_BYTES])
-        if up.read_array_header() != 3:
-            return None
-        up.skip()  # version
-        up.skip()  # kind
-        for _ in range(up.read_map_header()):
-            if up.unpack() == "req":
-                req = up.unpack()
-                return req if type(req) is int and 0 <= req <= _INT64_MAX else None
-            up.skip()
-    except Exception:  # truncated by the peek window, not msgpack, ...: no req
-        return None
-    return None
-
-
 def _req_of(obj: object) -> int | None:
     if type(obj) is list and len(obj) >= 3 and type(obj[2]) is dict:
         req = obj[2].get("req")
@@ -653,7 +571,7 @@ def decode(
         if max_values is None:
             obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
         else:
-            budget = _Budget(max_values)
+            budget = Budget(max_values)
             obj = msgpack.unpackb(
                 frame,
                 raw=False,
@@ -666,7 +584,7 @@ def decode(
             )
     except msgpack.ExtraData:
         raise ProtocolError("bad_msgpack", "trailing bytes after the msgpack envelope") from None
-    except (_OverBudget, msgpack.StackError) as exc:
+    except (OverBudget, msgpack.StackError) as exc:
         raise _too_complex(frame, max_values, exc) from None
     except ValueError as exc:
         text = str(exc)
