@@ -29,15 +29,18 @@ SMALL_BAD = 100_000
 SMALL_PEER = b"small-flooder"  # the routing identity of the DEALER that sends them
 IDLE_SAMPLES = 40
 
-# Bounds, chosen from measurement on a shared 2-core machine with a wide margin (see the report
-# of the change): before bounding the decoder, 4 such frames grew the RSS by 560 MB, cost 6.5 s
-# of CPU and held the good client's round trip at 4.7-5.9 s.
-MAX_RSS_GROWTH_MB = 64  # after the flood
-MAX_PEAK_GROWTH_MB = 64  # while one 4 MB frame is decoded (before the fix: +140 MB a frame)
+# Bounds, chosen from measurement on a shared, loaded 2-core machine with a wide margin. Before
+# the decoder was bounded, 4 such frames grew the RSS by 560 MB, cost 6.5 s of CPU and held the
+# good client's round trip at 4.7-5.9 s.
+MAX_RSS_GROWTH_MB = 64  # after the flood (measured: +8-9 MB)
+MAX_PEAK_GROWTH_MB = 64  # over the first 4 frames, one at a time (measured: +10-14 MB)
 MAX_CPU_S_PER_MB = 0.05  # daemon CPU for the flood, per MB sent ...
-MAX_CPU_S_FIXED = 15.0  # ... plus this for the 100,000 small frames and the good client
+MAX_CPU_S_FIXED = 15.0  # ... plus this (measured in all: 10-14 s, most of it for the 100,000
+# small frames and for serving the good client, for 250 MB sent)
 RTT_FACTOR = 10  # the good client's p99 round trip during the flood <= this x idle p99 ...
-RTT_FLOOR_S = 0.5  # ... or this, whichever is larger
+RTT_FLOOR_S = 1.0  # ... or this, whichever is larger (measured: p99 0.1-0.3 s on a loaded host)
+RTT_P50_FACTOR = 3  # and its median <= this x the idle median ...
+RTT_P50_FLOOR_S = 0.1  # ... or this (measured: 15-33 ms, idle 9-26 ms)
 MAX_LINE_BYTES = 400
 
 
@@ -279,6 +282,7 @@ def test_frame_flood_is_cheap_and_a_good_client_stays_served(tmp_path: Path) -> 
     assert cpu_s < MAX_CPU_S_FIXED + MAX_CPU_S_PER_MB * sent_bytes / 1e6, figures
     assert len(flood) >= 10, figures  # the good client kept getting served during the flood
     assert p99(flood) <= max(RTT_FACTOR * p99(idle), RTT_FLOOR_S), figures
+    assert flood_p50 <= max(RTT_P50_FACTOR * idle_p50, RTT_P50_FLOOR_S), figures
     # one line per peer and code per 10 s, at most 20 lines per 10 s in all (server.py)
     windows = int(flood_s // 10) + 2
     assert len(rejection_lines) <= 20 * windows, figures
