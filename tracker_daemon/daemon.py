@@ -56,11 +56,12 @@ from .lanes import Lanes
 from .ledger import Ledger
 from .notify import Notifier
 from .runs import RunBook, wait_process_exit
-from .server import CurveSetup, Server
+from .server import CurveSetup, Server, peer_name
 from .sink import RunHandle, Sink
 from .spool_backoff import SpoolBackoff
 from .staging import StagingArea
 from .status import Counters, health
+from .throttle import LogThrottle
 
 __all__ = ["Daemon", "run_daemon"]
 
@@ -73,7 +74,7 @@ SPOOL_SCAN_S = 30.0  # how often the spool dir is checked for spools of dead cli
 CLIENT_MEMORY_S = 7 * 24 * 3600  # how long the mark remembers an idle client's seq
 CLIENT_IDLE_S = 300.0  # a client silent this long no longer counts toward max_clients
 RATE_SAMPLE_S = 1.0  # how often the committed count is sampled for commit_rate
-LIMIT_LOG_INTERVAL_S = 10.0  # each limit's rejections are logged at most this often
+LIMIT_LOG_INTERVAL_S = 10.0  # each peer's rejections by one limit are logged at most this often
 
 
 @dataclass(slots=True)
@@ -119,7 +120,9 @@ class Daemon:
         if cfg.curve_enabled:
             public, secret = load_server_curve(cfg)
             self.curve = CurveSetup(public, secret, Path(cfg.curve_allowed_clients_dir))
-        self.server = Server(cfg.bind_address, self.max_frame, self.curve)
+        self.server = Server(
+            cfg.bind_address, self.max_frame, self.curve, max_records=cfg.max_records_per_frame
+        )
         self.metrics: Any = None  # a metrics.MetricsServer while serving metrics_address
         self.batcher = Lanes(cfg.writers, max_age=cfg.batch_max_age_ms / 1000)
         self.ledger = Ledger(on_done=self._message_done)
@@ -134,7 +137,7 @@ class Daemon:
         self.clients: dict[str, ClientInfo] = {}
         self._positions: dict[tuple[str, int], Position] = {}
         self._written_at: dict[Position, float] = {}  # outstanding entry -> monotonic write time
-        self._limit_logged: dict[str, float] = {}
+        self._limit_log = LogThrottle(LIMIT_LOG_INTERVAL_S)
         self._spill_from: Position | None = None  # journal entries from here are not delivered
         self._experiments: dict[str, str] = {}
         self._creating: dict[str, anyio.Event] = {}  # offline id -> set once the run exists
@@ -488,16 +491,18 @@ class Daemon:
         self, identity: bytes, msg: p.ClientMessage, limit: str, value: int, text: str
     ) -> Any:
         self.counters.limit_rejections[limit] += 1
-        now = time.monotonic()
-        if now - self._limit_logged.get(limit, -1e9) >= LIMIT_LOG_INTERVAL_S:
-            self._limit_logged[limit] = now
+        held = self._limit_log.check((identity, limit), time.monotonic())
+        if held is not None:
             log.warning(
-                "event=limit_exceeded limit=%s value=%d kind=%s client=%s rejections=%d",
+                "event=limit_exceeded limit=%s value=%d kind=%s client=%s rejections=%d "
+                "peer=%s suppressed=%d",
                 limit,
                 value,
                 type(msg).__name__,
                 getattr(msg, "client_id", ""),
                 self.counters.limit_rejections[limit],
+                peer_name(identity),
+                held,
             )
         req = getattr(msg, "req", None)
         return self.server.send(identity, p.ErrorReply(req, "limit_exceeded", text))
@@ -1228,6 +1233,7 @@ class Daemon:
             "frames": c.frames,
             "duplicate_frames": c.duplicate_frames,
             "rejected_frames": self.server.rejected,
+            "rejected_unanswered": self.server.rejected_unanswered,
             "last_rejection": self.server.last_rejection,
             "received": c.received,
             "replayed": c.replayed,

@@ -1,8 +1,16 @@
 """The ROUTER socket: bind safely, receive frames, decode them, hand messages on, send replies.
 
 No business logic lives here. A frame that cannot be decoded is answered with an ``error`` reply
-(and counted); it never raises out of the loop. For ipc endpoints, binding first checks that no
-other daemon answers on the socket path: ZeroMQ's bind would silently replace a live socket file.
+(and counted); it never raises out of the loop. Decoding is bounded (``protocol.value_budget``), so
+a hostile frame costs little more than a valid one of its size. Each peer (ZeroMQ routing
+identity) has a budget of rejected frames (``REJECT_BUDGET_PER_S`` a second, a frame costing one
+plus one per ``REJECT_COST_BYTES``); while it is spent, that peer's frames are dropped unread and
+without a reply (counted as rejected, and as ``rejected_unanswered``). Rejections are logged once
+per peer and code per ``REJECT_LOG_INTERVAL_S`` with a count of the lines held back, and the loop
+yields to the event loop after each rejected frame, so other clients keep being served.
+
+For ipc endpoints, binding first checks that no other daemon answers on the socket path: ZeroMQ's
+bind would silently replace a live socket file.
 
 Access control. ipc: the socket file is made mode 0660 and a socket directory the daemon creates
 0770 (whatever the umask), so only the daemon's user and group can connect. tcp: with CURVE
@@ -14,6 +22,8 @@ administrators who hold the daemon's secret key).
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import logging
 import os
 import socket
@@ -25,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
 import zmq
 import zmq.asyncio
 from zmq.auth.thread import ThreadAuthenticator
@@ -34,6 +43,7 @@ from tracker_client import protocol as p
 from tracker_client.address import ipc_path
 
 from .errors import AlreadyRunning
+from .throttle import LogThrottle, RateBudget
 
 __all__ = ["CurveSetup", "Dispatch", "Server"]
 
@@ -41,6 +51,13 @@ log = logging.getLogger("tracker_daemon.server")
 
 Dispatch = Callable[[bytes, p.ClientMessage, bytes], Awaitable[None] | None]
 DENIED_LOG_INTERVAL_S = 60.0  # an unknown key is logged at most this often
+REJECT_LOG_INTERVAL_S = 10.0  # one frame_rejected line per peer and code this often
+REJECT_LOG_LINES = 20  # ... and at most this many such lines per interval over all peers
+REJECT_BUDGET_PER_S = 100.0  # rejected frames a second one peer may cost before it is dropped
+REJECT_BUDGET_BURST = 200.0
+REJECT_COST_BYTES = 64 * 1024  # a rejected frame costs 1 + its size / this
+THROTTLED = "peer_throttled"  # the log code of frames dropped unread
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +120,25 @@ class AllowedKeys:
 
 
 class Server:
-    def __init__(self, address: str, max_frame: int, curve: CurveSetup | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        max_frame: int,
+        curve: CurveSetup | None = None,
+        max_records: int = p.DEFAULT_MAX_RECORDS,
+    ) -> None:
         self.address = address
         self.max_frame = max_frame
+        self.max_values = p.value_budget(max_records)
         self.curve = curve
         self.ctx = zmq.asyncio.Context()
         self.sock: zmq.asyncio.Socket | None = None
         self.rejected = 0
         self.rejected_by_code: Counter[str] = Counter()
         self.last_rejection = ""
+        self.rejected_unanswered = 0  # frames of a peer over its budget: dropped unread
+        self._reject_log = LogThrottle(REJECT_LOG_INTERVAL_S, REJECT_LOG_LINES)
+        self._reject_budget = RateBudget(REJECT_BUDGET_PER_S, REJECT_BUDGET_BURST)
         self.keys: AllowedKeys | None = None
         self._auth: ThreadAuthenticator | None = None
 
@@ -124,6 +151,7 @@ class Server:
         return self.keys.denied if self.keys is not None else 0
 
     def bind(self) -> None:
+        _return_large_buffers_to_os()
         path = ipc_path(self.address)
         if path is not None:
             _prepare_ipc_path(path)
@@ -188,13 +216,16 @@ class Server:
         while True:
             frames = await self.sock.recv_multipart(copy=True)
             identity = frames[0]
+            if not self._reject_budget.ready(identity, time.monotonic()):
+                await self._drop(identity)
+                continue
             if len(frames) != 2:
                 await self._reject(identity, None, "bad_envelope", "expected exactly one frame")
                 continue
             try:
-                msg = p.decode(frames[1], self.max_frame)
+                msg = p.decode(frames[1], self.max_frame, self.max_values)
             except p.ProtocolError as exc:
-                await self._reject(identity, _peek_req(frames[1]), exc.code, exc.message)
+                await self._reject(identity, exc.req, exc.code, exc.message, len(frames[1]))
                 continue
             if isinstance(msg, p.DaemonMessage):
                 await self._reject(
@@ -208,22 +239,59 @@ class Server:
             if result is not None:
                 await result
 
-    async def _reject(self, identity: bytes, req: int | None, code: str, message: str) -> None:
+    async def _reject(
+        self, identity: bytes, req: int | None, code: str, message: str, size: int = 0
+    ) -> None:
         self.rejected += 1
         self.rejected_by_code[code] += 1
         self.last_rejection = f"{code}: {message}"
-        log.warning("event=frame_rejected code=%s reason=%r", code, message[:200])
+        now = time.monotonic()
+        self._reject_budget.spend(identity, now, 1 + size / REJECT_COST_BYTES)
+        self._log_rejection(identity, code, message, now)
         await self.send(identity, p.ErrorReply(req, code, message))
+        await asyncio.sleep(0)  # let the rest of the daemon run between a flood's frames
+
+    async def _drop(self, identity: bytes) -> None:
+        """A frame of a peer over its budget of rejections: dropped unread, no reply."""
+        self.rejected += 1
+        self.rejected_unanswered += 1
+        self.rejected_by_code[THROTTLED] += 1
+        message = (
+            f"frame dropped unread: this peer's frames were rejected more than "
+            f"{REJECT_BUDGET_PER_S:g} times a second"
+        )
+        self._log_rejection(identity, THROTTLED, message, time.monotonic())
+        if self.rejected_unanswered % 16 == 0:
+            await asyncio.sleep(0)  # dropping is cheap: yield now and then
+
+    def _log_rejection(self, identity: bytes, code: str, message: str, now: float) -> None:
+        held = self._reject_log.check((identity, code), now)
+        if held is not None:
+            log.warning(
+                "event=frame_rejected peer=%s code=%s reason=%r suppressed=%d rejected_total=%d",
+                peer_name(identity),
+                code,
+                message[:200],
+                held,
+                self.rejected,
+            )
 
 
-def _peek_req(frame: bytes) -> int | None:
-    """Best effort: the ``req`` of an invalid request, so the client can match the error."""
+def _return_large_buffers_to_os() -> None:
+    """Frames of up to 8 MiB arrive in bursts and are freed at once. glibc raises its mmap
+    threshold to the size of a freed mmap'd block, after which such buffers come from the heap
+    and a burst leaves the RSS high for good; a fixed threshold (glibc's initial 128 KiB) keeps
+    them mmap'd, so their memory goes back to the system as soon as they are freed."""
     try:
-        obj = msgpack.unpackb(frame, raw=False)  # strict keys: PROTOCOL.md 6.6
-        req = obj[2].get("req")
-        return req if type(req) is int and 0 <= req < 2**63 else None
-    except Exception:
-        return None
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def peer_name(identity: bytes) -> str:
+    """A ZeroMQ routing identity for the log (hex, at most 16 bytes of it)."""
+    return identity[:16].hex() or "-"
 
 
 def _prepare_ipc_path(path: Path) -> None:

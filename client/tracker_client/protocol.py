@@ -7,6 +7,11 @@ test vectors there are checked against this module by ``tests/unit/test_protocol
 
 Decoding is strict: a wrong version, unknown kind, missing/unknown/mistyped field or an oversize
 frame raises :class:`ProtocolError` with a stable ``code`` and a message naming the field.
+
+Decoding is bounded: a daemon passes ``max_values`` (see :func:`value_budget`), and the decoder
+stops building Python objects as soon as a frame holds more arrays, maps and elements than that
+(``frame_too_complex``), so a hostile frame of N bytes costs a small multiple of N at most,
+however it nests (msgpack's own parser refuses nesting deeper than 1024).
 """
 
 from __future__ import annotations
@@ -16,8 +21,18 @@ from typing import Any, Final, TypeAlias
 
 import msgpack
 
+from .bounds import (
+    DEFAULT_MAX_RECORDS,
+    Budget,
+    OverBudget,
+    peek_req,
+    peek_sequenced,
+    value_budget,
+)
+
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
+    "DEFAULT_MAX_RECORDS",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",
@@ -48,8 +63,10 @@ __all__ = [
     "decode_record",
     "encode",
     "encode_data",
+    "peek_req",
     "peek_sequenced",
     "record_to_wire",
+    "value_budget",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -61,12 +78,14 @@ _INT64_MAX: Final = 2**63 - 1
 
 
 class ProtocolError(ValueError):
-    """A frame that does not follow the protocol. ``code`` is stable and machine-readable."""
+    """A frame that does not follow the protocol. ``code`` is stable and machine-readable;
+    ``req`` is the frame's ``req`` when the decoder read a valid one (to echo in the reply)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, req: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.req = req
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,12 +472,39 @@ def _check(rule: str, v: object, where: str) -> object:
     if base == "records":
         if not isinstance(v, list):
             raise ProtocolError("bad_field", f"{where}: expected an array, got {_tname(v)}")
-        return tuple(decode_record(item, f"{where}[{i}]") for i, item in enumerate(v))
+        return _decode_records(v, where)
     if base == "failures":
         if not isinstance(v, list):
             raise ProtocolError("bad_field", f"{where}: expected an array, got {_tname(v)}")
         return tuple(_decode_failure(item, f"{where}[{i}]") for i, item in enumerate(v))
     raise AssertionError(rule)  # pragma: no cover - schema typo
+
+
+def _decode_records(items: list[Any], where: str) -> tuple[Record, ...]:
+    """decode_record for each item; a plain metric (the common case) takes a fast path that
+    checks exactly the same rules, anything else (and every error) the general one."""
+    out: list[Record] = []
+    append = out.append
+    for i, item in enumerate(items):
+        if type(item) is list and len(item) == 9:
+            kind, run_id, key, value, ts, step, model_id, ds_name, ds_digest = item
+            if (
+                kind == "m"
+                and type(run_id) is str
+                and type(key) is str
+                and type(value) is float
+                and type(ts) is int
+                and type(step) is int
+                and _INT64_MIN <= ts <= _INT64_MAX
+                and _INT64_MIN <= step <= _INT64_MAX
+                and model_id is None
+                and ds_name is None
+                and ds_digest is None
+            ):
+                append(Metric(run_id, key, value, ts, step))
+                continue
+        append(decode_record(item, f"{where}[{i}]"))
+    return tuple(out)
 
 
 def _decode_failure(item: object, where: str) -> Failure:
@@ -498,26 +544,79 @@ def encode_data(client_id: str, seq: int, wire_records: list[list[Any]]) -> byte
     return msgpack.packb([PROTOCOL_VERSION, "data", body], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def peek_sequenced(frame: bytes) -> tuple[str, int, int]:
-    """(client_id, seq, record count) of a DATA or artifact frame known to be valid (it was
-    decoded strictly when it arrived); cheap: no record objects are built. For journal replay."""
-    _, kind, body = msgpack.unpackb(frame, raw=False, use_list=True)
-    count = len(body["records"]) if kind == "data" else 1
-    return body["client_id"], body["seq"], count
+def _req_of(obj: object) -> int | None:
+    if type(obj) is list and len(obj) >= 3 and type(obj[2]) is dict:
+        req = obj[2].get("req")
+        if type(req) is int and 0 <= req <= _INT64_MAX:
+            return req
+    return None
 
 
-def decode(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
-    """Decode one frame strictly. Raises :class:`ProtocolError`, never anything else."""
+def decode(
+    frame: bytes, max_frame: int = DEFAULT_MAX_FRAME_BYTES, max_values: int | None = None
+) -> Message:
+    """Decode one frame strictly. Raises :class:`ProtocolError`, never anything else.
+
+    ``max_values`` bounds the work: at most that many msgpack values (see :func:`value_budget`)
+    are built, and no array or map longer than that is started; a daemon passes it for frames
+    from clients. ``None`` (a client decoding its daemon's replies, or journal replay) leaves
+    only msgpack's own bounds (lengths at most the frame size, nesting at most 1024)."""
     if len(frame) > max_frame:
         raise ProtocolError(
-            "frame_too_large", f"frame is {len(frame)} bytes; the limit is {max_frame} bytes"
+            "frame_too_large",
+            f"frame is {len(frame)} bytes; the limit is {max_frame} bytes",
+            peek_req(frame),
         )
     try:
-        obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+        if max_values is None:
+            obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
+        else:
+            budget = Budget(max_values)
+            obj = msgpack.unpackb(
+                frame,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                list_hook=budget.array,
+                object_hook=budget.map,
+                max_array_len=max_values,
+                max_map_len=max_values // 2,
+            )
     except msgpack.ExtraData:
         raise ProtocolError("bad_msgpack", "trailing bytes after the msgpack envelope") from None
-    except Exception as exc:  # msgpack raises several types (ValueError, FormatError, ...)
-        raise ProtocolError("bad_msgpack", f"not a msgpack document: {exc}") from None
+    except (OverBudget, msgpack.StackError) as exc:
+        raise _too_complex(frame, max_values, exc) from None
+    except ValueError as exc:
+        text = str(exc)
+        if max_values is not None and ("max_array_len" in text or "max_map_len" in text):
+            raise _too_complex(frame, max_values, exc) from None  # a longer array/map header
+        raise ProtocolError("bad_msgpack", f"not a msgpack document: {_why(exc)}") from None
+    except Exception as exc:  # msgpack raises several types (FormatError, ...)
+        raise ProtocolError("bad_msgpack", f"not a msgpack document: {_why(exc)}") from None
+    req = _req_of(obj)
+    try:
+        return _decode_envelope(obj)
+    except ProtocolError as exc:
+        exc.req = req
+        raise
+
+
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _too_complex(frame: bytes, max_values: int | None, exc: Exception) -> ProtocolError:
+    if isinstance(exc, msgpack.StackError):
+        why = "it nests arrays/maps deeper than msgpack's limit of 1024 levels"
+    else:
+        why = (
+            f"it holds more than {max_values} msgpack values (arrays, maps and their elements; "
+            "the limit follows from max_records_per_frame)"
+        )
+    return ProtocolError("frame_too_complex", f"frame not decoded: {why}", peek_req(frame))
+
+
+def _decode_envelope(obj: object) -> Message:
     if not isinstance(obj, list) or len(obj) != 3:
         raise ProtocolError("bad_envelope", "envelope must be an array [version, kind, body]")
     version, kind, body = obj

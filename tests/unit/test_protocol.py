@@ -42,7 +42,10 @@ from tracker_client.protocol import (
     decode_record,
     encode,
     encode_data,
+    peek_req,
+    peek_sequenced,
     record_to_wire,
+    value_budget,
 )
 
 SPEC = Path(__file__).resolve().parents[2] / "client" / "PROTOCOL.md"
@@ -227,6 +230,7 @@ DOCUMENTED_CODES = {
     "unknown_kind",
     "bad_field",
     "frame_too_large",
+    "frame_too_complex",
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -973,3 +977,184 @@ def test_spec_documents_staging_layout() -> None:
     slot = Path(artifact.staged_path).parent
     assert slot.parent == Path(STAGING) / CID
     assert re.fullmatch(r"[0-9a-f]{32}", slot.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder bounds: a hostile frame of N bytes costs a small multiple of N, and is decoded once
+# ---------------------------------------------------------------------------------------------
+
+BUDGET = value_budget(10_000)
+
+
+def _metrics_frame(n: int) -> bytes:
+    return encode_data(CID, 1, [record_to_wire(Metric(RUN, "k", 0.5, TS_MS, i)) for i in range(n)])
+
+
+TS_MS = 1_700_000_000_000
+
+
+def _array32(n: int, item: bytes) -> bytes:
+    return b"\xdd" + n.to_bytes(4, "big") + item * n
+
+
+def _nested_records(size: int) -> bytes:
+    inner = [[] for _ in range(400)]
+    body = {"client_id": "x", "seq": 1, "records": [inner] * ((size - 64) // 403)}
+    return msgpack.packb([1, "data", body])  # type: ignore[no-any-return]
+
+
+def test_value_budget_numbers() -> None:
+    # PROTOCOL.md section 11: 22 values per allowed record, plus 64
+    assert value_budget(10_000) == 220_064
+    assert value_budget(1000) == 22_064
+    assert "22 × `max_records_per_frame` + 64" in SPEC_TEXT
+    assert "| `frame_too_complex` |" in SPEC_TEXT
+
+
+def test_budget_admits_twice_max_records_so_the_daemon_can_name_its_limit() -> None:
+    # a data frame of n metrics holds 12 + 11 n values
+    msg = decode(_metrics_frame(2004), max_values=value_budget(1000))
+    assert isinstance(msg, Data) and len(msg.records) == 2004
+    _reject(_metrics_frame(2005), "frame_too_complex", "22064", max_values=value_budget(1000))
+    assert len(decode(_metrics_frame(2005)).records) == 2005  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("name", "frame"),
+    [
+        ("4 M empty arrays in one array", _array32(4_000_000, b"\x90")),
+        ("4 M empty maps in one array", _array32(4_000_000, b"\x80")),
+        ("records of 400 empty arrays each", _nested_records(4_000_000)),
+        ("1.3 M two-char strings", _array32(1_333_000, b"\xa2ab")),
+        ("array header claiming 4 G elements", b"\x93\x01\xa4data\xdd\xff\xff\xff\xff"),
+        ("map header claiming 4 G pairs", b"\x93\x01\xa4data\xdf\xff\xff\xff\xff"),
+    ],
+)
+def test_hostile_frame_is_refused_within_a_small_multiple_of_its_size(
+    name: str, frame: bytes
+) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        exc = _reject(frame, "frame_too_complex", "220064 msgpack values", max_values=BUDGET)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # at most the budget of values (~60 bytes each at worst) plus one array/map past it: far
+    # below what building the frame would take (e.g. 4 M lists: about 300 MB)
+    assert peak < 16 * 2**20, (name, peak)
+    assert exc.req is None
+
+
+def test_deep_nesting_is_refused_in_every_mode() -> None:
+    deep = b"\x91" * 100_000 + b"\x90"
+    _reject(deep, "frame_too_complex", "deeper", "1024", max_values=BUDGET)
+    _reject(deep, "frame_too_complex", "deeper")
+    shallow = _frame("status", {"req": 1, "x": [[[[[[[[[[]]]]]]]]]]})
+    _reject(shallow, "bad_field", "'x'", max_values=BUDGET)  # schema, not the bound
+
+
+def test_a_huge_array_header_without_a_budget_is_just_truncated() -> None:
+    _reject(b"\x93\x01\xa4data\xdd\xff\xff\xff\xff", "bad_msgpack")
+
+
+def test_valid_vectors_decode_the_same_with_the_budget() -> None:
+    for name, frame in VALID_VECTORS.items():
+        if name in EXPECTED:  # (compared encoded: a NaN metric is not equal to itself)
+            assert encode(decode(frame, max_values=value_budget(1000))) == frame, name
+
+
+def test_error_carries_the_req_it_read_once() -> None:
+    # decoded once: the req of a body that failed the schema comes with the error
+    assert _reject(_frame("flush", {"req": 9, "seq": 1, "run_id": None}), "bad_field").req == 9
+    assert _reject(_frame("ping", {"req": 6}), "unknown_kind").req == 6
+    assert _reject(_pack([2, "status", {"req": 5}, 0]), "bad_envelope").req == 5
+    assert _reject(_frame("status", {"req": -1, "x": 1}), "bad_field").req is None
+    assert _reject(_frame("status", {"req": "8"}), "bad_field").req is None
+    assert _reject(b"\xc1", "bad_msgpack").req is None
+    assert _reject(encode(StatusRequest(4)) + b"\x00", "bad_msgpack", "trailing").req is None
+    # not decoded at all: read from the frame's first 4 KiB only
+    big = _pack([1, "status", {"req": 11, "pad": b"x" * 70_000}])
+    assert _reject(big, "frame_too_large", max_frame=65536).req == 11
+    late = _pack([1, "status", {"pad": b"x" * 70_000, "req": 12}])
+    assert _reject(late, "frame_too_large", max_frame=65536).req is None
+    head = _pack([1, "status", {"req": 13, "pad": None}])[:-1]
+    nested = head + _array32(300_000, b"\x90")
+    assert _reject(nested, "frame_too_complex", max_values=BUDGET).req == 13
+
+
+@pytest.mark.parametrize(
+    ("frame", "req"),
+    [
+        (_pack([1, "status", {"req": 3}]), 3),
+        (_pack([1, "status", {"a": [1, 2, {"b": 3}], "req": 4}]), 4),
+        (_pack([1, "status", {"req": 2**63}]), None),
+        (_pack([1, "status", {"req": True}]), None),
+        (_pack([1, "status", [1]]), None),
+        (_pack({"req": 1}), None),
+        (b"", None),
+        (b"\x93", None),
+    ],
+)
+def test_peek_req(frame: bytes, req: int | None) -> None:
+    assert peek_req(frame) == req
+
+
+def test_fast_metric_path_matches_the_general_one() -> None:
+    rng = random.Random(3)
+    values: list[Any] = [0.5, 1, -(2**63), 2**63, True, None, "s", math.inf, b"b", [], 1.5e300]
+    strs: list[Any] = ["r", "", None, 1, b"x"]
+    for _ in range(3000):
+        item = [
+            rng.choice(["m", "p", "x"]),
+            rng.choice(strs),
+            rng.choice(strs),
+            rng.choice(values),
+            rng.choice(values),
+            rng.choice(values),
+            rng.choice([None, None, "m-1", 3]),
+            rng.choice([None, None, "d"]),
+            rng.choice([None, None, "h"]),
+        ][: rng.choice([9, 9, 9, 4, 8])]
+        frame = _frame("data", {"client_id": CID, "seq": 1, "records": [item]})
+        try:
+            want: Any = decode_record(item, "data.records[0]")
+        except ProtocolError as exc:
+            want = (exc.code, exc.message)
+        try:
+            msg = decode(frame, max_values=BUDGET)
+            assert isinstance(msg, Data)
+            got: Any = msg.records[0]
+        except ProtocolError as exc:
+            got = (exc.code, exc.message)
+        assert got == want, item
+        if isinstance(got, Metric):
+            assert type(got.value) is float
+
+
+def test_budgeted_decode_never_raises_anything_else() -> None:
+    rng = random.Random(11)
+    frames = [VALID_VECTORS[name] for name in sorted(VALID_VECTORS)]
+    for _ in range(2000):
+        frame = bytearray(rng.choice(frames))
+        for _ in range(rng.randint(1, 4)):
+            frame[rng.randrange(len(frame))] = rng.randrange(256)
+        try:
+            decode(bytes(frame), max_values=rng.choice([0, 5, 64, BUDGET]))
+        except ProtocolError as exc:
+            assert exc.code in DOCUMENTED_CODES
+
+
+def test_peek_sequenced_reads_only_the_header() -> None:
+    assert peek_sequenced(_metrics_frame(1000)) == (CID, 1, 1000)
+    data, artifact_msg = EXPECTED["data"], EXPECTED["artifact"]
+    assert isinstance(data, Data) and isinstance(artifact_msg, LogArtifact)
+    assert peek_sequenced(VALID_VECTORS["data"]) == (CID, data.seq, len(data.records))
+    assert peek_sequenced(encode(artifact_msg)) == (CID, artifact_msg.seq, 1)
+    # any field order
+    body = {"records": [record_to_wire(Param(RUN, "k", "v"))] * 2, "seq": 9, "client_id": "c"}
+    assert peek_sequenced(_frame("data", body)) == ("c", 9, 2)
+    artifact = _body(EXPECTED["artifact"])
+    reordered = dict(reversed(list(artifact.items())))
+    assert peek_sequenced(_frame("artifact", reordered)) == (CID, artifact_msg.seq, 1)
