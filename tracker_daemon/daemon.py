@@ -164,6 +164,7 @@ class Daemon:
         self._tg: Tasks | None = None
         self._stopping = False
         self._full_logged = False
+        self._full_logged_at = -1e9
         self._import_stop = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -554,9 +555,15 @@ class Daemon:
                 pos = self.journal.append(KIND_SEQUENCED + raw)
             except JournalFull as exc:
                 self.counters.journal_full_rejections += 1
-                if not self._full_logged:
-                    log.error("event=journal_full reason=%r note=not_acking", str(exc))
-                    self._full_logged = True
+                now = time.monotonic()
+                if not self._full_logged and now - self._full_logged_at >= LIMIT_LOG_INTERVAL_S:
+                    # once per episode (episodes closer than the interval count as one)
+                    log.error(
+                        "event=journal_full reason=%r rejections=%d note=not_acked_clients_keep_it",
+                        str(exc),
+                        self.counters.journal_full_rejections,
+                    )
+                    self._full_logged, self._full_logged_at = True, now
                 self._mark_wake.set()  # reclaim committed space (roll, mark, delete)
                 return self.server.send(identity, p.ErrorReply(None, "journal_full", str(exc)))
             if self._full_logged:

@@ -145,8 +145,7 @@ class RunBook:
         self.disk.failed(
             "runs.log",
             exc,
-            "run_bookkeeping_kept_in_memory_and_saved_when_there_is_room"
-            "(a_crash_before_then_forgets_it)",
+            "kept_in_memory_and_saved_when_there_is_room;a_crash_before_then_forgets_it",
         )
 
     def save_pending(self) -> bool:

@@ -13,59 +13,30 @@ Skipped, with the reason, where the test may not mount (not root, no tmpfs).
 
 from __future__ import annotations
 
-import errno
 import json
 import shutil
 import signal
-import subprocess
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import Daemon, daemon_cli, finish_workers, short_tmpdir, start_worker, wait_for
+from tests.helpers import (
+    Daemon,
+    daemon_cli,
+    fill_disk,
+    finish_workers,
+    mounted_tmpfs,
+    short_tmpdir,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 MiB = 1024 * 1024
-
-
-@contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    """A fresh tmpfs of ``size`` mounted at ``path`` (unmounted at the end)."""
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
-def fill(directory: Path, name: str) -> int:
-    """Write ``directory/name`` until the filesystem has no room left; returns bytes written."""
-    chunk = b"\0" * (256 * 1024)
-    written = 0
-    with open(directory / name, "ab", buffering=0) as fh:
-        while True:
-            try:
-                n = fh.write(chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-                return written
-            written += n or 0
-            if not n:
-                return written
 
 
 class Filler:
@@ -81,11 +52,11 @@ class Filler:
     def _run(self) -> None:
         while not self.stop.is_set():
             self.n += 1
-            fill(self.directory, f"filler-{self.n % 4}")
+            fill_disk(self.directory / f"filler-{self.n % 4}")
             self.stop.wait(0.005)
 
     def __enter__(self) -> Filler:
-        fill(self.directory, "filler-0")
+        fill_disk(self.directory / "filler-0")
         self.thread.start()
         return self
 
@@ -129,7 +100,7 @@ def test_state_dir_on_a_full_disk_daemon_lives_and_every_point_lands(tmp_path: P
     state = tmp_path / "state"
     db = tmp_path / "mlflow.db"  # outside the tmpfs: commits go on while the disk is full
     sock_dir = short_tmpdir()
-    with tmpfs(state, "24m"):
+    with mounted_tmpfs(state, "24m"):
         d = Daemon(
             state,
             f"ipc://{sock_dir / 'd.sock'}",
@@ -145,12 +116,16 @@ def test_state_dir_on_a_full_disk_daemon_lives_and_every_point_lands(tmp_path: P
         try:
             outs = [tmp_path / f"w{i}.json" for i in range(workers)]
             spec = {"experiment": "disk-full", "keys": keys, "steps": steps}
-            spec |= {"pace": [250, 0.05], "flush_timeout": 240}
+            spec |= {"pace": [100, 0.05], "flush_timeout": 240}  # logging takes 7.5 s
             procs = [
                 start_worker(d.address, spec | {"run_name": f"w{i}"}, o) for i, o in enumerate(outs)
             ]
             total = workers * steps * len(keys)
-            wait_for(lambda: d.status()["received"] >= total // 5, 60, "a fifth of the points")
+            wait_for(
+                lambda: (s := d.status())["received"] >= total // 5 and s["journal_mark"] != "1:0",
+                60,
+                "a fifth of the points received and a mark written",
+            )
             pid = d.status()["pid"]
             with Filler(state):
                 # the daemon refuses data it cannot journal, and says so
@@ -163,9 +138,15 @@ def test_state_dir_on_a_full_disk_daemon_lives_and_every_point_lands(tmp_path: P
                 assert any(r.startswith("journal_full") for r in full["unhealthy_reasons"])
                 received_while_full = full["received"]
                 assert received_while_full < total  # the rest waits in the clients
-                code, doc = cli_status(d)
-                assert code == 1 and doc["reachable"] and doc["disk_full"], doc
-                assert doc["journal_full_rejections"] > 0
+                # the CLI shows it too (the daemon reuses the space of segments it commits, and
+                # the filler takes it back: the state may flicker, so ask until it is seen)
+                code, doc = wait_for(
+                    lambda: (r := cli_status(d))[1]["disk_full"] and r,
+                    60,
+                    "tracker-daemon status to show disk_full",
+                    interval=0.2,
+                )
+                assert code == 1 and doc["reachable"] and doc["journal_full_rejections"] > 0
                 assert d.proc is not None and d.proc.poll() is None
 
                 # a restart while the disk is still full: it starts and serves status
@@ -177,8 +158,13 @@ def test_state_dir_on_a_full_disk_daemon_lives_and_every_point_lands(tmp_path: P
                     "the restarted daemon to report the full disk",
                 )
                 assert again["pid"] != pid
-                code, doc = cli_status(d)
-                assert code == 1 and doc["disk_full"], doc
+                code, doc = wait_for(
+                    lambda: (r := cli_status(d))[1]["disk_full"] and r,
+                    60,
+                    "tracker-daemon status of the restarted daemon to show disk_full",
+                    interval=0.2,
+                )
+                assert code == 1 and doc["pid"] == again["pid"]
             # space is back: the daemon resumes by itself, the workers finish
             finish_workers(procs, 240)
             results = [json.loads(o.read_text()) for o in outs]
@@ -208,7 +194,7 @@ def test_journal_smaller_than_one_segment_keeps_flowing(tmp_path: Path) -> None:
     state = tmp_path / "state"
     journal = state / "journal"
     sock_dir = short_tmpdir()
-    with tmpfs(journal, "4m"):
+    with mounted_tmpfs(journal, "4m"):
         d = Daemon(state, f"ipc://{sock_dir / 'd.sock'}", tmp_path / "daemon.log")
         d.start()  # default journal_segment_bytes: 64 MiB, sixteen times the filesystem
         try:
