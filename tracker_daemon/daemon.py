@@ -183,11 +183,19 @@ class Daemon:
                 "stop it first or choose another --state-dir"
             ) from None
         self._lock_fd = fd
+        self._write_pid()
+
+    def _write_pid(self) -> None:
+        """Record this daemon's pid in the lock file (for the "already running" message); on a
+        full disk the lock holds all the same, and the mark loop tries again."""
+        assert self._lock_fd is not None
         try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError as exc:  # a full disk: the lock holds all the same
-            self.disk.failed("daemon.lock", exc, "lock_held_pid_not_recorded")
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            self.disk.failed("daemon.lock", exc, "lock_held_pid_written_later")
+        else:
+            self.disk.ok("daemon.lock")
 
     def prepare(self) -> None:
         """Everything before serving: lock, directories, journal replay, backend, socket."""
@@ -671,7 +679,7 @@ class Daemon:
         the mark and runs.log again every DISK_RETRY_S until they are written."""
         last = None
         while True:
-            retry = self.journal.full_reason or self.disk
+            retry = bool(self.journal.full_reason or self.disk)
             await self._mark_wake.wait(DISK_RETRY_S if retry else None)
             await anyio.sleep(0.2)
             if self.journal.full_reason:
@@ -692,6 +700,8 @@ class Daemon:
                     last = (low, floors)
             if self.runbook.unsaved:
                 await anyio.to_thread.run_sync(self.runbook.save_pending)
+            if "daemon.lock" in self.disk.active:
+                await anyio.to_thread.run_sync(self._write_pid)
 
     def _client_floors(self) -> dict[str, int]:
         """Per client, the highest contiguous seq accepted — persisted with the mark so a

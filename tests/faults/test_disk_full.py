@@ -1,10 +1,12 @@
 """A full disk under the daemon's own files: real tmpfs filesystems mounted by the test.
 
 * The state dir on a small tmpfs that the test fills (and keeps filling) while workers log: the
-  daemon refuses data (``journal_full``, the clients keep it), keeps serving ``status`` (which
-  shows the disk-full state), survives a restart while the disk is full, and once the filler is
-  gone every point the workers logged is in MLflow exactly once. The MLflow store is outside the
-  tmpfs, so commits go on throughout.
+  daemon refuses data (``journal_full``, the clients keep it) and keeps serving ``status`` (which
+  shows the disk-full state). Killed (-9) with uncommitted entries while the disk is full, it
+  starts on the full disk, replays and commits its journal, serves status; a SIGTERM on the full
+  disk exits 0 and it starts again. Once the filler is gone every point the workers logged is in
+  MLflow exactly once. The MLflow store is outside the tmpfs (locked for a while by the test, so
+  that the journal holds uncommitted entries at the kill).
 * The journal on a tmpfs smaller than one journal segment: the journal rolls small segments and
   reclaims committed ones, so more than twice the filesystem's size flows through it unaided.
 
@@ -30,6 +32,7 @@ from tests.helpers import (
     finish_workers,
     mounted_tmpfs,
     short_tmpdir,
+    sqlite_locked,
     start_worker,
     wait_for,
 )
@@ -45,24 +48,24 @@ class Filler:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.stop = threading.Event()
+        self.halt = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.n = 0
 
     def _run(self) -> None:
-        while not self.stop.is_set():
+        while not self.halt.is_set():
             self.n += 1
             fill_disk(self.directory / f"filler-{self.n % 4}")
-            self.stop.wait(0.005)
+            self.halt.wait(0.005)
 
-    def __enter__(self) -> Filler:
+    def start(self) -> None:
         fill_disk(self.directory / "filler-0")
         self.thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
+    def stop(self) -> None:
+        self.halt.set()
+        if self.thread.is_alive():
+            self.thread.join(10)
         for f in self.directory.glob("filler-*"):
             f.unlink()
 
@@ -127,44 +130,59 @@ def test_state_dir_on_a_full_disk_daemon_lives_and_every_point_lands(tmp_path: P
                 "a fifth of the points received and a mark written",
             )
             pid = d.status()["pid"]
-            with Filler(state):
-                # the daemon refuses data it cannot journal, and says so
-                full = wait_for(
-                    lambda: (s := d.status())["disk_full"] and s["journal_full"] and s,
-                    60,
-                    "status to show the full disk",
-                )
-                assert full["pid"] == pid and not full["healthy"]
-                assert any(r.startswith("journal_full") for r in full["unhealthy_reasons"])
-                received_while_full = full["received"]
-                assert received_while_full < total  # the rest waits in the clients
-                # the CLI shows it too (the daemon reuses the space of segments it commits, and
-                # the filler takes it back: the state may flicker, so ask until it is seen)
-                code, doc = wait_for(
-                    lambda: (r := cli_status(d))[1]["disk_full"] and r,
-                    60,
-                    "tracker-daemon status to show disk_full",
-                    interval=0.2,
-                )
-                assert code == 1 and doc["reachable"] and doc["journal_full_rejections"] > 0
-                assert d.proc is not None and d.proc.poll() is None
-
-                # a restart while the disk is still full: it starts and serves status
-                assert d.stop(signal.SIGTERM) == 0
+            filler = Filler(state)
+            try:
+                with sqlite_locked(db):  # commits stall: the journal holds uncommitted entries
+                    wait_for(
+                        lambda: d.status()["journal_outstanding_entries"] > 0,
+                        30,
+                        "uncommitted journal entries",
+                    )
+                    filler.start()
+                    # the daemon refuses data it cannot journal, and says so
+                    full = wait_for(
+                        lambda: (s := d.status())["disk_full"] and s["journal_full"] and s,
+                        60,
+                        "status to show the full disk",
+                    )
+                    assert full["pid"] == pid and not full["healthy"]
+                    assert any(r.startswith("journal_full") for r in full["unhealthy_reasons"])
+                    assert full["received"] < total  # the rest waits in the clients
+                    assert full["journal_outstanding_entries"] > 0
+                    code, doc = cli_status(d)
+                    assert code == 1 and doc["reachable"] and doc["disk_full"], doc
+                    assert doc["journal_full_rejections"] > 0 and doc["pid"] == pid
+                    # kill -9 with uncommitted entries in the journal, the disk still full
+                    d.kill()
+                # a start on the full disk: it replays and commits what the journal holds and
+                # serves status (the backend is outside the full disk)
                 d.start()
-                again = wait_for(
-                    lambda: (s := d.status())["disk_full"] and s,
+                drained = wait_for(
+                    lambda: (
+                        (s := d.status())["journal_outstanding_entries"] == 0
+                        and s["disk_full"]
+                        and s
+                    ),
                     60,
-                    "the restarted daemon to report the full disk",
+                    "the restarted daemon to commit its journal on the full disk",
                 )
-                assert again["pid"] != pid
+                assert drained["pid"] != pid and drained["replayed"] > 0
+                assert drained["committed"] >= drained["replayed"]
+                # the CLI shows the state (the daemon reuses the space of segments it commits
+                # and the filler takes it back, so the state may flicker: ask until it is seen)
                 code, doc = wait_for(
                     lambda: (r := cli_status(d))[1]["disk_full"] and r,
                     60,
                     "tracker-daemon status of the restarted daemon to show disk_full",
                     interval=0.2,
                 )
-                assert code == 1 and doc["pid"] == again["pid"]
+                assert code == 1 and doc["pid"] == drained["pid"]
+                # SIGTERM on the full disk: the shutdown path cannot write either, exits 0
+                assert d.stop(signal.SIGTERM) == 0
+                d.start()
+                wait_for(lambda: d.status()["disk_full"], 60, "disk_full after the second start")
+            finally:
+                filler.stop()
             # space is back: the daemon resumes by itself, the workers finish
             finish_workers(procs, 240)
             results = [json.loads(o.read_text()) for o in outs]
