@@ -156,7 +156,8 @@ class Journal:
             first = min(self._segments(), default=1)
             return Mark(Position(first, 0), {})
         except (ValueError, KeyError, TypeError) as exc:
-            # A mark is written atomically (rename), so this means outside damage: replay all.
+            # A mark is written atomically (rename), so this means outside damage, or a crash
+            # during an in-place rewrite on a full disk (_persist_mark): replay all.
             log.error("event=journal_mark_unreadable path=%s reason=%r", path, str(exc))
             self._quarantine_file(path)
             return Mark(Position(min(self._segments(), default=1), 0), {})
