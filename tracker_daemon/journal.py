@@ -28,6 +28,8 @@ segment so the next mark drops the old one: a journal on a disk smaller than one
 flowing. Disk errors (:data:`~tracker_daemon.diskspace.DISK_ERRNOS`) of an append are reported
 as ``JournalFull`` with nothing written; the entry is refused, never half-written.
 
+``mark.json`` and ``quarantine/`` are written by :mod:`.journal_files`.
+
 Blocking file I/O: the daemon calls ``append`` from its event loop (a buffered write, no fsync)
 and ``sync``/``write_mark``/``read`` from worker threads.
 """
@@ -48,6 +50,7 @@ from typing import Any
 from tracker_client.framing import HEADER, encode_frame, scan
 
 from .diskspace import DISK_ERRNOS, fs_room, is_disk_error
+from .journal_files import fsync_dir, quarantine_file, repair_segment, write_mark_file
 
 __all__ = ["MIN_SEGMENT_BYTES", "Journal", "JournalFull", "Mark", "Position"]
 
@@ -55,7 +58,6 @@ log = logging.getLogger("tracker_daemon.journal")
 
 SEGMENT_SUFFIX = ".seg"
 MIN_SEGMENT_BYTES = 256 * 1024  # the smallest segment rolled early on a small filesystem
-MARK_BLOCK = 4096  # mark.json is padded to whole blocks (see _persist_mark)
 
 
 class JournalFull(Exception):
@@ -117,7 +119,7 @@ class Journal:
             if seg < self.mark.position.segment:  # fully committed but not yet deleted
                 (self.dir / _name(seg)).unlink(missing_ok=True)
                 continue
-            self._sizes[seg] = self._repair(seg)
+            self._sizes[seg] = repair_segment(self.dir / _name(seg))
         if not self._sizes:
             self._segment = max(self.mark.position.segment, 1)
             self._open_segment(self._segment)
@@ -157,9 +159,9 @@ class Journal:
             return Mark(Position(first, 0), {})
         except (ValueError, KeyError, TypeError) as exc:
             # A mark is written atomically (rename), so this means outside damage, or a crash
-            # during an in-place rewrite on a full disk (_persist_mark): replay all.
+            # during an in-place rewrite on a full disk (write_mark_file): replay all.
             log.error("event=journal_mark_unreadable path=%s reason=%r", path, str(exc))
-            self._quarantine_file(path)
+            quarantine_file(path)
             return Mark(Position(min(self._segments(), default=1), 0), {})
 
     def _segments(self) -> list[int]:
@@ -171,41 +173,6 @@ class Journal:
                 continue
         return sorted(out)
 
-    def _repair(self, seg: int) -> int:
-        """Scan a segment; cut a torn/corrupt tail into quarantine. Returns the good size."""
-        path = self.dir / _name(seg)
-        data = path.read_bytes()
-        result = scan(data)
-        if result.problem is not None:
-            bad = data[result.good_end :]
-            qpath = _unused(self.dir / "quarantine" / f"{_name(seg)}.{result.good_end}.bad")
-            try:
-                qpath.parent.mkdir(exist_ok=True)
-                qpath.write_bytes(bad)
-            except OSError as exc:  # a full disk: cut anyway, a torn tail must not stop a start
-                qpath.unlink(missing_ok=True)
-                log.error("event=journal_quarantine_failed reason=%r", str(exc))
-                qpath = Path("(not saved)")
-            with open(path, "r+b") as fh:
-                fh.truncate(result.good_end)
-                os.fsync(fh.fileno())
-            log.warning(
-                "event=journal_quarantine segment=%s reason=%r bytes=%d kept_frames=%d saved_to=%s",
-                path.name,
-                result.problem,
-                len(bad),
-                len(result.frames),
-                qpath,
-            )
-        return result.good_end
-
-    def _quarantine_file(self, path: Path) -> None:
-        try:
-            (self.dir / "quarantine").mkdir(exist_ok=True)
-            path.rename(_unused(self.dir / "quarantine" / f"{path.name}.bad"))
-        except OSError:
-            pass
-
     def _open_segment(self, seg: int) -> None:
         path = self.dir / _name(seg)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
@@ -215,7 +182,7 @@ class Journal:
         self._segment = seg
         self._offset = os.fstat(fd).st_size
         self._sizes[seg] = self._offset
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     # ------------------------------------------------------------------ reading
 
@@ -406,7 +373,7 @@ class Journal:
         On a full disk, segments before ``position`` are deleted first to make room (see the
         module docstring); raises OSError when the mark still cannot be written."""
         try:
-            self._persist_mark(position, clients)
+            write_mark_file(self.dir, position.segment, position.offset, clients)
         except OSError as exc:
             if not is_disk_error(exc) or not self._drop_before(position):
                 raise
@@ -414,55 +381,9 @@ class Journal:
                 "event=journal_reclaimed_before_mark reason=%r note=committed_segments_deleted",
                 str(exc),
             )
-            self._persist_mark(position, clients)
+            write_mark_file(self.dir, position.segment, position.offset, clients)
         self.mark = Mark(position, dict(clients))
         self._drop_before(position)
-
-    def _persist_mark(self, position: Position, clients: dict[str, int]) -> None:
-        """Write mark.json: a new file renamed over the old one; on a full disk (no room for the
-        new file), over the old one in place. The file is padded to whole blocks, so the old
-        one has room for the new mark; a crash in the middle of an in-place write leaves a mark
-        that does not parse, and then everything in the journal is replayed (idempotent)."""
-        tmp = self.dir / "mark.json.tmp"
-        data = json.dumps(
-            {"segment": position.segment, "offset": position.offset, "clients": clients}
-        ).encode()
-        data += b" " * (-len(data) % MARK_BLOCK)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-            try:
-                if os.write(fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, "No space left on device (short write)")
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)  # give back what a failed write took
-            if not is_disk_error(exc) or not self._overwrite_mark(data):
-                raise
-            return
-        os.replace(tmp, self.dir / "mark.json")
-        _fsync_dir(self.dir)
-
-    def _overwrite_mark(self, data: bytes) -> bool:
-        """Rewrite mark.json in place if the new mark fits in its blocks; True when written."""
-        try:
-            fd = os.open(self.dir / "mark.json", os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
-            return False
-        try:
-            size = os.fstat(fd).st_size
-            if size < len(data):
-                return False
-            data += b" " * (size - len(data))
-            if os.pwrite(fd, data, 0) != len(data):
-                return False
-            os.fsync(fd)
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
 
     def _drop_before(self, position: Position) -> bool:
         """Delete the segments wholly before ``position`` (never the current one)."""
@@ -497,20 +418,3 @@ class Journal:
 
 def _name(seg: int) -> str:
     return f"{seg:010d}{SEGMENT_SUFFIX}"
-
-
-def _unused(path: Path) -> Path:
-    """``path``, or ``path.1``, ``path.2``, ... if taken: never overwrite earlier quarantine."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}.{n}")
-    return candidate
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
