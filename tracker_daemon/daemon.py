@@ -1193,20 +1193,19 @@ class Daemon:
     # ------------------------------------------------------------------ artifacts
 
     async def _artifact_loop(self) -> None:
-        async with self._art_recv:
-            async for origin, msg in self._art_recv:
-                failure = None
-                try:
-                    uri = await self._artifact_uri(msg.run_id)
-                    await self._upload(uri, msg)
-                    self.counters.artifacts += 1
-                except SinkError as exc:
-                    failure = p.Failure(
-                        None, exc.code, f"artifact {msg.staged_path}: {exc.message}"
-                    )
-                Sink.discard_staged(msg.staged_path)
-                self._art_pending -= 1
-                self._settle(origin, msg.run_id, None, failure)
+        # no `async with self._art_recv`: a loop restarted after a failure must find the
+        # stream open (closing it would also break every later send)
+        async for origin, msg in self._art_recv:
+            failure = None
+            try:
+                uri = await self._artifact_uri(msg.run_id)
+                await self._upload(uri, msg)
+                self.counters.artifacts += 1
+            except SinkError as exc:
+                failure = p.Failure(None, exc.code, f"artifact {msg.staged_path}: {exc.message}")
+            Sink.discard_staged(msg.staged_path)
+            self._art_pending -= 1
+            self._settle(origin, msg.run_id, None, failure)
 
     async def _artifact_uri(self, run_id: str) -> str:
         run_id = await self._resolve(run_id)
