@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,13 @@ def test_state_dir_on_a_full_disk_daemon_lives_and_every_point_lands(tmp_path: P
                 str(tmp_path / "artifacts"),
             ],
         )
+        procs: list[subprocess.Popen[bytes]] = []
         d.start()
         try:
             outs = [tmp_path / f"w{i}.json" for i in range(workers)]
             spec = {"experiment": "disk-full", "keys": keys, "steps": steps}
             spec |= {"pace": [100, 0.05], "flush_timeout": 240}  # logging takes 7.5 s
-            procs = [
+            procs += [
                 start_worker(d.address, spec | {"run_name": f"w{i}"}, o) for i, o in enumerate(outs)
             ]
             total = workers * steps * len(keys)
@@ -197,6 +199,10 @@ def test_state_dir_on_a_full_disk_daemon_lives_and_every_point_lands(tmp_path: P
             assert "event=task_failed" not in d.log()
             assert "Traceback" not in d.log()
         finally:
+            for proc in procs:  # after a failure: no worker outlives the test
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
             if d.proc is not None and d.proc.poll() is None:
                 d.stop()
             shutil.rmtree(sock_dir, ignore_errors=True)
@@ -214,6 +220,7 @@ def test_journal_smaller_than_one_segment_keeps_flowing(tmp_path: Path) -> None:
     sock_dir = short_tmpdir()
     with mounted_tmpfs(journal, "4m"):
         d = Daemon(state, f"ipc://{sock_dir / 'd.sock'}", tmp_path / "daemon.log")
+        procs: list[subprocess.Popen[bytes]] = []
         d.start()  # default journal_segment_bytes: 64 MiB, sixteen times the filesystem
         try:
             first = d.status()
@@ -221,7 +228,7 @@ def test_journal_smaller_than_one_segment_keeps_flowing(tmp_path: Path) -> None:
             outs = [tmp_path / f"w{i}.json" for i in range(workers)]
             spec = {"experiment": "small-journal", "keys": keys, "steps": steps}
             spec |= {"flush_timeout": 180}
-            procs = [
+            procs += [
                 start_worker(d.address, spec | {"run_name": f"w{i}"}, o) for i, o in enumerate(outs)
             ]
             finish_workers(procs, 200)
@@ -242,6 +249,10 @@ def test_journal_smaller_than_one_segment_keeps_flowing(tmp_path: Path) -> None:
             assert s["task_restarts"] == 0
             assert "Traceback" not in d.log()
         finally:
+            for proc in procs:  # after a failure: no worker outlives the test
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
             if d.proc is not None and d.proc.poll() is None:
                 d.stop()
             shutil.rmtree(sock_dir, ignore_errors=True)
