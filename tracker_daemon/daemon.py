@@ -308,7 +308,7 @@ class Daemon:
                 tasks.loop("notify", self._notify_loop)
                 tasks.loop("rate", self._rate_loop)
                 self._feed_wake.set()
-                self._watch_restored_owners(tg)
+                self._watch_restored_owners(tasks)
         finally:
             with anyio.CancelScope(shield=True):
                 if self.metrics is not None:
@@ -1101,7 +1101,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ client liveness
 
-    def _watch_restored_owners(self, tg: anyio.abc.TaskGroup) -> None:
+    def _watch_restored_owners(self, tg: Tasks) -> None:
         """After a restart: watch the processes that own open runs (from runs.log); those that
         died while the daemon was down get their runs ended once their records are committed."""
         for cid, (pid, host) in self.runbook.owners.items():
