@@ -4,7 +4,7 @@ SPEC keys (all optional): experiment, run_name, params {k: v}, tags {k: v}, keys
 steps (int), artifact {"name":..., "content":..., "rewrite": str|None}, end ("FINISHED" |
 "FAILED" | "exit" (no end call) | "raise" (exception inside the run's with-block)),
 wait_stdin (bool: block until a line arrives, to start many workers at one moment),
-resume_run_id, parent_run_id, flush_timeout.
+resume_run_id, parent_run_id, flush_timeout, pace [every_n_steps, sleep_s] (log at a set rate).
 OUT: {"run_id", "experiment_id", "sent": {key: [[step, value, ts], ...]}, "per_call_ns": [...]}.
 """
 
@@ -39,7 +39,10 @@ def main() -> None:
     keys = spec.get("keys", [])
     sent: dict[str, list[list[float]]] = {k: [] for k in keys}
     costs = []
+    every, pause = spec.get("pace") or (0, 0.0)
     for step in range(spec.get("steps", 0)):
+        if every and step and step % every == 0:
+            time.sleep(pause)
         for i, key in enumerate(keys):
             value = step * 0.5 + i + (os.getpid() % 7) / 10
             ts = 1_700_000_000_000 + step

@@ -50,6 +50,7 @@ from .artifacts import ArtifactLane
 from .batcher import Batch, Origin
 from .calls import StoreCalls
 from .config import Config, load_server_curve, metrics_host_port, redact_uri
+from .diskspace import DiskProblems, is_disk_error
 from .errors import AlreadyRunning, PermanentSinkError, RetryableSinkError, SinkError
 from .journal import SEGMENT_SUFFIX, Journal, JournalFull, Position
 from .lanes import Lanes
@@ -61,6 +62,7 @@ from .sink import RunHandle, Sink
 from .spool_backoff import SpoolBackoff
 from .staging import StagingArea
 from .status import Counters, health
+from .supervise import Supervisor, Tasks
 from .throttle import LogThrottle
 
 __all__ = ["Daemon", "run_daemon"]
@@ -75,6 +77,7 @@ CLIENT_MEMORY_S = 7 * 24 * 3600  # how long the mark remembers an idle client's 
 CLIENT_IDLE_S = 300.0  # a client silent this long no longer counts toward max_clients
 RATE_SAMPLE_S = 1.0  # how often the committed count is sampled for commit_rate
 LIMIT_LOG_INTERVAL_S = 10.0  # each peer's rejections by one limit are logged at most this often
+DISK_RETRY_S = 1.0  # how often a write that failed for lack of space is tried again
 
 
 @dataclass(slots=True)
@@ -131,7 +134,9 @@ class Daemon:
             segment_bytes=cfg.journal_segment_bytes,
             max_bytes=cfg.journal_max_bytes,
         )
-        self.runbook = RunBook(self.state_dir / "runs.log")
+        self.disk = DiskProblems()  # the daemon's own files it cannot write right now
+        self.supervisor = Supervisor()
+        self.runbook = RunBook(self.state_dir / "runs.log", self.disk)
         self.counters = Counters()
         self.notifier = Notifier()
         self.clients: dict[str, ClientInfo] = {}
@@ -164,9 +169,10 @@ class Daemon:
         self._art_pending = 0
         self._deadletter = self.state_dir / "deadletter.jsonl"
         self._lock_fd: int | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._tg: Tasks | None = None
         self._stopping = False
         self._full_logged = False
+        self._full_logged_at = -1e9
         self._import_stop = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -184,18 +190,37 @@ class Daemon:
                 f"state dir {self.state_dir} is in use by tracker-daemon pid {holder}; "
                 "stop it first or choose another --state-dir"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+        self._write_pid()
+
+    def _write_pid(self) -> None:
+        """Record this daemon's pid in the lock file (for the "already running" message); on a
+        full disk the lock holds all the same, and the mark loop tries again."""
+        assert self._lock_fd is not None
+        try:
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            self.disk.failed("daemon.lock", exc, "lock_held_pid_written_later")
+        else:
+            self.disk.ok("daemon.lock")
 
     def prepare(self) -> None:
         """Everything before serving: lock, directories, journal replay, backend, socket."""
         self.acquire_lock()
         for shared in (self.staging_dir, self.spool_dir):
             # group members (clients) write here; setgid keeps the group on what they create
-            shared.mkdir(exist_ok=True)
-            os.chmod(shared, 0o2770)
-        self.artifacts.staging.prepare()
+            try:
+                shared.mkdir(exist_ok=True)
+                os.chmod(shared, 0o2770)
+            except OSError as exc:  # a full disk: serve what can be served
+                log.error("event=dir_unavailable path=%s reason=%r", shared, str(exc))
+        try:
+            self.artifacts.staging.prepare()
+        except OSError as exc:
+            log.error(
+                "event=dir_unavailable path=%s reason=%r", self.state_dir / "uploads", str(exc)
+            )
         self.runbook.load()
         self._recover()
         self.sink.open()
@@ -280,22 +305,24 @@ class Daemon:
                 self._start_metrics()
             self.notifier.ready(self._status_line())
             async with anyio.create_task_group() as tg:
-                self._tg = tg
+                # every loop is supervised (a failure is logged and the loop restarts), every
+                # request task contained: one failing task never ends the daemon
+                tasks = self._tg = Tasks(tg, self.supervisor)
                 if self.until_idle:
-                    tg.start_soon(self._drain_then_exit, tg)
+                    tasks.loop("drain", self._drain_then_exit, tg)
                 else:
                     tg.start_soon(self._serve_until_signal, tg)
-                    tg.start_soon(self._import_loop)
+                    tasks.loop("spool_import", self._import_loop)
                 for lane in range(len(self.batcher)):
-                    tg.start_soon(self._sink_loop, lane)
-                tg.start_soon(self.artifacts.run)
-                tg.start_soon(self._feed_loop)
-                tg.start_soon(self._sync_loop)
-                tg.start_soon(self._mark_loop)
-                tg.start_soon(self._notify_loop)
-                tg.start_soon(self._rate_loop)
+                    tasks.loop(f"sink_lane_{lane}", self._sink_loop, lane)
+                tasks.loop("artifacts", self.artifacts.run)
+                tasks.loop("feeder", self._feed_loop)
+                tasks.loop("group_fsync", self._sync_loop)
+                tasks.loop("mark", self._mark_loop)
+                tasks.loop("notify", self._notify_loop)
+                tasks.loop("rate", self._rate_loop)
                 self._feed_wake.set()
-                self._watch_restored_owners(tg)
+                self._watch_restored_owners(tasks)
         finally:
             with anyio.CancelScope(shield=True):
                 if self.metrics is not None:
@@ -332,15 +359,25 @@ class Daemon:
             await anyio.sleep(RATE_SAMPLE_S)
 
     def _shutdown_files(self) -> None:
-        self.journal.sync()
-        self.journal.write_mark(self.journal.low_water(), self._client_floors())
-        self.journal.close()
+        """fsync, write the mark, close; a failure (a full disk) is logged, not raised: the
+        journal replays from the last mark that was written."""
+        try:
+            self.journal.sync()
+            self.journal.write_mark(self.journal.low_water(), self._client_floors())
+        except OSError as exc:
+            log.error("event=mark_not_written reason=%r note=replay_from_the_last_mark", str(exc))
+        try:
+            self.journal.close()
+        except OSError as exc:
+            log.error("event=journal_close_failed reason=%r", str(exc))
         self.runbook.close()
 
     async def _serve_until_signal(self, tg: anyio.abc.TaskGroup) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as serving:
-                serving.start_soon(self.server.serve, self.dispatch)
+                serving.start_soon(
+                    self.supervisor.supervised, "server", self.server.serve, self.dispatch
+                )
                 async for signum in signals:
                     log.info("event=stopping signal=%s", signal.Signals(signum).name)
                     serving.cancel_scope.cancel()
@@ -542,9 +579,16 @@ class Daemon:
                 pos = self.journal.append(KIND_SEQUENCED + raw)
             except JournalFull as exc:
                 self.counters.journal_full_rejections += 1
-                if not self._full_logged:
-                    log.error("event=journal_full reason=%r note=not_acking", str(exc))
-                    self._full_logged = True
+                now = time.monotonic()
+                if not self._full_logged and now - self._full_logged_at >= LIMIT_LOG_INTERVAL_S:
+                    # once per episode (episodes closer than the interval count as one)
+                    log.error(
+                        "event=journal_full reason=%r rejections=%d note=not_acked_clients_keep_it",
+                        str(exc),
+                        self.counters.journal_full_rejections,
+                    )
+                    self._full_logged, self._full_logged_at = True, now
+                self._mark_wake.set()  # reclaim committed space (roll, mark, delete)
                 return self.server.send(identity, p.ErrorReply(None, "journal_full", str(exc)))
             if self._full_logged:
                 log.info("event=journal_accepting_again")
@@ -603,7 +647,17 @@ class Daemon:
             await anyio.sleep(interval)
             if self.cfg.durability == "fsync":
                 started = time.monotonic()
-                await anyio.to_thread.run_sync(self.journal.sync)
+                try:
+                    await anyio.to_thread.run_sync(self.journal.sync)
+                except OSError as exc:
+                    if not is_disk_error(exc):
+                        raise
+                    # not durable: hold the acks back (clients keep the frames) and try again
+                    self.disk.failed("journal (fsync)", exc, "acks_held_back_until_fsync_works")
+                    await anyio.sleep(DISK_RETRY_S)
+                    self._sync_wake.set()
+                    continue
+                self.disk.ok("journal (fsync)")
                 self.counters.fsyncs += 1
                 self.counters.fsync_seconds += time.monotonic() - started
             await self._flush_acks()
@@ -614,18 +668,34 @@ class Daemon:
             await self.server.send(identity, p.Ack(self.ledger.received_upto(cid)))
 
     async def _mark_loop(self) -> None:
-        """Persist the low-water mark a little after entries settle; delete committed segments."""
+        """Persist the low-water mark a little after entries settle; delete committed segments.
+        On a full disk: roll a settled current segment so its space can be reclaimed, and try
+        the mark and runs.log again every DISK_RETRY_S until they are written."""
         last = None
         while True:
-            await self._mark_wake.wait(None)
+            retry = bool(self.journal.full_reason or self.disk)
+            await self._mark_wake.wait(DISK_RETRY_S if retry else None)
             await anyio.sleep(0.2)
+            if self.journal.full_reason:
+                self.journal.roll_if_settled()
             low = self.journal.low_water()
             floors = self._client_floors()
             if (low, floors) != last:
-                if self.cfg.durability == "fsync":
-                    await anyio.to_thread.run_sync(self.journal.sync)
-                await anyio.to_thread.run_sync(self.journal.write_mark, low, floors)
-                last = (low, floors)
+                try:
+                    if self.cfg.durability == "fsync":
+                        await anyio.to_thread.run_sync(self.journal.sync)
+                    await anyio.to_thread.run_sync(self.journal.write_mark, low, floors)
+                except OSError as exc:
+                    if not is_disk_error(exc):
+                        raise
+                    self.disk.failed("journal mark.json", exc, "mark_kept_in_memory_retried")
+                else:
+                    self.disk.ok("journal mark.json")
+                    last = (low, floors)
+            if self.runbook.unsaved:
+                await anyio.to_thread.run_sync(self.runbook.save_pending)
+            if "daemon.lock" in self.disk.active:
+                await anyio.to_thread.run_sync(self._write_pid)
 
     def _client_floors(self) -> dict[str, int]:
         """Per client, the highest contiguous seq accepted — persisted with the mark so a
@@ -1025,7 +1095,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ client liveness
 
-    def _watch_restored_owners(self, tg: anyio.abc.TaskGroup) -> None:
+    def _watch_restored_owners(self, tg: Tasks) -> None:
         """After a restart: watch the processes that own open runs (from runs.log); those that
         died while the daemon was down get their runs ended once their records are committed."""
         for cid, (pid, host) in self.runbook.owners.items():
@@ -1188,6 +1258,7 @@ class Daemon:
         error_age = c.sink_error_age(now_wall)
         reasons = health(
             journal_full=self.journal.full_reason,
+            disk_problems=list(self.disk.active.values()),
             sink_error_age_s=error_age,
             sink_failing_now=c.sink_failing_now,
             last_sink_error=c.last_sink_error,
@@ -1260,6 +1331,9 @@ class Daemon:
             "journal_max_bytes": cfg.journal_max_bytes,
             "journal_full_rejections": c.journal_full_rejections,
             **self.journal.status(),
+            "disk_full": self.journal.disk_full or bool(self.disk),
+            "disk_problems": sorted(self.disk.active.values()),
+            **self.supervisor.status(),
         }
 
 

@@ -47,6 +47,8 @@ COUNTERS = (
         "Frames refused because the journal was full.",
     ),
     ("auth_denied", "auth_denied", "CURVE connections refused: client key not allowed."),
+    ("task_restarts", "task_restarts", "Background loops restarted after an unexpected error."),
+    ("task_failures", "task_failures", "Request tasks dropped after an unexpected error."),
 )
 # (metric name without prefix, status key, help)
 GAUGES = (
@@ -62,6 +64,11 @@ GAUGES = (
     ("journal_bytes", "journal_bytes", "Bytes in the journal's segment files."),
     ("journal_max_bytes", "journal_max_bytes", "The journal's size limit (journal_max_bytes)."),
     ("journal_segments", "journal_segments", "Journal segment files."),
+    (
+        "disk_full",
+        "disk_full",
+        "1 while the daemon cannot write its own files (journal, mark, runs.log): disk full.",
+    ),
     (
         "journal_uncommitted_entries",
         "journal_outstanding_entries",

@@ -8,9 +8,11 @@ exits — no polling. Where pidfds are unavailable it checks ``/proc/<pid>`` onc
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ import anyio
 
 from tracker_client.framing import encode_frame, scan
 
+from .diskspace import DiskProblems
 from .sink import RunHandle
 
 __all__ = ["OpenRun", "RunBook", "wait_process_exit"]
@@ -39,12 +42,20 @@ class RunBook:
     owning client's pid, so a restarted daemon still ends the runs of clients that died).
 
     ``runs.log`` holds JSON entries in the framing of :mod:`tracker_client.framing`; it is
-    compacted at load (closed runs dropped; creations kept for ``CREATION_MEMORY_S``)."""
+    compacted at load (closed runs dropped; creations kept for ``CREATION_MEMORY_S``).
+
+    A write that fails (a full disk) never fails the caller: the bookkeeping is kept in memory,
+    ``unsaved`` is set, the failure is reported once (``disk``), and ``save_pending`` (called
+    periodically by the daemon) rewrites the whole file from memory once there is room. Until
+    then a daemon crash would forget the runs recorded since (logged)."""
 
     CREATION_MEMORY_S = 30 * 24 * 3600  # an offline spool may be imported weeks later
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, disk: DiskProblems | None = None) -> None:
         self.path = path
+        self.disk = disk if disk is not None else DiskProblems()
+        self.unsaved = False  # memory holds entries runs.log does not
+        self._lock = threading.Lock()  # writers run in worker threads
         self.created: dict[str, RunHandle] = {}  # request key -> run
         self.open: dict[str, OpenRun] = {}  # run id -> open run
         self.handles: dict[str, RunHandle] = {}  # run id -> handle (open or not)
@@ -59,8 +70,17 @@ class RunBook:
                 self._apply(json.loads(payload))
             if result.problem is not None:
                 log.warning("event=runs_log_truncated reason=%r", result.problem)
-        self._compact()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        try:
+            self._compact()
+        except OSError as exc:  # the file as it is stays valid: only not compacted
+            log.warning("event=runs_log_not_compacted reason=%r", str(exc))
+        try:
+            self._fd = self._open()
+        except OSError as exc:
+            self._unsaved(exc)
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
 
     def _apply(self, entry: dict[str, Any]) -> None:
         kind = entry.get("type", "created")
@@ -98,35 +118,77 @@ class RunBook:
                     }
                 )
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(b"".join(encode_frame(json.dumps(e).encode()) for e in entries))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(b"".join(encode_frame(json.dumps(e).encode()) for e in entries))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.path)
 
     def _append(self, entry: dict[str, Any]) -> None:
-        os.write(self._fd, encode_frame(json.dumps(entry).encode()))
-        os.fsync(self._fd)
+        """Write one entry (fsync); on failure keep going from memory (see the class doc)."""
+        if self.unsaved:
+            return  # save_pending writes it with the rest
+        data = encode_frame(json.dumps(entry).encode())
+        try:
+            if os.write(self._fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "No space left on device (short write)")
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._unsaved(exc)
+
+    def _unsaved(self, exc: OSError) -> None:
+        self.unsaved = True
+        self.disk.failed(
+            "runs.log",
+            exc,
+            "kept_in_memory_and_saved_when_there_is_room;a_crash_before_then_forgets_it",
+        )
+
+    def save_pending(self) -> bool:
+        """Rewrite runs.log from memory after a failed write (blocking). True when runs.log is
+        up to date."""
+        with self._lock:
+            if not self.unsaved:
+                return True
+            try:
+                self._compact()
+                fd = self._open()
+            except OSError as exc:
+                self._unsaved(exc)
+                return False
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = fd
+            self.unsaved = False
+            self.disk.ok("runs.log")
+            return True
 
     def record_creation(self, key: str, handle: RunHandle) -> None:
         """Persist (and fsync) that request ``key`` created ``handle`` — before replying."""
-        self._append({"type": "created", "key": key, "t": time.time(), **_fields(handle)})
-        self.created[key] = handle
-        self._created_at[key] = time.time()
-        self.handles[handle.run_id] = handle
+        with self._lock:
+            self._append({"type": "created", "key": key, "t": time.time(), **_fields(handle)})
+            self.created[key] = handle
+            self._created_at[key] = time.time()
+            self.handles[handle.run_id] = handle
 
     def record_open(self, handle: RunHandle, owner: str, pid: int, host: str) -> None:
         """Persist that ``owner`` (a client process) has ``handle`` open (blocking: fsync)."""
-        self._append(
-            {"type": "open", "client_id": owner, "pid": pid, "host": host, **_fields(handle)}
-        )
-        self.owners[owner] = (pid, host)
-        self.opened(handle, owner)
+        with self._lock:
+            self._append(
+                {"type": "open", "client_id": owner, "pid": pid, "host": host, **_fields(handle)}
+            )
+            self.owners[owner] = (pid, host)
+            self.opened(handle, owner)
 
     def record_closed(self, run_id: str) -> None:
-        if run_id in self.open:
-            self._append({"type": "closed", "run_id": run_id})
-        self.closed(run_id)
+        with self._lock:
+            if run_id in self.open:
+                self._append({"type": "closed", "run_id": run_id})
+            self.closed(run_id)
 
     def opened(self, handle: RunHandle, owner: str) -> None:
         self.handles[handle.run_id] = handle
@@ -149,6 +211,7 @@ class RunBook:
         return out
 
     def close(self) -> None:
+        self.save_pending()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -2,7 +2,7 @@
 (``tracker-daemon status``, the Prometheus endpoint).
 
 Health (``healthy`` / ``unhealthy_reasons`` in the status document; ``tracker-daemon status`` exits
-1 when unhealthy or unreachable). The daemon is unhealthy when either holds:
+1 when unhealthy or unreachable). The daemon is unhealthy when any holds:
 
 * ``journal_full``: the journal refused the most recent frame it was offered (``journal_max_bytes``
   reached, or the disk is full) and has not accepted one since. Clients keep the refused data and
@@ -12,6 +12,9 @@ Health (``healthy`` / ``unhealthy_reasons`` in the status document; ``tracker-da
   journal entry not yet committed was written more than ``health_stall_s`` seconds ago. A failure
   that the daemon gets past (a rejected record, a retry that then succeeds) does not make it
   unhealthy; data that stays uncommitted because the backend keeps failing does.
+* ``disk_full``: the daemon cannot write one of its own files (the journal's ``mark.json``, its
+  fsync, ``runs.log``, the pid in ``daemon.lock``) for lack of space or an I/O error. It keeps
+  serving from memory and writes them again by itself once there is room.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +96,7 @@ class Counters:
 def health(
     *,
     journal_full: str,
+    disk_problems: Sequence[str] = (),
     sink_error_age_s: float | None,
     sink_failing_now: bool,
     last_sink_error: str,
@@ -102,6 +107,7 @@ def health(
     reasons = []
     if journal_full:
         reasons.append(f"journal_full: the journal refuses new data: {journal_full}")
+    reasons += [f"disk_full: {problem}" for problem in disk_problems]
     failing = sink_error_age_s is not None and (sink_error_age_s <= stall_s or sink_failing_now)
     if failing and oldest_uncommitted_age_s > stall_s:
         assert sink_error_age_s is not None
@@ -176,6 +182,14 @@ def format_status(s: dict[str, Any]) -> str:
     ]
     if s.get("journal_full"):
         rows.append(("journal full", s["journal_full"]))
+    if s.get("task_restarts") or s.get("task_failures"):
+        rows.append(
+            (
+                "task failures",
+                f"{s.get('task_restarts')} loop restarts, {s.get('task_failures')} requests "
+                f"dropped; last: {s.get('last_task_error')}",
+            )
+        )
     rows += [("unhealthy", reason) for reason in s.get("unhealthy_reasons", [])]
     lines = [
         f"tracker-daemon {s.get('version', '?')}  pid {s.get('pid')}  "
