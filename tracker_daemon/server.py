@@ -33,14 +33,16 @@ from zmq.auth.thread import ThreadAuthenticator
 from tracker_client import protocol as p
 from tracker_client.address import ipc_path
 
+from .clients import Peer, peer_from
 from .errors import AlreadyRunning
 
 __all__ = ["CurveSetup", "Dispatch", "Server"]
 
 log = logging.getLogger("tracker_daemon.server")
 
-Dispatch = Callable[[bytes, p.ClientMessage, bytes], Awaitable[None] | None]
+Dispatch = Callable[[Peer, p.ClientMessage, bytes], Awaitable[None] | None]
 DENIED_LOG_INTERVAL_S = 60.0  # an unknown key is logged at most this often
+PEER_CACHE = 65_536  # peers remembered by routing identity (the oldest is dropped beyond)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,8 @@ class Server:
         self.last_rejection = ""
         self.keys: AllowedKeys | None = None
         self._auth: ThreadAuthenticator | None = None
+        self._peers: dict[bytes, Peer] = {}
+        self._probe: zmq.Socket[bytes] | None = None  # a sync shadow, to ask "still connected?"
 
     @property
     def auth(self) -> str:
@@ -150,6 +154,12 @@ class Server:
             raise
         if path is not None:
             os.chmod(path, 0o660)
+        if path is None and self.curve is None:
+            # tcp without CURVE: a connection is the only identity a peer has, so the daemon
+            # must be able to ask whether one is still open (sends to a gone peer then fail
+            # with EHOSTUNREACH instead of being dropped silently; send() drops them itself)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._probe = zmq.Socket.shadow(sock.underlying)
         self.sock = sock
 
     def _start_auth(self, curve: CurveSetup) -> None:
@@ -180,17 +190,44 @@ class Server:
 
     async def send(self, identity: bytes, msg: p.DaemonMessage) -> None:
         assert self.sock is not None
-        await self.sock.send_multipart([identity, p.encode(msg)], copy=True)
+        try:
+            await self.sock.send_multipart([identity, p.encode(msg)], copy=True)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:  # a gone peer (ROUTER_MANDATORY): drop it
+                raise
+
+    def connected(self, identity: bytes, notice: p.DaemonMessage) -> bool:
+        """Is the connection ``identity`` still open? Where the server can tell (tcp without
+        CURVE), ``notice`` is sent to it to find out; elsewhere the answer is yes."""
+        if self._probe is None:
+            return True
+        try:
+            self._probe.send_multipart([identity, p.encode(notice)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            return exc.errno != zmq.EHOSTUNREACH
+        return True
+
+    def _peer(self, identity: bytes, frame: zmq.Frame) -> Peer:
+        """Who sent ``frame``: read from its properties once per connection."""
+        peer = self._peers.get(identity)
+        if peer is None:
+            user_id = self._property(frame, "User-Id") if self.curve is not None else None
+            peer = peer_from(identity, self._property(frame, "Peer-Address"), user_id)
+            if len(self._peers) >= PEER_CACHE:
+                del self._peers[next(iter(self._peers))]
+            self._peers[identity] = peer
+        return peer
 
     async def serve(self, dispatch: Dispatch) -> None:
-        """Receive forever; decode each frame and call ``dispatch(identity, message, raw)``."""
+        """Receive forever; decode each frame and call ``dispatch(peer, message, raw)``."""
         assert self.sock is not None
         while True:
-            frames = await self.sock.recv_multipart(copy=True)
-            identity = frames[0]
-            if len(frames) != 2:
+            parts = await self.sock.recv_multipart(copy=False)  # frames: to read the peer
+            identity = parts[0].bytes
+            if len(parts) != 2:
                 await self._reject(identity, None, "bad_envelope", "expected exactly one frame")
                 continue
+            frames = [identity, parts[1].bytes]
             try:
                 msg = p.decode(frames[1], self.max_frame)
             except p.ProtocolError as exc:
@@ -204,9 +241,17 @@ class Server:
                     f"{type(msg).__name__} is a daemon message; clients may not send it",
                 )
                 continue
-            result = dispatch(identity, msg, frames[1])
+            result = dispatch(self._peer(identity, parts[0]), msg, frames[1])
             if result is not None:
                 await result
+
+    @staticmethod
+    def _property(frame: zmq.Frame, name: str) -> str | None:
+        try:
+            value = frame.get(name)
+        except zmq.ZMQError:  # not set for this connection
+            return None
+        return value if isinstance(value, str) else None
 
     async def _reject(self, identity: bytes, req: int | None, code: str, message: str) -> None:
         self.rejected += 1
