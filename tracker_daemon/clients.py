@@ -107,14 +107,16 @@ class ClientInfo:
 
 class ClientTable:
     """``active(client_id)``, made fresh by ``activity()`` for each check, says whether a client
-    has an open run or unsettled frames; ``connected(routing_id)`` whether a connection is still
-    open; ``privileged(peer)`` whether a peer is the daemon itself."""
+    has an open run or unsettled frames; ``remembered(client_id)`` whether its entry must be
+    kept (its seq floor goes into the mark); ``connected(routing_id)`` whether a connection is
+    still open; ``privileged(peer)`` whether a peer is the daemon itself."""
 
     def __init__(
         self,
         max_clients: int,
         *,
         activity: Callable[[], Callable[[str], bool]] = lambda: lambda cid: False,
+        remembered: Callable[[str], bool] = lambda cid: False,
         connected: Callable[[bytes], bool] = lambda rid: True,
         privileged: Callable[[Peer], bool] = lambda peer: False,
         per_process: int = MAX_CLIENTS_PER_PROCESS,
@@ -127,6 +129,7 @@ class ClientTable:
         self.in_use_refusals = 0
         self.to_watch: list[ClientInfo] = []  # bound to a kernel pid since the caller looked
         self._activity = activity
+        self._remembered = remembered
         self._connected = connected
         self._privileged = privileged
         self._by_owner: dict[Owner, set[str]] = {}
@@ -250,7 +253,10 @@ class ClientTable:
         for cid in [
             c
             for c, i in self.clients.items()
-            if i.gone and not active(c) and now - i.last_seen >= self.idle_s
+            if i.gone
+            and now - i.last_seen >= self.idle_s
+            and not active(c)
+            and not self._remembered(c)
         ]:
             self.forget(cid)
 

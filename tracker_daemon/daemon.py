@@ -121,6 +121,7 @@ class Daemon:
         self.table = ClientTable(
             cfg.max_clients,
             activity=self._activity,
+            remembered=lambda cid: self.ledger.received_upto(cid) > 0,
             connected=self._connected,
             privileged=self._privileged,
         )

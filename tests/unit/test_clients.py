@@ -102,3 +102,14 @@ def test_status_shows_only_a_prefix_of_each_id() -> None:
         {"client_id": "cccccccc…", "pid": 111, "host": "", "runs": 0, "last_seen_s": 1.0}
     ]
     assert id_prefix("short") == "short"
+
+
+def test_only_dead_clients_with_nothing_to_remember_are_forgotten() -> None:
+    floors = {"kept": 5}
+    t = ClientTable(2, remembered=lambda cid: floors.get(cid, 0) > 0, idle_s=30.0)
+    assert t.claim("kept", A, 0.0) is None
+    assert t.claim("dropped", Peer(b"z", uid=1, pid=999), 0.0) is None
+    t.exited(111)
+    t.exited(999)
+    assert t.claim("new", B, 40.0) is None  # the table was full: the sweep ran
+    assert set(t.clients) == {"kept", "new"}
