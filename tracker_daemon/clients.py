@@ -43,12 +43,14 @@ Owner = tuple[str, int | str | bytes] | tuple[str, int, int]
 @dataclass(frozen=True, slots=True)
 class Peer:
     """Who sent a message: the connection's routing identity and, when the transport says so,
-    the peer process's uid and pid (kernel, ipc) or its CURVE public key (Z85)."""
+    the peer process's uid and pid (kernel, ipc) or its CURVE public key (Z85). ``address`` is
+    ZeroMQ's ``Peer-Address`` it was read from."""
 
     routing_id: bytes
     uid: int | None = None
     pid: int | None = None
     key: str = ""
+    address: str = ""
     owner: Owner = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,7 +74,7 @@ def peer_from(routing_id: bytes, address: str | None, user_id: str | None) -> Pe
         if len(parts) == 4 and all(x.isdigit() for x in parts[1:]) and int(parts[3]) > 0:
             uid, pid = int(parts[1]), int(parts[3])
     key = user_id if user_id and len(user_id) == 40 else ""
-    return Peer(routing_id, uid, pid, key)
+    return Peer(routing_id, uid, pid, key, address or "")
 
 
 def id_prefix(client_id: str) -> str:
@@ -163,8 +165,9 @@ class ClientTable:
         """``peer`` sends a message naming ``client_id``: admit it (binding the id to the peer
         on first use) or say why not."""
         info = self.clients.get(client_id)
-        if info is not None and info.routing_id == peer.routing_id and info.owner is not None:
-            info.last_seen = now  # the hot path: the same connection as last time
+        if info is not None and info.owner == peer.owner:
+            info.routing_id = peer.routing_id  # the hot path: the peer it is bound to
+            info.last_seen = now
             return None
         if self._privileged(peer):
             self.touch(client_id, now)

@@ -32,9 +32,10 @@ TS = 1_700_000_000_000
 
 # A raw client: ``python raw.py ADDRESS < CONNS_JSON``; CONNS is a list of connections, each a
 # list of hex frames. Each connection sends its frames one at a time, waits for one reply to
-# each, and is closed; prints, per connection, [kind, code-or-run_id] of each reply.
+# each, and is closed; prints, per connection, [kind, code-or-run_id] of each reply. With
+# RAW_ROUTING_ID (hex) set, its sockets choose that ZeroMQ routing identity.
 RAW = """
-import json, sys, zmq
+import json, os, sys, zmq
 from tracker_client import protocol as p
 address, conns = sys.argv[1], json.loads(sys.stdin.read())
 ctx = zmq.Context()
@@ -42,6 +43,8 @@ out = []
 for frames in conns:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if os.environ.get("RAW_ROUTING_ID"):
+        sock.setsockopt(zmq.ROUTING_ID, bytes.fromhex(os.environ["RAW_ROUTING_ID"]))
     sock.connect(address)
     replies = []
     for frame in frames:
@@ -59,14 +62,16 @@ print(json.dumps(out), flush=True)
 """
 
 
-def raw_clients(tmp_path: Path, address: str, conns: list[list[bytes]]) -> list[list[list[str]]]:
+def raw_clients(
+    tmp_path: Path, address: str, conns: list[list[bytes]], routing_id: bytes = b""
+) -> list[list[list[str]]]:
     """Run the connections in a new process (which exits); return its replies."""
     script = tmp_path / "raw.py"
     script.write_text(RAW)
     done = subprocess.run(
         [sys.executable, str(script), address],
         input=json.dumps([[f.hex() for f in c] for c in conns]).encode(),
-        env=daemon_env(),
+        env=daemon_env({"RAW_ROUTING_ID": routing_id.hex()}),
         cwd=REPO,
         capture_output=True,
         timeout=120,
@@ -200,12 +205,14 @@ def test_2000_vanished_identities_do_not_lock_out_a_new_client(tmp_path: Path) -
 
 
 @contextmanager
-def raw_socket(address: str) -> Iterator[Any]:
+def raw_socket(address: str, routing_id: bytes = b"") -> Iterator[Any]:
     import zmq
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if routing_id:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
     sock.connect(address)
     try:
         yield sock
@@ -322,3 +329,26 @@ def test_a_reconnecting_client_keeps_its_id_and_its_data_lands(tmp_path: Path) -
         t.close()
         assert d.status()["client_id_in_use"] == 0
         assert len(MlflowClient(d.backend_uri).get_metric_history(run.run_id, "m")) == 400
+
+
+@pytest.mark.timeout(120)
+def test_a_routing_identity_reused_by_another_process_does_not_carry_the_binding(
+    tmp_path: Path,
+) -> None:
+    """A peer may choose its ZeroMQ routing identity; after the victim's connection closes,
+    another process takes it over. The kernel's pid, read for every frame, still tells them
+    apart: the victim's id stays its own while the victim process lives."""
+    rid = b"chosen-routing-id"
+    cid = "v" * 32
+    with running_daemon(tmp_path) as d:
+        with raw_socket(d.address, rid) as sock:
+            sock.send(hello(cid, os.getpid()))
+            assert sock.poll(30_000) and isinstance(p.decode(sock.recv()), p.Welcome)
+        frames = [hello(cid, os.getpid(), floor=10**9), p.encode(p.Flush(2, cid, 0, None))]
+        replies = raw_clients(tmp_path, d.address, [frames], routing_id=rid)
+        assert replies == [[["ErrorReply", "client_id_in_use"]] * 2]
+        with raw_socket(d.address, rid) as sock:  # the victim process itself: still its id
+            sock.send(hello(cid, os.getpid()))
+            assert sock.poll(30_000)
+            welcome = p.decode(sock.recv())
+            assert isinstance(welcome, p.Welcome) and welcome.acked_seq == 0

@@ -113,3 +113,11 @@ def test_only_dead_clients_with_nothing_to_remember_are_forgotten() -> None:
     t.exited(999)
     assert t.claim("new", B, 40.0) is None  # the table was full: the sweep ran
     assert set(t.clients) == {"kept", "new"}
+
+
+def test_a_taken_over_routing_identity_does_not_carry_the_binding() -> None:
+    t = ClientTable(100)
+    assert t.claim(CID, A, 0.0) is None
+    thief = Peer(A.routing_id, uid=1000, pid=333)  # same routing id, another process
+    refusal = t.claim(CID, thief, 1.0)
+    assert refusal is not None and refusal.code == "client_id_in_use"
