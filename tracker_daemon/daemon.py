@@ -8,8 +8,9 @@
                 ─► ledger.settle ─► barriers released; journal entries settled ─► mark advanced
     artifact lane: staged files ─► artifact repository (own thread; never blocks metrics)
     control: start_run / end_run ─► sink, under the same writer limiter
-    liveness: a pidfd per local client; a dead client's open runs are ended FAILED once its
-              records are committed
+    clients: each client id bound to the peer that first used it (clients.py)
+    liveness: one watch per distinct client pid (liveness.py); a dead client's open runs are
+              ended FAILED once its records are committed
 
 On start the journal is replayed from its mark. SIGTERM/SIGINT: stop receiving, commit what is
 buffered (bounded by ``drain_timeout_s``), fsync, write the mark, exit 0; the rest stays in the
@@ -30,7 +31,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,14 +49,16 @@ from . import __version__
 from .artifacts import ArtifactLane
 from .batcher import Batch, Origin
 from .calls import StoreCalls
+from .clients import ClientInfo, ClientTable, Peer, Refusal
 from .config import Config, load_server_curve, metrics_host_port, redact_uri
 from .diskspace import DiskProblems, is_disk_error
 from .errors import AlreadyRunning, PermanentSinkError, RetryableSinkError, SinkError
 from .journal import SEGMENT_SUFFIX, Journal, JournalFull, Position
 from .lanes import Lanes
 from .ledger import Ledger
+from .liveness import PidWatcher
 from .notify import Notifier
-from .runs import RunBook, wait_process_exit
+from .runs import RunBook
 from .server import CurveSetup, Server, peer_name
 from .sink import RunHandle, Sink
 from .spool_backoff import SpoolBackoff
@@ -74,22 +76,9 @@ OFFLINE_PREFIX = "offline-"
 KIND_SEQUENCED = b"D"  # journal entry: a sequenced client frame (data or artifact), verbatim
 SPOOL_SCAN_S = 30.0  # how often the spool dir is checked for spools of dead clients
 CLIENT_MEMORY_S = 7 * 24 * 3600  # how long the mark remembers an idle client's seq
-CLIENT_IDLE_S = 300.0  # a client silent this long no longer counts toward max_clients
 RATE_SAMPLE_S = 1.0  # how often the committed count is sampled for commit_rate
 LIMIT_LOG_INTERVAL_S = 10.0  # each peer's rejections by one limit are logged at most this often
 DISK_RETRY_S = 1.0  # how often a write that failed for lack of space is tried again
-
-
-@dataclass(slots=True)
-class ClientInfo:
-    client_id: str
-    pid: int = 0
-    host: str = ""
-    version: str = ""
-    last_seen: float = field(default_factory=time.monotonic)
-    runs: set[str] = field(default_factory=set)
-    watched: bool = False
-    gone: bool = False  # its (local) process exited: no longer counts toward max_clients
 
 
 class Wakeup:
@@ -139,7 +128,15 @@ class Daemon:
         self.runbook = RunBook(self.state_dir / "runs.log", self.disk)
         self.counters = Counters()
         self.notifier = Notifier()
-        self.clients: dict[str, ClientInfo] = {}
+        self.table = ClientTable(
+            cfg.max_clients,
+            activity=self._activity,
+            remembered=lambda cid: self.ledger.received_upto(cid) > 0,
+            connected=self._connected,
+            privileged=self._privileged,
+        )
+        self.clients: dict[str, ClientInfo] = self.table.clients
+        self.liveness = PidWatcher(self._pid_exited)
         self._positions: dict[tuple[str, int], Position] = {}
         self._written_at: dict[Position, float] = {}  # outstanding entry -> monotonic write time
         self._limit_log = LogThrottle(LIMIT_LOG_INTERVAL_S)
@@ -258,7 +255,7 @@ class Daemon:
             pos = Position(last_pos.segment, last_pos.offset + HEADER.size + len(last_payload))
         for cid, upto in mark.clients.items():
             self.ledger.floor(cid, upto)
-            self.clients[cid] = ClientInfo(cid)
+            self.table.touch(cid, time.monotonic())  # unbound until its first message
         self._spill_from = first
         self.counters.replayed = records
         log.info(
@@ -321,8 +318,9 @@ class Daemon:
                 tasks.loop("mark", self._mark_loop)
                 tasks.loop("notify", self._notify_loop)
                 tasks.loop("rate", self._rate_loop)
+                tasks.loop("liveness", self.liveness.run)
                 self._feed_wake.set()
-                self._watch_restored_owners(tasks)
+                self._watch_restored_owners()
         finally:
             with anyio.CancelScope(shield=True):
                 if self.metrics is not None:
@@ -435,10 +433,18 @@ class Daemon:
 
     # ------------------------------------------------------------------ dispatch (event loop)
 
-    def dispatch(self, identity: bytes, msg: p.ClientMessage, raw: bytes) -> Any:
+    def dispatch(self, peer: Peer, msg: p.ClientMessage, raw: bytes) -> Any:
+        identity = peer.routing_id
+        cid = getattr(msg, "client_id", "")
+        if cid:
+            refusal = self.table.claim(cid, peer, time.monotonic())
+            if refusal is not None:
+                return self._refuse(identity, msg, refusal)
+            if self.table.to_watch:
+                self._watch_bound()
         over = self._over_limit(msg)
         if over is not None:
-            return self._refuse(identity, msg, *over)
+            return self._refuse(identity, msg, Refusal("limit_exceeded", *over))
         if type(msg) is p.Data or type(msg) is p.LogArtifact:
             return self._on_sequenced(identity, msg, raw)
         if isinstance(msg, p.Hello):
@@ -474,14 +480,6 @@ class Daemon:
                 "most 1000 records per frame; a client that builds larger frames has a bug.)",
             )
         cid = getattr(msg, "client_id", "")
-        if cid and cid not in self.clients and not self._room_for_client():
-            return (
-                "max_clients",
-                cfg.max_clients,
-                f"max_clients = {cfg.max_clients}: the daemon already serves that many clients "
-                "and takes no new one (a client counts until its process exits or it has sent "
-                f"nothing for {CLIENT_IDLE_S:g} s); try again later, or raise max_clients",
-            )
         if cid and self._starts_new_run(msg):
             n = self._open_runs_of(cid)
             if n >= cfg.max_open_runs_per_client:
@@ -492,15 +490,6 @@ class Daemon:
                     f"already has {n} open runs; end some before starting more",
                 )
         return None
-
-    def _room_for_client(self) -> bool:
-        if len(self.clients) < self.cfg.max_clients:
-            return True
-        now = time.monotonic()
-        live = sum(
-            1 for i in self.clients.values() if not i.gone and now - i.last_seen < CLIENT_IDLE_S
-        )
-        return live < self.cfg.max_clients
 
     def _starts_new_run(self, msg: p.ClientMessage) -> bool:
         """Would ``msg`` open a run this client does not have open yet? (A resent request
@@ -524,9 +513,10 @@ class Daemon:
     def _open_runs_of(self, client_id: str) -> int:
         return sum(1 for run in self.runbook.open.values() if client_id in run.owners)
 
-    def _refuse(
-        self, identity: bytes, msg: p.ClientMessage, limit: str, value: int, text: str
-    ) -> Any:
+    def _refuse(self, identity: bytes, msg: p.ClientMessage, refusal: Refusal) -> Any:
+        """Refuse ``msg`` (a sequenced one is not acked); count it, log it at most every
+        LIMIT_LOG_INTERVAL_S per limit."""
+        limit = refusal.limit
         self.counters.limit_rejections[limit] += 1
         held = self._limit_log.check((identity, limit), time.monotonic())
         if held is not None:
@@ -534,7 +524,7 @@ class Daemon:
                 "event=limit_exceeded limit=%s value=%d kind=%s client=%s rejections=%d "
                 "peer=%s suppressed=%d",
                 limit,
-                value,
+                refusal.value,
                 type(msg).__name__,
                 getattr(msg, "client_id", ""),
                 self.counters.limit_rejections[limit],
@@ -542,23 +532,22 @@ class Daemon:
                 held,
             )
         req = getattr(msg, "req", None)
-        return self.server.send(identity, p.ErrorReply(req, "limit_exceeded", text))
+        return self.server.send(identity, p.ErrorReply(req, refusal.code, refusal.message))
 
     def _client(self, client_id: str) -> ClientInfo:
-        info = self.clients.get(client_id)
-        if info is None:
-            info = self.clients[client_id] = ClientInfo(client_id)
-        info.last_seen = time.monotonic()
-        return info
+        return self.table.touch(client_id, time.monotonic())
 
     def _on_hello(self, identity: bytes, msg: p.Hello) -> Any:
+        # dispatch admitted it: this peer is the one the id is bound to (or the daemon itself)
         info = self._client(msg.client_id)
-        info.pid, info.host, info.version = msg.pid, msg.host, msg.version
+        info.claimed_pid, info.version = msg.pid, msg.version
+        if info.owner is not None and info.owner[0] != "pid":  # no kernel pid: the claim
+            info.host = msg.host
+            if msg.host == self.hostname and info.pid != msg.pid:
+                info.pid = msg.pid
+                self._watch(info)
         self.ledger.floor(msg.client_id, msg.acked_floor)
         self._release(msg.client_id)
-        if msg.host == self.hostname and _alive(msg.pid) and not info.watched and self._tg:
-            info.watched = True
-            self._tg.start_soon(self._watch_client, info)
         log.debug("event=hello client=%s pid=%d host=%s", msg.client_id, msg.pid, msg.host)
         welcome = p.Welcome(
             msg.req,
@@ -961,7 +950,8 @@ class Daemon:
         )
 
     async def _record_owner(self, handle: RunHandle, client_id: str) -> ClientInfo | None:
-        """Persist that ``client_id`` (with its pid, for liveness) has ``handle`` open."""
+        """Persist that ``client_id`` (with its pid, for liveness) has ``handle`` open; if its
+        process is already gone, end the run once its records are committed."""
         owner = self.clients.get(client_id)
         await anyio.to_thread.run_sync(
             self.runbook.record_open,
@@ -970,6 +960,8 @@ class Daemon:
             owner.pid if owner else 0,
             owner.host if owner else "",
         )
+        if owner is not None and owner.gone and self._tg is not None:
+            self._tg.start_soon(self._client_exited, owner)
         return owner
 
     async def _on_flush(self, identity: bytes, msg: p.Flush) -> None:
@@ -1095,7 +1087,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ client liveness
 
-    def _watch_restored_owners(self, tg: Tasks) -> None:
+    def _watch_restored_owners(self) -> None:
         """After a restart: watch the processes that own open runs (from runs.log); those that
         died while the daemon was down get their runs ended once their records are committed."""
         for cid, (pid, host) in self.runbook.owners.items():
@@ -1105,16 +1097,47 @@ class Daemon:
                 continue
             info = self._client(cid)
             info.pid, info.host = pid, host
-            if not info.watched:
-                info.watched = True
-                tg.start_soon(self._watch_client, info)
+            self._watch(info)
 
-    async def _watch_client(self, info: ClientInfo) -> None:
-        """When a local client process dies, commit what it sent, then end its runs."""
-        await wait_process_exit(info.pid)
+    def _watch_bound(self) -> None:
+        """Clients the table just bound to a peer whose pid the kernel told: watch that pid."""
+        bound, self.table.to_watch = self.table.to_watch, []
+        for info in bound:
+            info.host = self.hostname
+            self._watch(info)
+
+    def _watch(self, info: ClientInfo) -> None:
+        """Watch ``info.pid`` (shared with its other clients); already gone: act at once."""
+        if info.pid > 0 and not self.liveness.watch(info.pid):
+            self._pid_exited(info.pid)
+
+    def _pid_exited(self, pid: int) -> None:
+        for info in self.table.exited(pid):  # no longer counted nor listed in the status
+            log.info("event=client_exited client=%s pid=%d", info.client_id, pid)
+            if self._tg is not None:
+                self._tg.start_soon(self._client_exited, info)
+
+    def _activity(self) -> Callable[[str], bool]:
+        """For the client table: has a client an open run or unsettled frames?"""
+        owners = {o for run in self.runbook.open.values() for o in run.owners}
+        ledger = self.ledger
+        return lambda cid: cid in owners or ledger.committed_upto(cid) < ledger.received_upto(cid)
+
+    def _connected(self, identity: bytes) -> bool:
+        notice = p.ErrorReply(
+            None, "client_id_in_use", "another connection named this client's id: refused"
+        )
+        return self.server.connected(identity, notice)
+
+    def _privileged(self, peer: Peer) -> bool:
+        """The daemon itself (its spool imports; with CURVE, whoever holds its key pair)."""
+        if peer.pid is not None:
+            return peer.pid == os.getpid()
+        return self.curve is not None and peer.key == self.curve.public.decode()
+
+    async def _client_exited(self, info: ClientInfo) -> None:
+        """A local client process is gone: commit what it sent, then end its runs."""
         upto = self.ledger.received_upto(info.client_id)
-        log.info("event=client_exited client=%s pid=%d", info.client_id, info.pid)
-        info.gone = True  # no longer counted toward max_clients nor listed in the status
         await self._barrier(info.client_id, upto, within=60.0)
         reason = (
             f"tracker-daemon: client process {info.pid} on {info.host} exited without "
@@ -1289,17 +1312,10 @@ class Daemon:
             "durability": cfg.durability,
             "limits": limits,
             "limit_rejections": rejections,
-            "clients": [
-                {
-                    "client_id": i.client_id,
-                    "pid": i.pid,
-                    "host": i.host,
-                    "runs": len(i.runs),
-                    "last_seen_s": round(now - i.last_seen, 3),
-                }
-                for i in self.clients.values()
-                if not i.gone
-            ],
+            "clients": self.table.status_rows(now),
+            "client_id_in_use": self.table.in_use_refusals,
+            "pid_watches": self.liveness.watched,
+            "pidfds": self.liveness.fds,
             "open_runs": len(self.runbook.open),
             "frames": c.frames,
             "duplicate_frames": c.duplicate_frames,
@@ -1335,18 +1351,6 @@ class Daemon:
             "disk_problems": sorted(self.disk.active.values()),
             **self.supervisor.status(),
         }
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_daemon(cfg: Config, *, until_idle: bool = False) -> None:

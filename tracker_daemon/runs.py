@@ -1,9 +1,6 @@
 """Run bookkeeping: which runs are open and who owns them, the persisted record of run creations
-(so a retried or replayed ``start_run`` never creates a second run), and client liveness.
-
-Liveness: for a client on this host the daemon opens a pidfd (``pidfd_open``, Linux ≥ 5.3) when the
-client says hello and waits for it to become readable, which the kernel signals when the process
-exits — no polling. Where pidfds are unavailable it checks ``/proc/<pid>`` once a second.
+(so a retried or replayed ``start_run`` never creates a second run), and each run's owners
+with their pids (liveness itself is in liveness.py).
 """
 
 from __future__ import annotations
@@ -18,14 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from tracker_client.framing import encode_frame, scan
 
 from .diskspace import DiskProblems
 from .sink import RunHandle
 
-__all__ = ["OpenRun", "RunBook", "wait_process_exit"]
+__all__ = ["OpenRun", "RunBook"]
 
 log = logging.getLogger("tracker_daemon.runs")
 
@@ -224,22 +219,3 @@ def _fields(handle: RunHandle) -> dict[str, str]:
         "artifact_uri": handle.artifact_uri,
         "run_name": handle.run_name,
     }
-
-
-async def wait_process_exit(pid: int) -> None:
-    """Return once process ``pid`` has exited (immediately if it does not exist)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    except OSError:
-        # No pidfd (old kernel, seccomp): nothing signals another process's exit, so check
-        # /proc once a second — the one poll in the daemon, only on this fallback path.
-        proc = anyio.Path(f"/proc/{pid}")
-        while await proc.exists():  # noqa: ASYNC110
-            await anyio.sleep(1.0)
-        return
-    try:
-        await anyio.wait_readable(fd)
-    finally:
-        os.close(fd)

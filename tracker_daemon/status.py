@@ -34,6 +34,8 @@ LIMIT_KINDS = (
     "max_records_per_frame",
     "max_open_runs_per_client",
     "max_clients",
+    "max_clients_per_process",
+    "client_id_in_use",
 )
 RATE_WINDOW_S = 10.0  # commit_rate is measured over about this many seconds
 CLIENT_ROWS = 50  # at most this many clients in the human-readable table

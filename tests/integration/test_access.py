@@ -370,6 +370,8 @@ def test_records_per_frame_open_runs_and_frame_size_limits(tmp_path: Path) -> No
             "max_records_per_frame": 1,
             "max_open_runs_per_client": 1,
             "max_clients": 0,
+            "max_clients_per_process": 0,
+            "client_id_in_use": 0,
         }
         assert status["open_runs"] == 2
         log = d.log()
