@@ -198,7 +198,8 @@ def test_offline_run_that_exits_is_imported_by_the_daemon(tmp_path: Path) -> Non
     d.start()
     try:
         wait_for(lambda: not spools[0].exists(), 120, "the daemon to import the spool")
-        assert "event=spool_imported" in d.log()
+        # the file goes first, the log line follows it
+        wait_for(lambda: "event=spool_imported" in d.log(), 10, "the import's log line")
     finally:
         d.stop()
     run = MlflowClient(d.backend_uri).search_runs(
