@@ -120,7 +120,9 @@ def send_line(proc: subprocess.Popen[bytes], line: str = "go") -> None:
 
 
 @dataclass
-class Daemon:
+class BenchDaemon:
+    """A ``tracker-daemon run`` process of one repeat, and where its store is."""
+
     proc: subprocess.Popen[bytes]
     address: str
     backend: str
@@ -133,7 +135,7 @@ class Daemon:
 @contextmanager
 def daemon(
     ctx: Ctx, rep_dir: Path, backend: str | None = None, graceful: bool = True
-) -> Iterator[Daemon]:
+) -> Iterator[BenchDaemon]:
     """``tracker-daemon run`` on ``rep_dir/state``; stopped at the end: SIGTERM (no drain), or
     SIGKILL when not ``graceful`` or on an error (its state is thrown away anyway)."""
     backend = backend or ctx.args.backend_store_uri
@@ -165,7 +167,7 @@ def daemon(
             except tracker_client.DaemonUnavailable:
                 if time.monotonic() > deadline:
                     raise BenchError(f"daemon not ready:\n{ctx.procs.log(proc)}") from None
-        yield Daemon(proc, address, backend or f"sqlite:///{state / 'mlflow.db'}")
+        yield BenchDaemon(proc, address, backend or f"sqlite:///{state / 'mlflow.db'}")
     except BaseException:
         graceful = False
         raise
