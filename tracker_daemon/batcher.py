@@ -29,7 +29,8 @@ Params are write-once
     ``INVALID_PARAMETER_VALUE`` :class:`~tracker_client.protocol.Failure`. The first of two
     same-key params in one :meth:`~Batcher.add` call wins. :meth:`Batcher.param_failed`
     forgets a key whose commit failed, so it may be logged again. The memory of a run lasts
-    until :meth:`Batcher.forget_run`; the daemon calls it when the run ends.
+    until :meth:`Batcher.forget_run`; the daemon calls :meth:`Batcher.release_run` when the run
+    ends, which forgets it once nothing of it is buffered.
 
 When a run is due
     A run with buffered records is *due* when ``now >= oldest_arrival + max_age`` (its oldest

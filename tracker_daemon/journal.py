@@ -98,7 +98,6 @@ class Journal:
         self._sizes: dict[int, int] = {}  # segment -> bytes on disk
         self._outstanding: OrderedDict[Position, bool] = OrderedDict()  # pos -> settled
         self._dirty = False
-        self._synced = Position(0, 0)
         self._lock = threading.Lock()  # guards fd rotation against a concurrent sync
         self.mark = Mark(Position(1, 0), {})
         self.full_reason = ""
@@ -126,7 +125,6 @@ class Journal:
         else:
             self._segment = max(self._sizes)
             self._open_segment(self._segment)
-        self._synced = Position(self._segment, self._offset)
         self._adapt()
         mark = self.mark.position
         cut = self._sizes.get(mark.segment)
@@ -333,12 +331,7 @@ class Journal:
                 except OSError:
                     self._dirty = True
                     raise
-        self._synced = target
         return target
-
-    @property
-    def synced(self) -> Position:
-        return self._synced
 
     # ------------------------------------------------------------------ settling and the mark
 
@@ -363,10 +356,6 @@ class Journal:
     @property
     def outstanding(self) -> int:
         return len(self._outstanding)
-
-    def oldest_outstanding(self) -> Position | None:
-        low = self.low_water()
-        return None if low == self.head and not self._outstanding else low
 
     def write_mark(self, position: Position, clients: dict[str, int]) -> None:
         """Persist the mark atomically, then delete segments wholly before it (blocking).

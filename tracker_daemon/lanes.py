@@ -74,9 +74,6 @@ class Lanes:
     def param_failed(self, run_id: str, key: str) -> None:
         self._for(run_id).param_failed(run_id, key)
 
-    def forget_run(self, run_id: str) -> None:
-        self._for(run_id).forget_run(run_id)
-
     def release_run(self, run_id: str) -> bool:
         released = self._for(run_id).release_run(run_id)
         if released and run_id in self._assigned:

@@ -49,9 +49,6 @@ class Ledger:
     def __contains__(self, client_id: str) -> bool:
         return client_id in self._books
 
-    def forget(self, client_id: str) -> None:
-        self._books.pop(client_id, None)
-
     def floor(self, client_id: str, seq: int) -> None:
         """The client says every seq <= ``seq`` was acked by a daemon (possibly an earlier run of
         this one). Seqs up to there that this daemon never received are treated as done; ones it
@@ -84,18 +81,6 @@ class Ledger:
         else:
             self._done(b, seq)
         return True
-
-    def unaccept(self, client_id: str, seq: int) -> None:
-        """Undo ``accept`` of ``seq`` (it could not be journaled); a resend will be accepted."""
-        b = self._books.get(client_id)
-        if b is None:
-            return
-        b.remaining.pop(seq, None)
-        if seq in b.received_above:
-            b.received_above.discard(seq)
-        elif seq <= b.received_upto:
-            b.received_above.update(range(seq + 1, b.received_upto + 1))
-            b.received_upto = seq - 1
 
     def settle(self, client_id: str, seq: int, n: int = 1) -> bool:
         """``n`` records of ``seq`` are committed or failed. True if committed_upto moved."""

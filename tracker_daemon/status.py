@@ -46,7 +46,6 @@ class Counters:
     started_at: float = field(default_factory=time.time)
     frames: int = 0
     duplicate_frames: int = 0
-    rejected_frames: int = 0
     received: int = 0
     committed: int = 0
     failed: int = 0

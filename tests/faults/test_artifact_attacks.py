@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,8 +20,11 @@ import pytest
 from mlflow import MlflowClient
 
 import tracker_client
-from tests.helpers import Daemon, running_daemon, sqlite_locked, wait_for
-from tests.integration.test_bad_input import raw_dealer, recv_reply
+from tests.support.daemon import Daemon, running_daemon
+from tests.support.disk import mounted_tmpfs
+from tests.support.net import raw_dealer, recv_reply
+from tests.support.store import sqlite_locked
+from tests.support.waiting import wait_for
 from tracker_client import protocol as p
 from tracker_daemon.staging import PARTIAL_PREFIX
 
@@ -359,29 +361,12 @@ def test_partial_upload_files_are_removed_on_restart(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ retries out of line
 
 
-@contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            check=True,
-            capture_output=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {exc}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @pytest.mark.timeout(120)
 def test_a_retrying_upload_does_not_hold_up_other_clients(tmp_path: Path) -> None:
     """A real retryable fault: one run's artifact location is a full tmpfs (ENOSPC). Its upload
     is retried after the others, another client's artifact uploads meanwhile, and the first
     one lands once space comes back."""
-    with tmpfs(tmp_path / "small", "1m") as small, running_daemon(tmp_path) as d:
+    with mounted_tmpfs(tmp_path / "small", "1m") as small, running_daemon(tmp_path) as d:
         filler = small / "filler"
         filler.write_bytes(b"f" * (900 * 1024))
         exp = MlflowClient(tracking_uri=d.backend_uri).create_experiment(

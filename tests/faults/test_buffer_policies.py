@@ -9,7 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 import tracker_client
-from tests.helpers import running_daemon, wait_for
+from tests.support.daemon import running_daemon
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

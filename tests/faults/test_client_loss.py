@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import REPO, Daemon, daemon_cli, daemon_env, short_tmpdir, wait_for
+from tests.support import store
+from tests.support.daemon import REPO, Daemon, daemon_cli, daemon_env, short_tmpdir
+from tests.support.disk import fill_disk, mounted_tmpfs
+from tests.support.waiting import wait_for
 from tracker_client import protocol as p
 from tracker_client.spool import Spool
 
@@ -69,32 +72,14 @@ print(run.offline_id, flush=True)
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root/CAP_SYS_ADMIN): {r.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "tmpfs", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(directory: Path) -> Path:
     """Fill the filesystem of ``directory`` completely; returns the filler file."""
     filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (65536, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
+    fill_disk(filler)
     return filler
 
 
@@ -115,7 +100,7 @@ def new_daemon(root: Path, address: str) -> Daemon:
 
 
 def history(d: Daemon, run_id: str) -> list[int]:
-    return [m.step for m in MlflowClient(d.backend_uri).get_metric_history(run_id, "k")]
+    return store.steps(d.backend_uri, run_id, "k")
 
 
 @pytest.mark.timeout(240)

@@ -16,16 +16,9 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 import tracker_client
-from tests.helpers import (
-    REPO,
-    Daemon,
-    daemon_cli,
-    daemon_env,
-    finish_workers,
-    running_daemon,
-    short_tmpdir,
-    wait_for,
-)
+from tests.support.daemon import REPO, Daemon, daemon_cli, daemon_env, running_daemon, short_tmpdir
+from tests.support.waiting import wait_for
+from tests.support.workers import finish_workers
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -21,14 +20,10 @@ import pytest
 from mlflow import MlflowClient
 
 import tracker_client
-from tests.helpers import (
-    Daemon,
-    finish_workers,
-    short_tmpdir,
-    sqlite_locked,
-    start_worker,
-    wait_for,
-)
+from tests.support.daemon import Daemon, running_daemon
+from tests.support.store import sqlite_locked
+from tests.support.waiting import wait_for
+from tests.support.workers import finish_workers, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -41,21 +36,6 @@ Point = tuple[int, float, int]  # (step, value, timestamp)
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-@contextmanager
-def restartable_daemon(root: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
-    """Like ``running_daemon``, but the caller may ``kill()`` and ``start()`` it again on the same
-    state dir and socket. Whatever is still running at the end is stopped."""
-    sock_dir = short_tmpdir()
-    d = Daemon(root / "state", f"ipc://{sock_dir / 'd.sock'}", root / "daemon.log", [], env or {})
-    d.start()
-    try:
-        yield d
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop(signal.SIGTERM, timeout=60)
-        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 @contextmanager
@@ -179,7 +159,7 @@ def test_kill9_daemon_repeatedly_loses_and_duplicates_nothing(
     started = time.monotonic()
     outs = [tmp_path / f"w{i}.json" for i in range(8)]
     lives: list[dict[str, Any]] = []
-    with restartable_daemon(tmp_path) as d, reaped([]) as procs:
+    with running_daemon(tmp_path) as d, reaped([]) as procs:
         for i, out in enumerate(outs):
             spec = {
                 "experiment": "kill9",
@@ -250,7 +230,7 @@ def test_kill9_during_sink_write(tmp_path: Path) -> None:
     """Another process holds an exclusive SQLite lock, so the daemon's log_batch is blocked inside
     SQLite; the daemon is killed -9 right there, the lock released, the daemon restarted."""
     steps = 400  # 800 records: one MLflow batch
-    with restartable_daemon(tmp_path) as d:
+    with running_daemon(tmp_path) as d:
         tracker = tracker_client.connect(d.address)
         run = tracker.start_run("sink-write-kill", run_name="blocked")
         transport = tracker._transport
@@ -292,7 +272,7 @@ def test_kill9_inside_fsync_window(tmp_path: Path) -> None:
     duplicates when resent; end() succeeds and every point is in MLflow once."""
     steps = 1_500
     env = {"TRACKER_DAEMON_FSYNC_INTERVAL_MS": "3000"}
-    with restartable_daemon(tmp_path, env=env) as d:
+    with running_daemon(tmp_path, env=env) as d:
         tracker = tracker_client.connect(d.address)
         run = tracker.start_run("fsync-window", run_name="burst")
         transport = run._tracker._transport
@@ -338,7 +318,7 @@ def test_sigterm_under_load_exits_zero_and_restart_loses_nothing(
     total = 4 * steps * len(KEYS)
     outs = [tmp_path / f"w{i}.json" for i in range(4)]
     env = {"TRACKER_DAEMON_DRAIN_TIMEOUT_S": str(drain_s)}
-    with restartable_daemon(tmp_path, env=env) as d, reaped([]) as procs:
+    with running_daemon(tmp_path, env=env) as d, reaped([]) as procs:
         for i, out in enumerate(outs):
             spec = {
                 "experiment": "sigterm",

@@ -26,17 +26,11 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from tests.helpers import (
-    Daemon,
-    daemon_cli,
-    fill_disk,
-    finish_workers,
-    mounted_tmpfs,
-    short_tmpdir,
-    sqlite_locked,
-    start_worker,
-    wait_for,
-)
+from tests.support.daemon import Daemon, daemon_cli, short_tmpdir
+from tests.support.disk import fill_disk, mounted_tmpfs
+from tests.support.store import sqlite_locked
+from tests.support.waiting import wait_for
+from tests.support.workers import finish_workers, start_worker
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,10 @@ import pytest
 from mlflow import MlflowClient
 
 import tracker_client
-from tests.helpers import Daemon, running_daemon, sqlite_locked, wait_for
+from tests.support.daemon import Daemon, running_daemon
+from tests.support.stats import percentile
+from tests.support.store import points, sqlite_locked
+from tests.support.waiting import wait_for
 from tracker_client import protocol as p
 from tracker_client.framing import HEADER, scan
 
@@ -27,18 +30,8 @@ TICK_S = 0.01  # paced logging: PER_TICK points every TICK_S (2,000 points/s)
 PER_TICK = 20
 
 
-def _history(d: Daemon, run_id: str, key: str) -> list[tuple[int, float, int]]:
-    client = MlflowClient(tracking_uri=d.backend_uri)
-    return sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key))
-
-
 def _expected(steps: list[int] | range) -> list[tuple[int, float, int]]:
     return [(s, s * 0.5, TS0 + s) for s in steps]
-
-
-def _pct(values: list[int], q: float) -> int:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _journal_frames(journal: Path) -> list[tuple[Path, int, bytes]]:
@@ -150,11 +143,11 @@ def test_backend_locked_30s_workers_unaffected_nothing_lost(tmp_path: Path) -> N
     assert status["failed"] == 0
     assert status["committed"] == status["received"] == step
     assert status["queue_depth"] == 0 and status["journal_full"] == ""
-    assert _history(d, run.run_id, "loss") == _expected(range(step))  # every point, once
+    assert points(d.backend_uri, run.run_id, "loss") == _expected(range(step))  # every point, once
     assert MlflowClient(tracking_uri=d.backend_uri).get_run(run.run_id).info.status == "FINISHED"
 
-    b50, b99 = _pct(baseline, 0.5), _pct(baseline, 0.99)
-    o50, o99 = _pct(outage, 0.5), _pct(outage, 0.99)
+    b50, b99 = percentile(baseline, 0.5), percentile(baseline, 0.99)
+    o50, o99 = percentile(outage, 0.5), percentile(outage, 0.99)
     print(
         f"\nlog_metric per-call cost: baseline p50={b50 / 1000:.1f} us p99={b99 / 1000:.1f} us "
         f"({len(baseline)} calls); 30 s outage p50={o50 / 1000:.1f} us p99={o99 / 1000:.1f} us "
@@ -227,7 +220,7 @@ def test_torn_journal_tail_garbage_and_flipped_crc(tmp_path: Path, damage: str) 
     # The records of the good frames are in MLflow. The damaged frame had been acked, so the
     # client no longer holds it: corruption of an acked frame loses that frame. It is not
     # silently dropped — its bytes are in journal/quarantine/ for inspection, with a log line.
-    assert _history(d, run.run_id, "x") == _expected(good)
+    assert points(d.backend_uri, run.run_id, "x") == _expected(good)
     assert lost and not lost & set(good)
     assert MlflowClient(tracking_uri=d.backend_uri).get_run(run.run_id).info.status == "FINISHED"
 
@@ -291,4 +284,6 @@ def test_journal_full_stops_acking_and_loses_nothing(tmp_path: Path) -> None:
     assert spooled == []
     assert status["failed"] == 0 and status["journal_full"] == ""
     assert status["committed"] == status["received"] == step
-    assert _history(d, run.run_id, "y") == _expected(range(step))  # before and during full, once
+    assert points(d.backend_uri, run.run_id, "y") == _expected(
+        range(step)
+    )  # before and during full, once

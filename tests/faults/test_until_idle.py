@@ -8,7 +8,9 @@ import pytest
 from mlflow import MlflowClient
 
 import tracker_client
-from tests.helpers import daemon_cli, running_daemon, sqlite_locked, wait_for
+from tests.support.daemon import daemon_cli, running_daemon
+from tests.support.store import sqlite_locked
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -22,19 +21,15 @@ import zmq
 from mlflow import MlflowClient
 
 import tracker_client
-from tests.helpers import REPO, Daemon, daemon_env, running_daemon, short_tmpdir, wait_for
+from tests.support.daemon import REPO, Daemon, daemon_env, running_daemon, short_tmpdir
+from tests.support.net import free_port, raw_dealer
+from tests.support.waiting import wait_for
 from tracker_client import protocol as p
 from tracker_client.curve import ENV_CLIENT_KEY, ENV_SERVER_KEY
 
 pytestmark = pytest.mark.integration
 
 TS0 = 1_700_000_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -270,19 +265,6 @@ def test_client_curve_settings_are_checked_at_connect(
 
 # --------------------------------------------------------------------------------------------
 # limits
-
-
-@contextmanager
-def raw_dealer(address: str) -> Iterator[zmq.Socket[bytes]]:
-    ctx = zmq.Context()
-    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    try:
-        yield sock
-    finally:
-        sock.close(0)
-        ctx.term()
 
 
 def replies(sock: zmq.Socket[bytes], seconds: float) -> list[p.Message]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,9 @@ from mlflow import MlflowClient
 from zmq.utils.monitor import recv_monitor_message
 
 import tracker_client
-from tests.helpers import running_daemon, wait_for
+from tests.support.daemon import running_daemon
+from tests.support.net import raw_dealer, recv_reply
+from tests.support.waiting import wait_for
 from tracker_client import protocol as p
 
 pytestmark = pytest.mark.integration
@@ -33,32 +33,6 @@ TS = 1_700_000_000_000
 
 def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-@contextmanager
-def raw_dealer(address: str) -> Iterator[zmq.Socket[bytes]]:
-    ctx = zmq.Context()
-    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    try:
-        yield sock
-    finally:
-        sock.close(0)
-        ctx.term()
-
-
-def recv_reply(sock: zmq.Socket[bytes], what: str, timeout: float = REPLY_TIMEOUT) -> p.Message:
-    """Wait (poll with a deadline) for one single-frame reply and decode it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left_ms = int((deadline - time.monotonic()) * 1000)
-        if left_ms <= 0:
-            raise AssertionError(f"no reply within {timeout:g} s to {what}")
-        if sock.poll(left_ms, zmq.POLLIN):
-            frames = sock.recv_multipart()
-            assert len(frames) == 1, f"{what}: reply has {len(frames)} frames"
-            return p.decode(frames[0])
 
 
 def request(sock: zmq.Socket[bytes], frames: list[bytes], what: str) -> p.Message:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, daemon_env
+from tests.support.daemon import REPO, daemon_env
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
 import tracker_client
-from tests.helpers import finish_workers, running_daemon, start_worker
+from tests.support.daemon import daemon_cli, running_daemon
+from tests.support.workers import finish_workers, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -257,37 +258,13 @@ def test_bad_values_fail_at_the_call_site(tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_second_daemon_on_same_state_dir_is_refused(tmp_path: Path) -> None:
     with running_daemon(tmp_path) as d:
-        other = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tracker_daemon.cli",
-                "run",
-                "--state-dir",
-                str(d.state_dir),
-                "--address",
-                f"ipc://{tmp_path}/other.sock",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        other = daemon_cli(
+            "run", "--state-dir", str(d.state_dir), "--address", f"ipc://{tmp_path}/other.sock"
         )
         assert other.returncode == 3
         assert "in use by tracker-daemon pid" in other.stderr
-        same_sock = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tracker_daemon.cli",
-                "run",
-                "--state-dir",
-                str(tmp_path / "other-state"),
-                "--address",
-                d.address,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        same_sock = daemon_cli(
+            "run", "--state-dir", str(tmp_path / "other-state"), "--address", d.address
         )
         assert same_sock.returncode == 3
         assert "another tracker-daemon is listening" in same_sock.stderr

@@ -5,7 +5,6 @@ MLflow writing to SQLite directly."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,9 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
 import tracker_client
-from tests.helpers import REPO, Daemon, daemon_env, running_daemon, wait_for
+from tests.support.daemon import REPO, Daemon, daemon_env, running_daemon
+from tests.support.net import free_port
+from tests.support.waiting import wait_for
 from tracker_client import protocol as p
 from tracker_client.entities import EXT_ENUM, encode_value
 
@@ -404,12 +405,6 @@ print(json.dumps({
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _check_uri_form(tmp_path: Path, d: Daemon, form: str, uri: str, env: dict[str, str]) -> None:
     code = script(tmp_path, "uri.py", URI_SCRIPT)
     proc = run_mlflow(
@@ -439,7 +434,7 @@ def test_uri_forms(tmp_path: Path) -> None:
     with running_daemon(tmp_path / "ipc") as d:
         _check_uri_form(tmp_path, d, "default", "tracker://", {"TRACKER_DAEMON_ADDRESS": d.address})
         _check_uri_form(tmp_path, d, "path", tracker_uri(d), {})
-    port = _free_port()
+    port = free_port()
     tcp = Daemon(tmp_path / "tcp-state", f"tcp://127.0.0.1:{port}", tmp_path / "tcp.log")
     tcp.start()
     try:

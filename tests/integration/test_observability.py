@@ -1,18 +1,13 @@
 """Observability: ``tracker-daemon status`` (table, ``--json``, health exit codes), the Prometheus
 endpoint, and the daemon's key=value log lines. Real daemon and worker processes, real MLflow
-SQLite store; the health rule and formatting are also checked as plain functions."""
+SQLite store. The health rule, the table and the log format as plain functions: tests/unit."""
 
 from __future__ import annotations
 
-import ast
 import json
-import logging
 import re
-import subprocess
-import sys
 import time
 import urllib.request
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +15,20 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import tracker_client
-from tests.helpers import (
-    REPO,
-    daemon_env,
-    finish_workers,
-    running_daemon,
-    sqlite_locked,
-    start_worker,
-    wait_for,
-)
-from tracker_daemon.cli import KeyValueFormatter
-from tracker_daemon.status import Counters, format_status, health
+from tests.support.daemon import daemon_cli, running_daemon
+from tests.support.logs import LOG_LINE
+from tests.support.store import sqlite_locked
+from tests.support.waiting import wait_for
+from tests.support.workers import finish_workers, start_worker
 
 pytestmark = pytest.mark.integration
 
 TS0 = 1_700_000_000_000
 STEPS = 20_000  # metric steps per worker (two keys each)
-LOG_LINE = re.compile(r"^ts=\S+ level=[A-Z]+ logger=\S+ event=[a-z_]+( \S.*)?$")
 
 
 def cli_status(address: str, *extra: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    res = subprocess.run(
-        [sys.executable, "-m", "tracker_daemon.cli", "status", "--address", address, *extra],
-        capture_output=True,
-        text=True,
-        env=daemon_env(env),
-        cwd=REPO,
-        timeout=120,
-    )
+    res = daemon_cli("status", "--address", address, *extra, env=env)
     return res.returncode, res.stdout + res.stderr
 
 
@@ -67,180 +48,6 @@ def metric(
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
 ) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
-
-
-# --------------------------------------------------------------------------------------------
-# the health rule, commit rate and the table, as functions
-
-
-@pytest.mark.parametrize(
-    ("kw", "reasons"),
-    [
-        ({}, []),
-        ({"journal_full": "journal holds 9 bytes"}, ["journal_full"]),
-        # an error long ago, everything committed since: healthy
-        ({"sink_error_age_s": 300.0}, []),
-        # a recent error but no backlog (a rejected record, a retry that worked): healthy
-        ({"sink_error_age_s": 5.0, "oldest_uncommitted_age_s": 10.0}, []),
-        # a backlog without errors (a slow backend): healthy
-        ({"oldest_uncommitted_age_s": 500.0}, []),
-        ({"sink_error_age_s": 5.0, "oldest_uncommitted_age_s": 61.0}, ["sink_stalled"]),
-        # the error is older than the window, but no write has succeeded since: still failing
-        (
-            {"sink_error_age_s": 90.0, "sink_failing_now": True, "oldest_uncommitted_age_s": 61.0},
-            ["sink_stalled"],
-        ),
-        (
-            {"sink_error_age_s": 90.0, "sink_failing_now": False, "oldest_uncommitted_age_s": 99.0},
-            [],
-        ),
-        (
-            {
-                "journal_full": "disk full",
-                "sink_error_age_s": 1.0,
-                "oldest_uncommitted_age_s": 70.0,
-            },
-            ["journal_full", "sink_stalled"],
-        ),
-    ],
-)
-def test_health_rule(kw: dict[str, Any], reasons: list[str]) -> None:
-    args: dict[str, Any] = {
-        "journal_full": "",
-        "sink_error_age_s": None,
-        "sink_failing_now": False,
-        "last_sink_error": "TEMPORARILY_UNAVAILABLE: database is locked",
-        "oldest_uncommitted_age_s": 0.0,
-        "stall_s": 60.0,
-    }
-    args.update(kw)
-    got = health(**args)
-    assert [r.split(":", 1)[0] for r in got] == reasons
-    if "sink_stalled" in reasons:
-        assert "database is locked" in got[-1] and "health_stall_s = 60" in got[-1]
-
-
-def test_commit_rate_over_the_last_ten_seconds() -> None:
-    c = Counters()
-    assert c.commit_rate(100.0) == 0.0
-    c.rate_samples = deque([(float(t), 0) for t in range(80, 90)], maxlen=32)
-    for t in range(90, 101):  # 1,000 records/s from t=90 on
-        c.committed = (t - 90) * 1000
-        c.sample_rate(float(t))
-    assert c.commit_rate(100.0) == pytest.approx(1000.0)
-    assert c.commit_rate(115.0) == 0.0  # no sample within the window: nothing recent
-
-
-def test_table_shows_every_figure() -> None:
-    s = {
-        "version": "0.1.0",
-        "pid": 42,
-        "uptime_s": 3725.0,
-        "healthy": False,
-        "unhealthy_reasons": ["journal_full: the journal refuses new data: x"],
-        "backend": "sqlite:///db",
-        "address": "ipc:///s",
-        "auth": "curve",
-        "metrics_address": "127.0.0.1:9464",
-        "clients": [{"client_id": "c" * 32, "pid": 7, "host": "h", "runs": 2, "last_seen_s": 1.5}],
-        "open_runs": 2,
-        "received": 10,
-        "committed": 8,
-        "failed": 1,
-        "dead_lettered": 1,
-        "queue_depth": 1,
-        "commit_rate": 12.5,
-        "batches": 3,
-        "sink_retries": 4,
-        "sink_latency_ms": {"p50": 1.5, "p99": 9.0},
-        "journal_bytes": 2048,
-        "journal_segments": 1,
-        "journal_outstanding_entries": 2,
-        "oldest_uncommitted_age_s": 3.25,
-        "last_sink_error": "TEMPORARILY_UNAVAILABLE: locked",
-        "last_sink_error_age_s": 12.0,
-        "rejected_frames": 0,
-        "limit_rejections": {"max_clients": 3, "max_frame_bytes": 0},
-        "journal_full": "x",
-    }
-    text = format_status(s)
-    for part in (
-        "pid 42",
-        "up 62m05s",
-        "UNHEALTHY",
-        "auth: curve",
-        "127.0.0.1:9464",
-        "clients             1",
-        "open runs           2",
-        "received            10",
-        "committed           8",
-        "failed              1  (dead-lettered 1)",
-        "queue depth         1",
-        "12.5 records/s",
-        "p50 1.5 ms  p99 9.0 ms",
-        "2.0 KiB",
-        "2 uncommitted entries",
-        "3.2 s ago",
-        "TEMPORARILY_UNAVAILABLE: locked  (12 s ago)",
-        "max_clients 3",
-        "unhealthy           journal_full",
-        "       7      2      1.5 s  h",
-    ):
-        assert part in text, (part, text)
-
-
-def test_formatter_makes_one_key_value_line_per_event() -> None:
-    fmt = KeyValueFormatter()
-
-    def line(msg: str, *args: Any, exc: bool = False) -> str:
-        record = logging.LogRecord("mlflow.x", logging.WARNING, __file__, 1, msg, args, None)
-        if exc:
-            try:
-                raise ValueError("bad\nthing")
-            except ValueError:
-                record.exc_info = sys.exc_info()
-        return fmt.format(record)
-
-    own = line("event=run_started run=%s", "abc")
-    assert LOG_LINE.match(own) and own.endswith("logger=mlflow.x event=run_started run=abc")
-    other = line("Creating initial MLflow database tables...\nsecond line")
-    assert "\n" not in other and LOG_LINE.match(other)
-    assert other.endswith(
-        'event=log msg="Creating initial MLflow database tables...\\nsecond line"'
-    )
-    failed = line("event=boom path=%s", "a\nb", exc=True)
-    assert "\n" not in failed and LOG_LINE.match(failed)
-    assert "path=a\\nb" in failed and ' exc="Traceback' in failed and "ValueError: bad" in failed
-
-
-# command-line tools print to their user; everything else runs inside the daemon
-TOOLS = {"cli.py", "demo.py", "bench.py"}
-LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
-
-
-def test_daemon_modules_never_print_and_log_key_value_pairs() -> None:
-    problems = []
-    for path in sorted((REPO / "tracker_daemon").glob("*.py")):
-        if path.name in TOOLS:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if not isinstance(node, ast.Call):
-                continue
-            where = f"{path.name}:{node.lineno}"
-            if isinstance(node.func, ast.Name) and node.func.id == "print":
-                problems.append(f"{where}: print()")
-            if (
-                isinstance(node.func, ast.Attribute)
-                and node.func.attr in LOG_METHODS
-                and isinstance(node.func.value, ast.Name)
-                and node.func.value.id in ("log", "_log", "logger")
-            ):
-                first = node.args[0] if node.args else None
-                if not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
-                    problems.append(f"{where}: log message is not a string literal")
-                elif not re.match(r"event=[a-z_]+( [a-z_]+=\S+)*$", first.value):
-                    problems.append(f"{where}: not key=value: {first.value!r}")
-    assert problems == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,24 +228,7 @@ def test_status_of_an_unreachable_daemon_exits_1(tmp_path: Path) -> None:
     address = f"ipc://{tmp_path}/nobody.sock"
     code, out = cli_status(address, "--timeout", "0.5")
     assert code == 1 and "no status from tracker-daemon" in out
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tracker_daemon.cli",
-            "status",
-            "--address",
-            address,
-            "--json",
-            "--timeout",
-            "0.5",
-        ],
-        capture_output=True,
-        text=True,
-        env=daemon_env(),
-        cwd=REPO,
-        timeout=60,
-    )
+    res = daemon_cli("status", "--address", address, "--json", "--timeout", "0.5", timeout=60)
     assert res.returncode == 1
     doc = json.loads(res.stdout)
     assert doc["healthy"] is False and doc["reachable"] is False
@@ -453,23 +243,14 @@ def test_metrics_port_in_use_refuses_to_start(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tracker_daemon.cli",
-                "run",
-                "--state-dir",
-                str(tmp_path / "state"),
-                "--address",
-                f"ipc://{tmp_path}/d.sock",
-                "--metrics-address",
-                f"127.0.0.1:{port}",
-            ],
-            capture_output=True,
-            text=True,
-            env=daemon_env(),
-            cwd=REPO,
+        res = daemon_cli(
+            "run",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--address",
+            f"ipc://{tmp_path}/d.sock",
+            "--metrics-address",
+            f"127.0.0.1:{port}",
             timeout=100,
         )
     assert res.returncode == 3, res.stderr

@@ -10,8 +10,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from tests.helpers import Daemon, finish_workers, short_tmpdir, start_worker
 from tests.postgres import mlflow_server, postgres
+from tests.support.daemon import Daemon, short_tmpdir
+from tests.support.workers import finish_workers, start_worker
 
 pytestmark = pytest.mark.integration
 

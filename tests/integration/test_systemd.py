@@ -25,7 +25,9 @@ from typing import Any
 import pytest
 
 import tracker_client
-from tests.helpers import REPO, daemon_env, short_tmpdir, sqlite_locked, wait_for
+from tests.support.daemon import REPO, daemon_command, daemon_env, short_tmpdir
+from tests.support.store import sqlite_locked
+from tests.support.waiting import wait_for
 from tracker_daemon.config import ENV_PREFIX, Config, load_config
 
 pytestmark = pytest.mark.integration
@@ -379,16 +381,7 @@ def _start_daemon(
     # WATCHDOG_PID would have to be the daemon's own pid, unknown before Popen: leave it out
     # (sd_notify semantics: no WATCHDOG_PID means the watchdog is meant for this process).
     env.pop("WATCHDOG_PID", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "tracker_daemon.cli",
-        "run",
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--address",
-        address,
-    ]
+    cmd = daemon_command(tmp_path / "state", address)
     with open(log, "ab") as out:
         return subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO
@@ -485,7 +478,7 @@ def test_notify_protocol_over_an_abstract_socket(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(180)
-# tests/helpers.py sqlite_locked() leaves its lock process's pipes open (ResourceWarning at GC)
+# support/store.py sqlite_locked() leaves its lock process's pipes open (ResourceWarning at GC)
 @pytest.mark.filterwarnings("ignore:unclosed file <_io.Buffered:ResourceWarning")
 def test_draining_on_sigterm_extends_the_stop_timeout(tmp_path: Path) -> None:
     """A drain that cannot finish at once (the backend is locked) keeps sending

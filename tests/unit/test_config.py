@@ -620,7 +620,7 @@ def test_check_config_entry_point_exit_codes(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.helpers import daemon_env
+    from tests.support.daemon import daemon_env
 
     good = write_toml(tmp_path, "max_clients = 5\n")
     res = subprocess.run(

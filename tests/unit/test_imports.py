@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.support.daemon import REPO
 
 HEAVY = ("mlflow", "anyio")
 

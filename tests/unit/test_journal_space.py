@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import fill_disk, mounted_tmpfs
+from tests.support.disk import fill_disk, mounted_tmpfs
 from tracker_client.framing import HEADER
 from tracker_daemon.diskspace import DiskProblems
 from tracker_daemon.journal import MIN_SEGMENT_BYTES, Journal, JournalFull, Position

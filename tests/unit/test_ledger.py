@@ -291,26 +291,6 @@ def test_floor_with_done_but_uncommitted_prefix() -> None:
     assert marks(ledger) == (4, 4)
 
 
-# --------------------------------------------------------------------------------------------
-# forget
-
-
-def test_forget_drops_the_book() -> None:
-    ledger = Ledger()
-    ledger.accept(C, 1, 1)
-    ledger.fail(C, "r1", failure("a"))
-    ledger.accept("other", 1, 0)
-    ledger.forget(C)
-    assert C not in ledger
-    assert ledger.clients() == ["other"]
-    assert marks(ledger) == (0, 0)
-    assert ledger.take_failures(C) == []
-    assert ledger.settle(C, 1) is False
-    assert ledger.accept(C, 1, 1) is True  # a fresh book: seq 1 is new again
-    ledger.forget("never-seen")  # no error
-    assert sorted(ledger.clients()) == [C, "other"]
-
-
 def test_book_creates_default_book_once() -> None:
     ledger = Ledger()
     book = ledger.book(C)
@@ -319,7 +299,7 @@ def test_book_creates_default_book_once() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# is_new / unaccept / on_done
+# is_new / on_done
 
 
 def test_is_new_matches_accept() -> None:
@@ -338,37 +318,6 @@ def test_seq_below_one_is_never_new() -> None:
     assert ledger.is_new("fresh", 0) is False
     assert ledger.is_new("fresh", -3) is False
     assert ledger.accept("fresh", 0, 2) is False
-
-
-def test_unaccept_reopens_a_contiguous_seq() -> None:
-    ledger = Ledger()
-    for seq in (1, 2, 3):
-        ledger.accept(C, seq, 1)
-    ledger.unaccept(C, 2)
-    assert marks(ledger) == (1, 0)
-    book = ledger.book(C)
-    assert book.received_above == {3}
-    assert book.remaining == {1: 1, 3: 1}
-    assert ledger.is_new(C, 2) is True
-    assert ledger.is_new(C, 3) is False
-    assert ledger.accept(C, 2, 1) is True  # the resend
-    assert marks(ledger) == (3, 0)
-
-
-def test_unaccept_of_a_seq_above_a_gap_and_of_unknowns() -> None:
-    ledger = Ledger()
-    ledger.accept(C, 1, 1)
-    ledger.accept(C, 5, 1)
-    ledger.unaccept(C, 5)
-    assert ledger.book(C).received_above == set()
-    assert ledger.book(C).remaining == {1: 1}
-    assert ledger.is_new(C, 5) is True
-    ledger.unaccept(C, 9)  # never accepted: no change
-    ledger.unaccept("nobody", 1)
-    assert "nobody" not in ledger
-    assert marks(ledger) == (1, 0)
-    assert ledger.settle(C, 1) is True
-    assert marks(ledger) == (1, 1)
 
 
 def test_on_done_is_called_once_per_done_message() -> None:

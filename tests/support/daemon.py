@@ -1,0 +1,146 @@
+"""A real ``tracker-daemon run`` subprocess (``Daemon``, ``running_daemon``), the command line
+and clean environment it runs with, and one-shot ``tracker-daemon`` commands (``daemon_cli``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tracker_client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def short_tmpdir() -> Path:
+    """A short directory for ipc sockets (AF_UNIX paths are limited to 107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="td-", dir="/tmp"))
+
+
+def daemon_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKER_DAEMON_")}
+    env.pop("PYTEST_CURRENT_TEST", None)  # MLflow changes its session checks under pytest
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra or {})
+    return env
+
+
+def daemon_command(state_dir: Path, address: str, *args: str) -> list[str]:
+    """``tracker-daemon run`` on ``state_dir`` and ``address`` in this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "tracker_daemon.cli",
+        "run",
+        "--state-dir",
+        str(state_dir),
+        "--address",
+        address,
+        *args,
+    ]
+
+
+@dataclass
+class Daemon:
+    state_dir: Path
+    address: str
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def backend_uri(self) -> str:
+        return f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    def start(self, ready_timeout: float = 60.0) -> Daemon:
+        cmd = daemon_command(self.state_dir, self.address, *self.args)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=daemon_env(self.env),
+                cwd=REPO,
+            )
+        self.wait_ready(ready_timeout)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"daemon exited with {self.proc.returncode} before it was ready:\n{self.log()}"
+                )
+            if "event=ready" in self.log():
+                try:
+                    self.status(timeout=2.0)
+                    return
+                except tracker_client.DaemonUnavailable:
+                    pass
+            time.sleep(0.05)
+        raise AssertionError(f"daemon not ready within {timeout} s:\n{self.log()}")
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        return tracker_client.query_status(self.address, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise AssertionError(f"daemon did not exit within {timeout} s:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@contextmanager
+def running_daemon(root: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+    sock_dir = short_tmpdir()
+    d = Daemon(
+        root / "state", f"ipc://{sock_dir / 'd.sock'}", root / "daemon.log", list(args), env or {}
+    )
+    d.start()
+    try:
+        yield d
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def daemon_cli(
+    *args: str, timeout: float = 120.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``tracker-daemon ARGS`` in a subprocess (clean environment plus ``env``), capturing
+    its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "tracker_daemon.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=daemon_env(env),
+        cwd=REPO,
+    )

@@ -1,0 +1,141 @@
+"""``tracker-daemon bench`` on the command line: its options, and the loop over scenarios and
+repeats that writes the table and the JSON document."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import tracker_client
+
+from .. import __version__
+from . import __doc__ as DESCRIPTION
+from .harness import BenchError, Ctx, Procs
+from .report import summarize, table
+from .scenarios import RUNNERS, SCENARIOS
+
+DEFAULTS = {  # option: (default, --quick)
+    "calls": (200_000, 20_000),
+    "workers": (16, 2),
+    "metrics": (250, 200),
+    "keys": (10, 10),
+    "cap": (20.0, 5.0),
+    "rate": (0.0, 500.0),
+    "duration": (10.0, 2.0),
+    "burst": (10_000, 10_000),
+    "backlog": (5_000_000, 300_000),
+    "producers": (4, 2),
+}
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``tracker-daemon bench`` on the CLI's subparsers."""
+    ap = sub.add_parser(
+        "bench",
+        help="benchmark the client, the daemon and the backend",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+    )
+    ap.add_argument("--repeat", type=int, default=3, help="repeats per scenario (default 3)")
+    ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary dirs and logs")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for tests")
+    ap.add_argument("--backend-store-uri", help="use this backend instead of fresh SQLite stores")
+    for name, kind, text in (
+        ("calls", int, "client: log_metric calls"),
+        ("workers", int, "throughput: processes"),
+        ("metrics", int, "throughput: steps per worker"),
+        ("keys", int, "throughput: keys/step"),
+        ("cap", float, "throughput: time cap (s) of the ceiling and direct runs"),
+        ("rate", float, "latency: offered metrics/s (0: half the ceiling)"),
+        ("duration", float, "latency: seconds of load"),
+        ("burst", int, "drain: metrics"),
+        ("backlog", int, "memory: records held"),
+        ("producers", int, "memory: processes"),
+    ):
+        ap.add_argument(f"--{name}", type=kind, help=f"{text} (default {DEFAULTS[name][0]:g})")
+    ap.add_argument("--memory-drain", action="store_true", help="memory: also time the drain")
+    ap.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    scenarios = args.scenarios or list(SCENARIOS)
+    if set(scenarios) - set(SCENARIOS) or args.repeat < 1:
+        print(
+            f"tracker-daemon bench: scenarios are {', '.join(SCENARIOS)}; --repeat >= 1",
+            file=sys.stderr,
+        )
+        return 2
+    for name, (full, quick) in DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    root = Path(tempfile.mkdtemp(prefix="tracker-daemon-bench-"))
+    ctx = Ctx(args, Procs(root / "logs"))
+    started, load0 = time.monotonic(), os.getloadavg()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for scen in [s for s in SCENARIOS if s in scenarios]:
+            res, values = ctx.results.setdefault(scen, {}), dict[str, list[float]]()
+            try:
+                for rep in range(1, args.repeat + 1):
+                    rep_dir, t0 = root / scen / f"r{rep}", time.monotonic()
+                    rep_dir.mkdir(parents=True)
+                    for k, v in RUNNERS[scen](ctx, rep, rep_dir).items():
+                        values.setdefault(k, []).append(v)
+                    print(
+                        f"bench: {scen} {rep}/{args.repeat}: {time.monotonic() - t0:.1f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            except (BenchError, tracker_client.TrackerError, OSError, KeyError) as exc:
+                res["error"] = f"{type(exc).__name__}: {exc}"
+            finally:
+                ctx.procs.kill_all()
+            res["figures"] = {k: summarize(f"{scen}/{k}", v) for k, v in values.items()}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        ctx.procs.kill_all()
+        if args.keep:
+            print(f"bench: kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    doc: dict[str, Any] = {
+        "tool": "tracker-daemon bench",
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "repeat": args.repeat,
+        "scenarios_run": scenarios,
+        "backend": args.backend_store_uri or "sqlite (fresh per repeat)",
+        "settings": {k: getattr(args, k) for k in DEFAULTS},
+        "loadavg_start": list(load0),
+        "loadavg_end": list(os.getloadavg()),
+        "elapsed_s": time.monotonic() - started,
+        "scenarios": ctx.results,
+    }
+    doc["ok"] = all(
+        not r.get("error") and all(c["ok"] for c in r.get("checks", []))
+        for r in ctx.results.values()
+    )
+    print(table(doc), file=sys.stderr if args.json else sys.stdout, flush=True)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    return 0 if doc["ok"] else 1
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM: unwind, so that every child is killed
