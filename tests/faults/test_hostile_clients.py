@@ -9,20 +9,20 @@ from __future__ import annotations
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
 import tracker_client
-from tests.helpers import REPO, Daemon, daemon_env, running_daemon, wait_for
+from tests.support.daemon import REPO, Daemon, daemon_env, running_daemon
+from tests.support.net import free_port, raw_dealer
+from tests.support.waiting import wait_for
 from tracker_client import protocol as p
 
 pytestmark = pytest.mark.integration
@@ -97,13 +97,6 @@ def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -181,7 +174,7 @@ def test_2000_vanished_identities_do_not_lock_out_a_new_client(tmp_path: Path) -
         # and 2,000 more from this (live) process: 16 count, the rest are refused
         refused = 0
         for i in range(2000):
-            with raw_socket(d.address) as sock:
+            with raw_dealer(d.address) as sock:
                 sock.send(hello(f"here-{i:04d}", os.getpid()))
                 assert sock.poll(30_000)
                 refused += isinstance(p.decode(sock.recv()), p.ErrorReply)
@@ -202,23 +195,6 @@ def test_2000_vanished_identities_do_not_lock_out_a_new_client(tmp_path: Path) -
         assert len(MlflowClient(d.backend_uri).get_metric_history(run_id, "m")) == 50
         assert took < 20
     print(f"new client's whole run after 4,000 vanished hellos: {took:.2f} s")
-
-
-@contextmanager
-def raw_socket(address: str, routing_id: bytes = b"") -> Iterator[Any]:
-    import zmq
-
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if routing_id:
-        sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    sock.connect(address)
-    try:
-        yield sock
-    finally:
-        sock.close(0)
-        ctx.term()
 
 
 # ---------------------------------------------------------------------- 11: orphans
@@ -248,7 +224,7 @@ def test_runs_of_dead_processes_and_dead_claimed_pids_become_failed(tmp_path: Pa
     with tcp_daemon(tmp_path / "tcp") as d:
         gone = dead_pid()
         tcp_runs = []
-        with raw_socket(d.address) as sock:
+        with raw_dealer(d.address) as sock:
             for n in range(5):
                 cid = f"claims-dead-{n}"
                 sock.send(hello(cid, gone))
@@ -341,13 +317,13 @@ def test_a_routing_identity_reused_by_another_process_does_not_carry_the_binding
     rid = b"chosen-routing-id"
     cid = "v" * 32
     with running_daemon(tmp_path) as d:
-        with raw_socket(d.address, rid) as sock:
+        with raw_dealer(d.address, rid) as sock:
             sock.send(hello(cid, os.getpid()))
             assert sock.poll(30_000) and isinstance(p.decode(sock.recv()), p.Welcome)
         frames = [hello(cid, os.getpid(), floor=10**9), p.encode(p.Flush(2, cid, 0, None))]
         replies = raw_clients(tmp_path, d.address, [frames], routing_id=rid)
         assert replies == [[["ErrorReply", "client_id_in_use"]] * 2]
-        with raw_socket(d.address, rid) as sock:  # the victim process itself: still its id
+        with raw_dealer(d.address, rid) as sock:  # the victim process itself: still its id
             sock.send(hello(cid, os.getpid()))
             assert sock.poll(30_000)
             welcome = p.decode(sock.recv())

@@ -21,10 +21,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def raw_dealer(address: str) -> Iterator[zmq.Socket[bytes]]:
+def raw_dealer(address: str, routing_id: bytes = b"") -> Iterator[zmq.Socket[bytes]]:
     ctx = zmq.Context()
     sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if routing_id:  # a chosen ZMQ_ROUTING_ID, as a peer may pick one
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
     sock.connect(address)
     try:
         yield sock
