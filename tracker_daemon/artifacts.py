@@ -73,6 +73,7 @@ class ArtifactLane:
         upload: Callable[[str, str, str | None], None],
         done: _Done,
         on_retry: Callable[[SinkError], None],
+        on_ok: Callable[[], None] = lambda: None,
         retry_for: float = RETRY_FOR_S,
         max_backoff: float = 30.0,
     ) -> None:
@@ -81,7 +82,8 @@ class ArtifactLane:
         self._uri_of = uri_of
         self._upload = upload
         self._done = done
-        self._on_retry = on_retry
+        self._on_retry = on_retry  # health: the backend failed (backend.note_error)
+        self._on_ok = on_ok  # health: an upload succeeded (backend.note_ok)
         self.retry_for = retry_for
         self.max_backoff = max_backoff
         self._ready: deque[_Job] = deque()
@@ -174,6 +176,7 @@ class ArtifactLane:
             else:
                 await self._finish(job, self._failure(msg, "INVALID_PARAMETER_VALUE", reason), ref)
         else:
+            self._on_ok()
             await self._finish(job, None, ref)
 
     async def _retry_or_fail(self, job: _Job, ref: SlotRef, exc: SinkError) -> None:

@@ -25,11 +25,9 @@ import gc
 import json
 import logging
 import os
-import random
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,61 +38,48 @@ import anyio.abc
 from tracker_client import protocol as p
 from tracker_client.curve import CurveKeys
 from tracker_client.entities import encode_value
-from tracker_client.framing import HEADER
 from tracker_client.spool import SUFFIX as SPOOL_SUFFIX
 from tracker_client.spool import ImportRefused, SpoolBusy, import_spool
-from tracker_client.validation import record_problem
 
 from . import __version__
 from .artifacts import ArtifactLane
-from .batcher import Batch, Origin
+from .backend import ThreadBackend
+from .barriers import Barriers
+from .batcher import Origin
 from .calls import StoreCalls
 from .clients import ClientInfo, ClientTable, Peer, Refusal
+from .committer import Committer
 from .config import Config, load_server_curve, metrics_host_port, redact_uri
-from .diskspace import DiskProblems, is_disk_error
-from .errors import AlreadyRunning, PermanentSinkError, RetryableSinkError, SinkError
-from .journal import SEGMENT_SUFFIX, Journal, JournalFull, Position
+from .diskspace import DiskProblems
+from .errors import AlreadyRunning, PermanentSinkError, SinkError
+from .feeder import KIND_SEQUENCED, Feeder
+from .journal import Journal, JournalFull, Position
+from .journal_sync import JournalSync
 from .lanes import Lanes
 from .ledger import Ledger
 from .liveness import PidWatcher
 from .notify import Notifier
 from .runs import RunBook
 from .server import CurveSetup, Server, peer_name
+from .settlement import Settlement
 from .sink import RunHandle, Sink
 from .spool_backoff import SpoolBackoff
 from .staging import StagingArea
 from .status import Counters, health
 from .supervise import Supervisor, Tasks
 from .throttle import LogThrottle
+from .wakeup import Wakeup
 
-__all__ = ["Daemon", "run_daemon"]
+__all__ = ["Daemon", "Wakeup", "run_daemon"]
+
 
 log = logging.getLogger("tracker_daemon")
 T = TypeVar("T")
 
 OFFLINE_PREFIX = "offline-"
-KIND_SEQUENCED = b"D"  # journal entry: a sequenced client frame (data or artifact), verbatim
 SPOOL_SCAN_S = 30.0  # how often the spool dir is checked for spools of dead clients
-CLIENT_MEMORY_S = 7 * 24 * 3600  # how long the mark remembers an idle client's seq
 RATE_SAMPLE_S = 1.0  # how often the committed count is sampled for commit_rate
 LIMIT_LOG_INTERVAL_S = 10.0  # each peer's rejections by one limit are logged at most this often
-DISK_RETRY_S = 1.0  # how often a write that failed for lack of space is tried again
-
-
-class Wakeup:
-    """A resettable event: ``set`` from anywhere in the loop, ``wait`` with a timeout."""
-
-    def __init__(self) -> None:
-        self._event = anyio.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    async def wait(self, limit: float | None) -> None:
-        """Return when set, or after ``limit`` seconds (None: no limit)."""
-        with anyio.move_on_after(limit):
-            await self._event.wait()
-        self._event = anyio.Event()
 
 
 class Daemon:
@@ -117,7 +102,7 @@ class Daemon:
         )
         self.metrics: Any = None  # a metrics.MetricsServer while serving metrics_address
         self.batcher = Lanes(cfg.writers, max_age=cfg.batch_max_age_ms / 1000)
-        self.ledger = Ledger(on_done=self._message_done)
+        self.ledger = Ledger()
         self.journal = Journal(
             self.state_dir / "journal",
             segment_bytes=cfg.journal_segment_bytes,
@@ -137,23 +122,10 @@ class Daemon:
         )
         self.clients: dict[str, ClientInfo] = self.table.clients
         self.liveness = PidWatcher(self._pid_exited)
-        self._positions: dict[tuple[str, int], Position] = {}
-        self._written_at: dict[Position, float] = {}  # outstanding entry -> monotonic write time
         self._limit_log = LogThrottle(LIMIT_LOG_INTERVAL_S)
-        self._spill_from: Position | None = None  # journal entries from here are not delivered
         self._experiments: dict[str, str] = {}
         self._creating: dict[str, anyio.Event] = {}  # offline id -> set once the run exists
         self._creation_failed: dict[str, SinkError] = {}
-        self._waiters: dict[str, list[tuple[int, anyio.Event]]] = {}
-        self._pending_acks: dict[bytes, str] = {}
-        self._sink_wakes = [Wakeup() for _ in range(len(self.batcher))]
-        self._feed_wake = Wakeup()
-        self._sync_wake = Wakeup()
-        self._mark_wake = Wakeup()
-        self._idle = Wakeup()
-        self._committing = 0
-        self._writer = anyio.CapacityLimiter(cfg.writers)
-        self._readers = anyio.CapacityLimiter(4)
         self.calls: StoreCalls | None = None  # created once MLflow is loaded
         self.artifacts = ArtifactLane(
             StagingArea(self.staging_dir, self.state_dir / "uploads"),
@@ -162,9 +134,62 @@ class Daemon:
             upload=self.sink.upload_artifact,
             done=self._artifact_done,
             on_retry=self._note_error,
+            on_ok=lambda: self.backend.note_ok(),
         )
         self._art_pending = 0
-        self._deadletter = self.state_dir / "deadletter.jsonl"
+        # --- data path: backend ─► committer ◄─ feeder; settlement + barriers; journal sync
+        self.backend = ThreadBackend(
+            self.counters, writers=cfg.writers, max_backoff=cfg.retry_max_backoff_s
+        )
+        self.barriers = Barriers(
+            self.ledger.committed_upto,
+            expedite=lambda cid: self.committer.expedite_client(cid),
+            timeout=cfg.barrier_timeout_s,
+        )
+        self.journal_sync = JournalSync(
+            self.journal,
+            self.disk,
+            self.counters,
+            durability=cfg.durability,
+            fsync_interval=cfg.fsync_interval_ms / 1000,
+            received_upto=self.ledger.received_upto,
+            clients=self.clients,
+            send=self.server.send,
+            after_mark=self._after_mark,
+        )
+        self.settlement = Settlement(
+            self.ledger,
+            self.journal,
+            self.barriers,
+            self.counters,
+            deadletter=self.state_dir / "deadletter.jsonl",
+            on_settled=self.journal_sync.mark_wake.set,
+        )
+        self.committer = Committer(
+            self.batcher,
+            self.backend,
+            self.settlement,
+            self.counters,
+            log_batch=self.sink.log_batch,
+            resolve=self._resolve,
+            runs_of=lambda cid: info.runs if (info := self.clients.get(cid)) else (),
+            after_commit=lambda: self.feeder.poke(),
+        )
+        self.feeder = Feeder(
+            self.journal,
+            self.settlement,
+            self.committer,
+            self.counters,
+            budget=cfg.max_buffered_records,
+            client=self._client,
+            submit_artifact=self._submit_artifact,
+        )
+        # the names the control code uses (same objects)
+        self._positions = self.settlement.positions
+        self._written_at = self.settlement.written_at
+        self._pending_acks = self.journal_sync.pending_acks
+        self._sync_wake = self.journal_sync.sync_wake
+        self._mark_wake = self.journal_sync.mark_wake
         self._lock_fd: int | None = None
         self._tg: Tasks | None = None
         self._stopping = False
@@ -226,38 +251,9 @@ class Daemon:
             self.server.bind()
 
     def _recover(self) -> None:
-        """Index the journal from its mark: register every entry with the ledger; the feeder
-        delivers the records later, within the memory budget."""
+        """Index the journal from its mark (feeder.py); the records are delivered later."""
         mark = self.journal.open()
-        entries = 0
-        records = 0
-        pos: Position | None = mark.position
-        first: Position | None = None
-        seg_times: dict[int, float] = {}
-        while pos is not None:
-            chunk = self.journal.read(pos)
-            if not chunk:
-                break
-            for entry_pos, payload in chunk:
-                if payload[:1] != KIND_SEQUENCED:
-                    continue
-                cid, seq, count = p.peek_sequenced(payload[1:])
-                if not self.ledger.is_new(cid, seq):
-                    continue  # a duplicate written twice; keep the first
-                self.journal.track(entry_pos)
-                self._positions[(cid, seq)] = entry_pos
-                self._written_at[entry_pos] = self._segment_written(entry_pos.segment, seg_times)
-                self.ledger.accept(cid, seq, count)
-                first = first or entry_pos
-                entries += 1
-                records += count
-            last_pos, last_payload = chunk[-1]
-            pos = Position(last_pos.segment, last_pos.offset + HEADER.size + len(last_payload))
-        for cid, upto in mark.clients.items():
-            self.ledger.floor(cid, upto)
-            self.table.touch(cid, time.monotonic())  # unbound until its first message
-        self._spill_from = first
-        self.counters.replayed = records
+        entries, records = self.feeder.recover(mark.position, mark.clients)
         log.info(
             "event=journal_recovered mark=%s:%s entries=%d records=%d journal_bytes=%d",
             mark.position.segment,
@@ -266,17 +262,6 @@ class Daemon:
             records,
             self.journal.bytes_used,
         )
-
-    def _segment_written(self, segment: int, cache: dict[int, float]) -> float:
-        """For a replayed entry, when it was written at the latest: its segment's mtime, as a
-        monotonic time (the journal keeps no per-entry times)."""
-        if segment not in cache:
-            try:
-                mtime = (self.journal.dir / f"{segment:010d}{SEGMENT_SUFFIX}").stat().st_mtime
-            except OSError:
-                mtime = time.time()
-            cache[segment] = time.monotonic() - max(0.0, time.time() - mtime)
-        return cache[segment]
 
     async def run(self) -> None:
         await anyio.to_thread.run_sync(self.prepare)
@@ -311,15 +296,15 @@ class Daemon:
                     tg.start_soon(self._serve_until_signal, tg)
                     tasks.loop("spool_import", self._import_loop)
                 for lane in range(len(self.batcher)):
-                    tasks.loop(f"sink_lane_{lane}", self._sink_loop, lane)
+                    tasks.loop(f"sink_lane_{lane}", self.committer.run_lane, lane)
                 tasks.loop("artifacts", self.artifacts.run)
-                tasks.loop("feeder", self._feed_loop)
-                tasks.loop("group_fsync", self._sync_loop)
-                tasks.loop("mark", self._mark_loop)
+                tasks.loop("feeder", self.feeder.run)
+                tasks.loop("group_fsync", self.journal_sync.sync_loop)
+                tasks.loop("mark", self.journal_sync.mark_loop)
                 tasks.loop("notify", self._notify_loop)
                 tasks.loop("rate", self._rate_loop)
                 tasks.loop("liveness", self.liveness.run)
-                self._feed_wake.set()
+                self.feeder.wake.set()
                 self._watch_restored_owners()
         finally:
             with anyio.CancelScope(shield=True):
@@ -361,7 +346,7 @@ class Daemon:
         journal replays from the last mark that was written."""
         try:
             self.journal.sync()
-            self.journal.write_mark(self.journal.low_water(), self._client_floors())
+            self.journal.write_mark(self.journal.low_water(), self.journal_sync.client_floors())
         except OSError as exc:
             log.error("event=mark_not_written reason=%r note=replay_from_the_last_mark", str(exc))
         try:
@@ -383,7 +368,7 @@ class Daemon:
         self._stopping = True
         self.notifier.stopping(f"draining {self.batcher.pending} record(s)")
         self._import_stop.set()
-        await self._flush_acks()
+        await self.journal_sync.flush_acks()
         await self._drain(self.cfg.drain_timeout_s)
         tg.cancel_scope.cancel()
 
@@ -404,16 +389,15 @@ class Daemon:
 
     async def _drain(self, within: float) -> None:
         """Commit everything buffered; give up after ``within`` s (the rest stays journaled)."""
-        self.batcher.expedite(None)
-        self._wake_sinks()
-        self._feed_wake.set()
+        self.committer.expedite_all()
+        self.feeder.wake.set()
         deadline = time.monotonic() + within
         with anyio.move_on_after(within):
             while self._busy():
-                self.batcher.expedite(None)
+                self.committer.expedite_all()
                 # tell systemd the drain is alive, so TimeoutStopSec does not cut it short
                 self.notifier.extend_timeout(min(3600.0, max(5.0, deadline - time.monotonic() + 5)))
-                await self._idle.wait(0.2)
+                await self.committer.idle.wait(0.2)
         if self._busy():
             log.warning(
                 "event=drain_incomplete pending_records=%d pending_artifacts=%d "
@@ -424,12 +408,11 @@ class Daemon:
             )
 
     def _busy(self) -> bool:
-        return bool(
-            self.batcher.pending
-            or self._committing
-            or self._art_pending
-            or self._spill_from is not None
-        )
+        return self.committer.busy or bool(self._art_pending) or self.feeder.spilling
+
+    @property
+    def _spill_from(self) -> Position | None:
+        return self.feeder.spill_from
 
     # ------------------------------------------------------------------ dispatch (event loop)
 
@@ -582,19 +565,11 @@ class Daemon:
             if self._full_logged:
                 log.info("event=journal_accepting_again")
                 self._full_logged = False
-            self._positions[(cid, seq)] = pos
-            self._written_at[pos] = time.monotonic()
             count = len(msg.records) if type(msg) is p.Data else 1
             self.counters.received += count
             self._sync_wake.set()
-            self.ledger.accept(cid, seq, count)
-            if self._spill_from is None:
-                if self.batcher.pending < self.cfg.max_buffered_records:
-                    self._deliver(msg)
-                else:
-                    self._spill_from = pos
-                    self.counters.spills += 1
-                    log.info("event=spill note=backlog_over_memory_budget_stays_in_journal")
+            self.settlement.journaled(cid, seq, count, pos, time.monotonic())
+            self.feeder.offer(msg)  # delivered now, or read back from the journal (spill)
         else:
             self.counters.duplicate_frames += 1
         if self.cfg.durability == "os" or self._stopping:
@@ -603,288 +578,45 @@ class Daemon:
         self._sync_wake.set()
         return None
 
+    # ------------------------------------------------------------------ data path (aliases)
+
     def _deliver(self, msg: p.Data | p.LogArtifact, *, replayed: bool = False) -> None:
-        """Hand a journaled message's records to the batcher (or the artifact lane)."""
-        origin = Origin(msg.client_id, msg.seq)
-        if type(msg) is p.LogArtifact:  # checked by the lane, whichever way it came
-            self._art_pending += 1
-            self.artifacts.submit(origin, msg, replayed=replayed)
-            return
-        assert type(msg) is p.Data
-        good: list[p.Record] = []
-        for rec in msg.records:
-            problem = record_problem(rec)
-            if problem is None:
-                good.append(rec)
-            else:
-                failure = p.Failure(rec, "INVALID_PARAMETER_VALUE", problem)
-                self._settle(origin, rec.run_id, rec, failure)
-        if good:
-            self.clients[msg.client_id].runs.add(good[0].run_id)
-            for settled in self.batcher.add(origin, good, time.monotonic()):
-                rec = settled.record
-                self._settle(settled.origin, rec.run_id, rec, settled.failure)
-            self._wake_sinks()
+        self.feeder.deliver(msg, replayed=replayed)
 
-    # ------------------------------------------------------------------ journal tasks
+    def _submit_artifact(self, origin: Origin, msg: p.LogArtifact, replayed: bool) -> None:
+        self._art_pending += 1
+        self.artifacts.submit(origin, msg, replayed=replayed)
 
-    async def _sync_loop(self) -> None:
-        """Group fsync: after the first append, wait one interval, fsync once, ack everyone."""
-        interval = self.cfg.fsync_interval_ms / 1000
-        while True:
-            await self._sync_wake.wait(None)
-            await anyio.sleep(interval)
-            if self.cfg.durability == "fsync":
-                started = time.monotonic()
-                try:
-                    await anyio.to_thread.run_sync(self.journal.sync)
-                except OSError as exc:
-                    if not is_disk_error(exc):
-                        raise
-                    # not durable: hold the acks back (clients keep the frames) and try again
-                    self.disk.failed("journal (fsync)", exc, "acks_held_back_until_fsync_works")
-                    await anyio.sleep(DISK_RETRY_S)
-                    self._sync_wake.set()
-                    continue
-                self.disk.ok("journal (fsync)")
-                self.counters.fsyncs += 1
-                self.counters.fsync_seconds += time.monotonic() - started
-            await self._flush_acks()
-
-    async def _flush_acks(self) -> None:
-        acks, self._pending_acks = self._pending_acks, {}
-        for identity, cid in acks.items():
-            await self.server.send(identity, p.Ack(self.ledger.received_upto(cid)))
-
-    async def _mark_loop(self) -> None:
-        """Persist the low-water mark a little after entries settle; delete committed segments.
-        On a full disk: roll a settled current segment so its space can be reclaimed, and try
-        the mark and runs.log again every DISK_RETRY_S until they are written."""
-        last = None
-        while True:
-            retry = bool(self.journal.full_reason or self.disk)
-            await self._mark_wake.wait(DISK_RETRY_S if retry else None)
-            await anyio.sleep(0.2)
-            if self.journal.full_reason:
-                self.journal.roll_if_settled()
-            low = self.journal.low_water()
-            floors = self._client_floors()
-            if (low, floors) != last:
-                try:
-                    if self.cfg.durability == "fsync":
-                        await anyio.to_thread.run_sync(self.journal.sync)
-                    await anyio.to_thread.run_sync(self.journal.write_mark, low, floors)
-                except OSError as exc:
-                    if not is_disk_error(exc):
-                        raise
-                    self.disk.failed("journal mark.json", exc, "mark_kept_in_memory_retried")
-                else:
-                    self.disk.ok("journal mark.json")
-                    last = (low, floors)
-            if self.runbook.unsaved:
-                await anyio.to_thread.run_sync(self.runbook.save_pending)
-            if "daemon.lock" in self.disk.active:
-                await anyio.to_thread.run_sync(self._write_pid)
-
-    def _client_floors(self) -> dict[str, int]:
-        """Per client, the highest contiguous seq accepted — persisted with the mark so a
-        restarted daemon still recognises resends of messages it already committed."""
-        now = time.monotonic()
-        return {
-            cid: self.ledger.received_upto(cid)
-            for cid, info in self.clients.items()
-            if now - info.last_seen < CLIENT_MEMORY_S and self.ledger.received_upto(cid)
-        }
-
-    async def _feed_loop(self) -> None:
-        """Deliver journaled-but-undelivered entries (replay, or a backlog over the memory
-        budget) to the batcher as room frees up; then hand back to direct delivery."""
-        budget = self.cfg.max_buffered_records
-        while True:
-            if self._spill_from is None or self.batcher.pending >= budget // 2:
-                await self._feed_wake.wait(None if self._spill_from is None else 1.0)
-                continue
-            start = self._spill_from
-            chunk = await anyio.to_thread.run_sync(self.journal.read, start, 4 * 1024 * 1024)
-            for pos, payload in chunk:
-                if payload[:1] != KIND_SEQUENCED:
-                    continue
-                msg = p.decode(payload[1:], max_frame=2**31)
-                assert isinstance(msg, p.Data | p.LogArtifact)
-                if self._positions.get((msg.client_id, msg.seq)) == pos:
-                    self._client(msg.client_id)
-                    self._deliver(msg, replayed=True)
-            if chunk:
-                last_pos, last_payload = chunk[-1]
-                nxt = Position(last_pos.segment, last_pos.offset + HEADER.size + len(last_payload))
-            else:
-                nxt = self.journal.head
-            self._spill_from = None if nxt >= self.journal.head else nxt
-            self._wake_sinks()
-
-    # ------------------------------------------------------------------ settling and barriers
-
-    def _message_done(self, client_id: str, seq: int) -> None:
-        pos = self._positions.pop((client_id, seq), None)
-        if pos is not None:
-            self._written_at.pop(pos, None)
-            self.journal.settle(pos)
-            self._mark_wake.set()
+    async def _after_mark(self) -> None:
+        """After each mark: the daemon's other files that wait to be written."""
+        if self.runbook.unsaved:
+            await anyio.to_thread.run_sync(self.runbook.save_pending)
+        if "daemon.lock" in self.disk.active:
+            await anyio.to_thread.run_sync(self._write_pid)
 
     def _settle(
         self, origin: Origin, run_id: str | None, record: p.Record | None, failure: p.Failure | None
     ) -> None:
-        if failure is not None:
-            self.counters.failed += 1
-            self.ledger.fail(origin.client_id, run_id, failure)
-            self._dead_letter(origin, run_id, failure)
-        else:
-            self.counters.committed += 1
-        if self.ledger.settle(origin.client_id, origin.seq):
-            self._release(origin.client_id)
-
-    def _dead_letter(self, origin: Origin, run_id: str | None, failure: p.Failure) -> None:
-        log.warning(
-            "event=record_failed client=%s run=%s code=%s reason=%r",
-            origin.client_id,
-            run_id,
-            failure.code,
-            failure.message[:300],
-        )
-        entry = {
-            "time": time.time(),
-            "client_id": origin.client_id,
-            "seq": origin.seq,
-            "run_id": run_id,
-            "record": None if failure.record is None else p.record_to_wire(failure.record),
-            "code": failure.code,
-            "reason": failure.message,
-        }
-        try:
-            with open(self._deadletter, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry, allow_nan=True) + "\n")
-            self.counters.dead_lettered += 1
-        except OSError as exc:
-            log.error("event=deadletter_write_failed reason=%r", str(exc))
-
-    def _settle_batch(self, batch: Batch, error: SinkError | None) -> None:
-        if error is None:
-            self.counters.committed += len(batch.items)
-            per_origin = Counter(origin for _, origin in batch.items)
-            moved = {
-                o.client_id
-                for o, n in per_origin.items()
-                if self.ledger.settle(o.client_id, o.seq, n)
-            }
-            for cid in moved:
-                self._release(cid)
-            return
-        for record, origin in batch.items:
-            if isinstance(record, p.Param):
-                self.batcher.param_failed(record.run_id, record.key)
-            self._settle(
-                origin, record.run_id, record, p.Failure(record, error.code, error.message)
-            )
+        self.settlement.settle(origin, run_id, record, failure)
 
     def _release(self, client_id: str) -> None:
-        waiters = self._waiters.get(client_id)
-        if not waiters:
-            return
-        upto = self.ledger.committed_upto(client_id)
-        keep = []
-        for seq, event in waiters:
-            if seq <= upto:
-                event.set()
-            else:
-                keep.append((seq, event))
-        self._waiters[client_id] = keep
+        self.barriers.release(client_id)
 
     async def _barrier(self, client_id: str, seq: int, within: float | None = None) -> bool:
         """Wait until every sequenced message of the client up to ``seq`` is done."""
-        if self.ledger.committed_upto(client_id) >= seq:
-            return True
-        self.batcher.expedite(None)
-        self._wake_sinks()
-        event = anyio.Event()
-        self._waiters.setdefault(client_id, []).append((seq, event))
-        with anyio.move_on_after(self.cfg.barrier_timeout_s if within is None else within):
-            await event.wait()
-            return True
-        self._waiters[client_id] = [w for w in self._waiters[client_id] if w[1] is not event]
-        return False
-
-    # ------------------------------------------------------------------ MLflow calls
+        return await self.barriers.wait(client_id, seq, within)
 
     async def _write(self, fn: Callable[..., T], *args: Any, retry_for: float | None = None) -> T:
-        """Run a blocking sink call in a worker thread under the writer limiter; retry transient
-        errors with capped exponential backoff and jitter (forever, or for ``retry_for`` s)."""
-        backoff = 0.05
-        give_up = None if retry_for is None else time.monotonic() + retry_for
-        while True:
-            try:
-                result = await anyio.to_thread.run_sync(
-                    functools.partial(fn, *args), limiter=self._writer
-                )
-                self.counters.last_sink_ok_at = time.time()
-                return result
-            except RetryableSinkError as exc:
-                self._note_error(exc)
-                if give_up is not None and time.monotonic() + backoff > give_up:
-                    raise
-                self.counters.sink_retries += 1
-                await anyio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, self.cfg.retry_max_backoff_s)
+        return await self.backend.write(fn, *args, retry_for=retry_for)
+
+    async def _read(self, fn: Callable[[], T]) -> T:
+        return await self.backend.read(fn)
 
     def _note_error(self, exc: SinkError) -> None:
-        self.counters.last_sink_error = str(exc)[:500]
-        self.counters.last_sink_error_at = time.time()
-        log.warning(
-            "event=sink_error code=%s retryable=%s reason=%r",
-            exc.code,
-            isinstance(exc, RetryableSinkError),
-            exc.message[:300],
-        )
+        self.backend.note_error(exc)
 
     def _wake_sinks(self) -> None:
-        for wake in self._sink_wakes:
-            wake.set()
-
-    async def _sink_loop(self, lane: int) -> None:
-        """One lane: commits the batches of its runs, one at a time, in order."""
-        wake = self._sink_wakes[lane]
-        while True:
-            batch = self.batcher.pop_ready(lane, time.monotonic())
-            if batch is None:
-                if not self._committing:
-                    self._idle.set()
-                deadline = self.batcher.next_deadline(lane)
-                await wake.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                continue
-            self._committing += 1
-            try:
-                await self._commit(batch)
-            finally:
-                self._committing -= 1
-            if self._spill_from is not None:
-                self._feed_wake.set()
-
-    async def _commit(self, batch: Batch) -> None:
-        started = time.monotonic()
-        try:
-            run_id = await self._resolve(batch.run_id)
-            await self._write(self.sink.log_batch, run_id, batch.metrics, batch.params, batch.tags)
-        except PermanentSinkError as exc:
-            self._note_error(exc)
-            if len(batch) > 1 and not exc.whole_run:
-                first, second = batch.split()  # isolate the bad record(s) by bisection
-                await self._commit(first)
-                await self._commit(second)
-            else:
-                self._settle_batch(batch, exc)
-            return
-        self.counters.batches += 1
-        self.counters.sink_latencies.append(time.monotonic() - started)
-        self._settle_batch(batch, None)
+        self.committer.wake_all()
 
     # ------------------------------------------------------------------ control requests
 
@@ -1046,18 +778,6 @@ class Daemon:
             return
         await self._after_call(msg, key, result)
         await self.server.send(identity, p.Result(msg.req, value, tuple(failures)))
-
-    async def _read(self, fn: Callable[[], T]) -> T:
-        backoff = 0.05
-        give_up = time.monotonic() + 30.0
-        while True:
-            try:
-                return await anyio.to_thread.run_sync(fn, limiter=self._readers)
-            except RetryableSinkError:
-                if time.monotonic() + backoff > give_up:
-                    raise
-                await anyio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, 2.0)
 
     async def _after_call(self, msg: p.Call, key: str, result: Any) -> None:
         """Keep run bookkeeping (ownership for liveness, idempotent create) for plugin calls.

@@ -68,6 +68,17 @@ class Lanes:
         for b in self.lanes:
             b.expedite(None)
 
+    def expedite_runs(self, run_ids: Iterable[str]) -> set[int]:
+        """Expedite these runs (those with nothing buffered are left alone, and no run is
+        assigned a lane by this); the lanes these runs are on."""
+        touched: set[int] = set()
+        for run_id in run_ids:
+            lane = 0 if len(self.lanes) == 1 else self._assigned.get(run_id)
+            if lane is not None:
+                self.lanes[lane].expedite(run_id)
+                touched.add(lane)
+        return touched
+
     def seed_params(self, run_id: str, params: Mapping[str, str]) -> None:
         self._for(run_id).seed_params(run_id, params)
 

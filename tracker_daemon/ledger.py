@@ -9,12 +9,24 @@ that it and every lower seq are received/done. Barriers wait for ``committed_upt
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tracker_client.protocol import Failure
 
-__all__ = ["ClientBook", "Ledger"]
+__all__ = ["ClientBook", "Ledger", "Progress"]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What one ``settle`` finished: ``done`` — the message is now done (every record in it
+    committed or failed), so its journal entry can be settled; ``moved`` — the client's
+    ``committed_upto`` advanced, so its barriers may be released."""
+
+    done: bool = False
+    moved: bool = False
+
+
+_NOTHING = Progress()
 
 
 @dataclass(slots=True)
@@ -34,11 +46,11 @@ class ClientBook:
 
 
 class Ledger:
-    """``on_done(client_id, seq)`` is called once for every message that becomes done."""
+    """Pure bookkeeping: it calls nothing; ``accept``/``settle`` return what changed and the
+    caller (settlement.py) acts on it."""
 
-    def __init__(self, on_done: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._books: dict[str, ClientBook] = {}
-        self._on_done = on_done
 
     def book(self, client_id: str) -> ClientBook:
         b = self._books.get(client_id)
@@ -67,7 +79,8 @@ class Ledger:
         return seq >= 1 and (b is None or not (seq <= b.received_upto or seq in b.received_above))
 
     def accept(self, client_id: str, seq: int, count: int) -> bool:
-        """Register message ``seq`` holding ``count`` records. False if it is a duplicate."""
+        """Register message ``seq`` holding ``count`` records. False if it is a duplicate. A
+        message of zero records is done at once (the caller settles its journal entry)."""
         b = self.book(client_id)
         if seq <= b.received_upto or seq in b.received_above:
             return False
@@ -82,19 +95,19 @@ class Ledger:
             self._done(b, seq)
         return True
 
-    def settle(self, client_id: str, seq: int, n: int = 1) -> bool:
-        """``n`` records of ``seq`` are committed or failed. True if committed_upto moved."""
+    def settle(self, client_id: str, seq: int, n: int = 1) -> Progress:
+        """``n`` records of ``seq`` are committed or failed; what that finished."""
         b = self._books.get(client_id)
         if b is None or seq not in b.remaining:
-            return False
+            return _NOTHING
         left = b.remaining[seq] - n
         if left > 0:
             b.remaining[seq] = left
-            return False
+            return _NOTHING
         del b.remaining[seq]
         before = b.committed_upto
         self._done(b, seq)
-        return b.committed_upto != before
+        return Progress(done=True, moved=b.committed_upto != before)
 
     def fail(self, client_id: str, run_id: str | None, failure: Failure) -> None:
         self.book(client_id).failures.append((run_id, failure))
@@ -129,12 +142,11 @@ class Ledger:
             b.received_upto += 1
             b.received_above.discard(b.received_upto)
 
-    def _done(self, b: ClientBook, seq: int) -> None:
-        if self._on_done is not None:
-            self._on_done(b.client_id, seq)
+    @staticmethod
+    def _done(b: ClientBook, seq: int) -> None:
         if seq == b.committed_upto + 1:
             b.committed_upto = seq
-            self._advance_committed(b)
+            Ledger._advance_committed(b)
         else:
             b.done_above.add(seq)
 

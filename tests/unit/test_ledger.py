@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tracker_client.protocol import Failure, Metric, Param
-from tracker_daemon.ledger import ClientBook, Ledger
+from tracker_daemon.ledger import ClientBook, Ledger, Progress
 
 C = "client-a"
 
@@ -24,7 +24,7 @@ def test_unknown_client_reports_zero_and_is_not_created_by_queries() -> None:
     ledger = Ledger()
     assert marks(ledger, "nobody") == (0, 0)
     assert ledger.take_failures("nobody") == []
-    assert ledger.settle("nobody", 1) is False
+    assert ledger.settle("nobody", 1).moved is False
     assert "nobody" not in ledger
     assert ledger.clients() == []
 
@@ -74,7 +74,7 @@ def test_clients_are_independent() -> None:
     ledger.accept("a", 1, 1)
     ledger.accept("b", 1, 1)
     ledger.accept("b", 2, 1)
-    assert ledger.settle("b", 1) is True
+    assert ledger.settle("b", 1).moved is True
     assert marks(ledger, "a") == (1, 0)
     assert marks(ledger, "b") == (2, 1)
     assert sorted(ledger.clients()) == ["a", "b"]
@@ -87,31 +87,31 @@ def test_clients_are_independent() -> None:
 def test_partial_settles_advance_only_when_message_is_done() -> None:
     ledger = Ledger()
     ledger.accept(C, 1, 3)
-    assert ledger.settle(C, 1) is False
+    assert ledger.settle(C, 1).moved is False
     assert ledger.book(C).remaining == {1: 2}
-    assert ledger.settle(C, 1, 1) is False
+    assert ledger.settle(C, 1, 1).moved is False
     assert ledger.book(C).remaining == {1: 1}
     assert marks(ledger) == (1, 0)
-    assert ledger.settle(C, 1) is True
+    assert ledger.settle(C, 1).moved is True
     assert marks(ledger) == (1, 1)
     assert ledger.book(C).remaining == {}
-    assert ledger.settle(C, 1) is False  # already done: no-op
+    assert ledger.settle(C, 1).moved is False  # already done: no-op
 
 
 def test_settle_n_at_once_and_over_settle() -> None:
     ledger = Ledger()
     ledger.accept(C, 1, 4)
-    assert ledger.settle(C, 1, 4) is True
+    assert ledger.settle(C, 1, 4).moved is True
     assert marks(ledger) == (1, 1)
     ledger.accept(C, 2, 2)
-    assert ledger.settle(C, 2, 5) is True  # more than remaining still completes the message
+    assert ledger.settle(C, 2, 5).moved is True  # more than remaining still completes the message
     assert marks(ledger) == (2, 2)
 
 
 def test_settle_of_unknown_seq_is_ignored() -> None:
     ledger = Ledger()
     ledger.accept(C, 1, 1)
-    assert ledger.settle(C, 7) is False
+    assert ledger.settle(C, 7).moved is False
     assert marks(ledger) == (1, 0)
     assert ledger.book(C).remaining == {1: 1}
 
@@ -121,12 +121,12 @@ def test_later_message_done_first_waits_for_the_earlier_one() -> None:
     ledger.accept(C, 1, 2)
     ledger.accept(C, 2, 1)
     ledger.accept(C, 3, 1)
-    assert ledger.settle(C, 3) is False  # done, but 1 and 2 are not
-    assert ledger.settle(C, 2) is False
+    assert ledger.settle(C, 3).moved is False  # done, but 1 and 2 are not
+    assert ledger.settle(C, 2).moved is False
     assert ledger.book(C).done_above == {2, 3}
     assert marks(ledger) == (3, 0)
-    assert ledger.settle(C, 1) is False  # 1 of 2 records
-    assert ledger.settle(C, 1) is True
+    assert ledger.settle(C, 1).moved is False  # 1 of 2 records
+    assert ledger.settle(C, 1).moved is True
     assert marks(ledger) == (3, 3)
     assert ledger.book(C).done_above == set()
     assert ledger.book(C).in_flight == 0
@@ -136,12 +136,12 @@ def test_committed_never_passes_a_gap_in_received() -> None:
     ledger = Ledger()
     ledger.accept(C, 1, 1)
     ledger.accept(C, 3, 1)  # seq 2 not received yet
-    assert ledger.settle(C, 3) is False
-    assert ledger.settle(C, 1) is True
+    assert ledger.settle(C, 3).moved is False
+    assert ledger.settle(C, 1).moved is True
     assert marks(ledger) == (1, 1)
     ledger.accept(C, 2, 1)
     assert marks(ledger) == (3, 1)
-    assert ledger.settle(C, 2) is True
+    assert ledger.settle(C, 2).moved is True
     assert marks(ledger) == (3, 3)
 
 
@@ -154,7 +154,7 @@ def test_zero_record_messages_are_done_on_accept() -> None:
     assert ledger.accept(C, 3, 0) is True  # done, but waits for seq 2
     assert marks(ledger) == (3, 1)
     assert ledger.book(C).done_above == {3}
-    assert ledger.settle(C, 2, 2) is True
+    assert ledger.settle(C, 2, 2).moved is True
     assert marks(ledger) == (3, 3)
 
 
@@ -210,7 +210,7 @@ def test_failing_does_not_settle() -> None:
     ledger.accept(C, 1, 1)
     ledger.fail(C, "r1", failure("a"))
     assert marks(ledger) == (1, 0)
-    assert ledger.settle(C, 1) is True
+    assert ledger.settle(C, 1).moved is True
     assert marks(ledger) == (1, 1)
     assert len(ledger.take_failures(C)) == 1
 
@@ -260,9 +260,9 @@ def test_floor_keeps_received_but_uncommitted_seqs_pending() -> None:
     assert book.remaining == {1: 2, 3: 1}
     assert book.floor == 5  # 2, 4, 5 count as done without being materialised
     assert book.received_above == set()
-    assert ledger.settle(C, 1, 2) is True
+    assert ledger.settle(C, 1, 2).moved is True
     assert marks(ledger) == (5, 2)  # stops at 3, which is still pending
-    assert ledger.settle(C, 3) is True
+    assert ledger.settle(C, 3).moved is True
     assert marks(ledger) == (5, 5)
     assert ledger.book(C).done_above == set()
 
@@ -275,8 +275,8 @@ def test_floor_keeps_seqs_held_above_the_floor() -> None:
     assert ledger.book(C).received_above == {7}
     assert ledger.accept(C, 6, 1) is True
     assert marks(ledger) == (7, 5)
-    assert ledger.settle(C, 7) is False
-    assert ledger.settle(C, 6) is True
+    assert ledger.settle(C, 7).moved is False
+    assert ledger.settle(C, 6).moved is True
     assert marks(ledger) == (7, 7)
 
 
@@ -287,7 +287,7 @@ def test_floor_with_done_but_uncommitted_prefix() -> None:
     ledger.settle(C, 2)  # 2 done, 1 not
     ledger.floor(C, 4)
     assert marks(ledger) == (4, 0)
-    assert ledger.settle(C, 1) is True
+    assert ledger.settle(C, 1).moved is True
     assert marks(ledger) == (4, 4)
 
 
@@ -299,7 +299,7 @@ def test_book_creates_default_book_once() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# is_new / on_done
+# is_new / progress
 
 
 def test_is_new_matches_accept() -> None:
@@ -320,26 +320,25 @@ def test_seq_below_one_is_never_new() -> None:
     assert ledger.accept("fresh", 0, 2) is False
 
 
-def test_on_done_is_called_once_per_done_message() -> None:
-    calls: list[tuple[str, int]] = []
-    ledger = Ledger(on_done=lambda cid, seq: calls.append((cid, seq)))
+def test_settle_returns_what_it_finished() -> None:
+    # the ledger calls nothing back: settle says which message is done and whether the
+    # client's committed_upto moved; the caller settles journal entries and barriers from it
+    ledger = Ledger()
     ledger.accept(C, 1, 2)
-    ledger.accept(C, 2, 0)  # zero records: done at once
-    assert calls == [(C, 2)]
-    ledger.settle(C, 1)
-    assert calls == [(C, 2)]
-    ledger.settle(C, 1)
-    assert calls == [(C, 2), (C, 1)]
-    ledger.settle(C, 1)  # already done
-    ledger.accept(C, 1, 1)  # duplicate
-    assert calls == [(C, 2), (C, 1)]
+    assert ledger.accept(C, 2, 0) is True  # zero records: done at once (the caller knows)
+    assert ledger.book(C).done_above == {2}
+    assert ledger.settle(C, 1) == Progress(done=False, moved=False)  # 1 of 2 records
+    assert ledger.settle(C, 1) == Progress(done=True, moved=True)
+    assert marks(ledger) == (2, 2)
+    assert ledger.settle(C, 1) == Progress()  # already done
+    assert ledger.accept(C, 1, 1) is False  # duplicate
     ledger.accept(C, 4, 1)
+    ledger.accept(C, 6, 1)
     ledger.floor(C, 5)  # 3 and 5 were never received here: done; 4 is still pending
-    assert calls == [(C, 2), (C, 1)]  # no callback for messages this daemon never held
-    assert marks(ledger) == (5, 3)
-    ledger.settle(C, 4)
-    assert calls[-1] == (C, 4)
-    assert marks(ledger) == (5, 5)
+    assert marks(ledger) == (6, 3)
+    assert ledger.settle(C, 6) == Progress(done=True, moved=False)  # 4 still holds it back
+    assert ledger.settle(C, 4) == Progress(done=True, moved=True)
+    assert marks(ledger) == (6, 6)
 
 
 def test_huge_floor_is_constant_time() -> None:
@@ -348,5 +347,5 @@ def test_huge_floor_is_constant_time() -> None:
     ledger.accept(C, 1, 1)
     ledger.floor(C, 2**62)
     assert marks(ledger) == (2**62, 0)
-    assert ledger.settle(C, 1) is True
+    assert ledger.settle(C, 1).moved is True
     assert marks(ledger) == (2**62, 2**62)

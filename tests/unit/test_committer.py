@@ -1,0 +1,200 @@
+"""The committer (committer.py) against a FakeBackend: bisection of a poison batch, errors about
+a whole run, which lanes wake, and which runs a barrier expedites."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pytest
+
+from tests.unit.fakes import FakeBackend
+from tracker_client import protocol as p
+from tracker_daemon.batcher import Origin
+from tracker_daemon.committer import Committer
+from tracker_daemon.errors import PermanentSinkError, RetryableSinkError
+from tracker_daemon.lanes import Lanes
+from tracker_daemon.status import Counters
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def log_batch(*args: Any) -> None:  # the sink method the committer is given (never run here)
+    raise AssertionError("FakeBackend answers instead")
+
+
+class Settled:
+    """Records what the committer settles (the Settles protocol)."""
+
+    def __init__(self) -> None:
+        self.ok: Counter[Origin] = Counter()
+        self.failed: list[tuple[Origin, p.Record | None, p.Failure]] = []
+
+    def committed(self, per_origin: Mapping[Origin, int]) -> None:
+        self.ok.update(per_origin)
+
+    def settle(
+        self, origin: Origin, run_id: str | None, record: p.Record | None, failure: p.Failure | None
+    ) -> None:
+        if failure is None:
+            self.ok[origin] += 1
+        else:
+            self.failed.append((origin, record, failure))
+
+
+def metric(run: str, step: int, key: str = "loss") -> p.Metric:
+    return p.Metric(run, key, float(step), 1_700_000_000_000 + step, step)
+
+
+async def identity(run_id: str) -> str:
+    return run_id
+
+
+def make(
+    lanes: Lanes,
+    backend: FakeBackend,
+    runs: Mapping[str, Iterable[str]] | None = None,
+) -> tuple[Committer, Settled, Counters]:
+    settled = Settled()
+    counters = Counters()
+    runs_of: Callable[[str], Iterable[str]] = lambda cid: (runs or {}).get(cid, ())  # noqa: E731
+    committer = Committer(
+        lanes,
+        backend,
+        settled,
+        counters,
+        log_batch=log_batch,
+        resolve=identity,
+        runs_of=runs_of,
+        clock=lambda: 0.0,
+    )
+    return committer, settled, counters
+
+
+def poison_handler(bad_step: int) -> Callable[[Callable[..., Any], tuple[Any, ...]], None]:
+    def handler(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        _run, metrics, _params, _tags = args
+        if any(m.step == bad_step for m in metrics):
+            raise PermanentSinkError("INVALID_PARAMETER_VALUE", f"step {bad_step} is poison")
+
+    return handler
+
+
+async def test_a_poison_record_is_isolated_by_bisection() -> None:
+    backend = FakeBackend(poison_handler(bad_step=5))
+    lanes = Lanes(1, max_age=1.0)
+    committer, settled, counters = make(lanes, backend)
+    origin = Origin("c1", 1)
+    committer.add(origin, [metric("r", s) for s in range(8)])
+    batch = lanes.pop_ready(0, now=10.0)
+    assert batch is not None and len(batch) == 8
+    await committer.commit(batch)
+    # depth first, in order: [0..7] fails, [0..3] ok, [4..7] fails, [4,5] fails, [4] ok,
+    # [5] fails (settled as failed), [6,7] ok
+    steps = [[m.step for m in args[1]] for _, args in backend.calls]
+    assert steps == [list(range(8)), [0, 1, 2, 3], [4, 5, 6, 7], [4, 5], [4], [5], [6, 7]]
+    assert settled.ok == Counter({origin: 7})
+    assert len(settled.failed) == 1
+    f_origin, record, failure = settled.failed[0]
+    assert f_origin == origin and record == metric("r", 5)
+    assert failure.code == "INVALID_PARAMETER_VALUE" and "poison" in failure.message
+    assert counters.batches == 3  # the successful log_batch calls
+    assert len(backend.errors) == 4  # each failed call noted once (health)
+    assert lanes.pending == 0
+
+
+async def test_an_error_about_the_whole_run_fails_the_batch_without_bisecting() -> None:
+    def gone(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        raise PermanentSinkError("RESOURCE_DOES_NOT_EXIST", "no such run", whole_run=True)
+
+    backend = FakeBackend(gone)
+    lanes = Lanes(1, max_age=1.0)
+    committer, settled, _ = make(lanes, backend)
+    committer.add(Origin("c1", 1), [metric("r", s) for s in range(6)])
+    committer.add(Origin("c1", 2), [p.Param("r", "lr", "0.1")])
+    batch = lanes.pop_ready(0, now=10.0)
+    assert batch is not None
+    await committer.commit(batch)
+    assert len(backend.calls) == 1
+    assert sum(settled.ok.values()) == 0
+    assert [(o.seq, type(r).__name__) for o, r, _ in settled.failed] == [(1, "Metric")] * 6 + [
+        (2, "Param")
+    ]
+    # the failed param is forgotten: logging it again is not a no-op
+    committer.add(Origin("c1", 3), [p.Param("r", "lr", "0.1")])
+    assert lanes.pending == 1
+
+
+async def test_retryable_errors_are_the_backends_business() -> None:
+    # a RetryableSinkError that escapes the backend (its retry_for ran out) is not settled:
+    # the lane loop's supervisor restarts it; the records stay accounted as uncommitted
+    def down(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        raise RetryableSinkError("TEMPORARILY_UNAVAILABLE", "down")
+
+    backend = FakeBackend(down)
+    lanes = Lanes(1, max_age=1.0)
+    committer, settled, _ = make(lanes, backend)
+    committer.add(Origin("c1", 1), [metric("r", 0)])
+    batch = lanes.pop_ready(0, now=10.0)
+    assert batch is not None
+    with pytest.raises(RetryableSinkError):
+        await committer.commit(batch)
+    assert sum(settled.ok.values()) == 0 and settled.failed == []
+
+
+async def test_add_wakes_only_the_lanes_that_got_records() -> None:
+    lanes = Lanes(3, max_age=1.0)
+    committer, _, _ = make(lanes, FakeBackend())
+    for run in ("a", "b", "c"):
+        lanes.lane_of(run)  # one run per lane
+    committer.add(Origin("c1", 1), [metric("b", 0), metric("b", 1)])
+    woken = [w.is_set for w in committer.wakes]
+    assert woken == [lane == lanes.lane_of("b") for lane in range(3)]
+    assert woken.count(True) == 1
+    committer.add(Origin("c1", 2), [metric("a", 0), metric("c", 0)])
+    assert [w.is_set for w in committer.wakes] == [True, True, True]
+
+
+async def test_a_barrier_expedites_only_the_runs_of_the_client_that_asked() -> None:
+    lanes = Lanes(2, max_age=60.0)
+    runs = {"c1": {"r1", "r3"}, "c2": {"r2"}}
+    committer, _, _ = make(lanes, FakeBackend(), runs)
+    for run in ("r1", "r2", "r3"):  # the least loaded lane: r1 -> 0, r2 -> 1, r3 -> 0
+        lanes.lane_of(run)
+    assert lanes.lane_of("r1") == lanes.lane_of("r3") != lanes.lane_of("r2")
+    committer.add(Origin("c1", 1), [metric("r1", 0), metric("r3", 0)])
+    committer.add(Origin("c2", 1), [metric("r2", 0)])
+    for w in committer.wakes:
+        w.set()
+        await w.wait(0)  # consume: start from no pending wake-ups
+    assert lanes.pop_ready(0, now=1.0) is None and lanes.pop_ready(1, now=1.0) is None
+
+    committer.expedite_client("c1")
+    lane1 = lanes.lane_of("r1")
+    assert [w.is_set for w in committer.wakes] == [lane == lane1 for lane in range(2)]
+    got = []
+    while (batch := lanes.pop_ready(lane1, now=1.0)) is not None:
+        got.append(batch.run_id)
+    assert sorted(got) == ["r1", "r3"]
+    assert lanes.pop_ready(lanes.lane_of("r2"), now=1.0) is None  # c2's run keeps batching
+    assert lanes.pending == 1
+
+    committer.expedite_client("nobody")  # no runs: nothing happens, nothing is assigned
+    assert lanes.pending == 1
+    committer.expedite_all()
+    batch = lanes.pop_ready(lanes.lane_of("r2"), now=1.0)
+    assert batch is not None and batch.run_id == "r2"
+
+
+async def test_expediting_a_released_run_assigns_it_no_lane() -> None:
+    lanes = Lanes(2, max_age=60.0)
+    committer, _, _ = make(lanes, FakeBackend(), {"c1": {"gone"}})
+    committer.expedite_client("c1")
+    assert lanes._assigned == {}  # noqa: SLF001 - the load accounting stays exact
+    assert [w.is_set for w in committer.wakes] == [False, False]
