@@ -103,6 +103,11 @@ class Control:
                 identity, msg = await self._out.receive()
                 tasks.start_soon(handlers[type(msg)], identity, msg)
 
+    def close(self) -> None:
+        """Close the queue (requests not started are dropped: the daemon is stopping)."""
+        self._in.close()
+        self._out.close()
+
     def late(self, seq: int) -> str:
         return (
             f"records up to seq {seq} were not committed within {self.barrier_timeout_s:g} s; "

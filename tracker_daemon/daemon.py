@@ -413,6 +413,8 @@ class Daemon:
                 self._feed_wake.set()
                 self.orphans.watch_restored_owners()
         finally:
+            self.control.close()
+            self.orphans.close()
             with anyio.CancelScope(shield=True):
                 if self.metrics is not None:
                     await anyio.to_thread.run_sync(self.metrics.close)

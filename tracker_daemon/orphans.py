@@ -106,6 +106,10 @@ class Orphans:
         """Queue the end of ``info``'s open runs."""
         self._in.send_nowait(info)
 
+    def close(self) -> None:
+        self._in.close()
+        self._out.close()
+
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             tasks = Tasks(tg, self.supervisor)
