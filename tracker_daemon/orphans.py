@@ -21,7 +21,6 @@ from tracker_client import protocol as p
 
 from .clients import ClientInfo, ClientTable
 from .errors import SinkError
-from .liveness import PidWatcher
 from .run_service import RunService, Write
 from .status import Counters
 from .supervise import Supervisor, Tasks
@@ -31,6 +30,12 @@ __all__ = ["ORPHAN_BARRIER_S", "Orphans"]
 log = logging.getLogger("tracker_daemon")
 
 ORPHAN_BARRIER_S = 60.0  # how long an exited client's records are waited for
+
+
+class Watches(Protocol):
+    """liveness.PidWatcher: ``watch(pid)`` is False when the pid is already gone."""
+
+    def watch(self, pid: int) -> bool: ...
 
 
 class TagSink(Protocol):
@@ -66,7 +71,7 @@ class Orphans:
         self._barrier = barrier
         self._received_upto = received_upto
         self._note_error = note_error
-        self.liveness: PidWatcher | None = None  # set by the daemon (it calls pid_exited)
+        self.liveness: Watches | None = None  # set by the daemon (it calls pid_exited)
         self._in: MemoryObjectSendStream[ClientInfo]
         self._out: MemoryObjectReceiveStream[ClientInfo]
         self._in, self._out = anyio.create_memory_object_stream[ClientInfo](math.inf)

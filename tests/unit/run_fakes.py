@@ -19,11 +19,12 @@ T = TypeVar("T")
 
 class FakeSink:
     """Records every call; creates runs ``run-1``, ``run-2``, ...; ``fail_create`` is raised by
-    the next create_run."""
+    the next create_run, ``fail_log_batch`` by the next log_batch."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.fail_create: SinkError | None = None
+        self.fail_log_batch: SinkError | None = None
         self.params: dict[str, dict[str, str]] = {}
         self._runs = 0
 
@@ -63,6 +64,9 @@ class FakeSink:
     def log_batch(
         self, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]
     ) -> None:
+        if self.fail_log_batch is not None:
+            exc, self.fail_log_batch = self.fail_log_batch, None
+            raise exc
         self.calls.append(("log_batch", (run_id, metrics, params, tags)))
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
