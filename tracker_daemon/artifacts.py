@@ -102,6 +102,9 @@ class ArtifactLane:
         """Artifacts waiting for their next attempt after a retryable failure."""
         return len(self._later)
 
+    def status(self) -> dict[str, int]:
+        return {"artifacts_retrying": self.retrying}
+
     def submit(self, origin: Origin, msg: p.LogArtifact, *, replayed: bool = False) -> None:
         """Queue an artifact message (journaled already). ``replayed``: delivered from the
         journal, so a slot that no longer exists was uploaded before a restart."""

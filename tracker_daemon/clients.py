@@ -285,6 +285,10 @@ class ClientTable:
             self._count = None
         return out
 
+    def status(self, now: float) -> dict[str, object]:
+        """The client table's part of the status document."""
+        return {"clients": self.status_rows(now), "client_id_in_use": self.in_use_refusals}
+
     def status_rows(self, now: float) -> list[dict[str, object]]:
         """The clients of the status document, with only a prefix of each id: the status is
         served to anyone who can connect, and an id is what binds a client's data."""

@@ -21,7 +21,7 @@ from tracker_client import protocol as p
 
 from .backend import Backend
 from .batcher import Batch, Origin
-from .errors import PermanentSinkError, SinkError
+from .errors import PermanentSinkError, RunGone, SinkError
 from .lanes import Lanes
 from .status import Counters
 from .wakeup import Wakeup
@@ -128,7 +128,7 @@ class Committer:
             )
         except PermanentSinkError as exc:
             self.backend.note_error(exc)
-            if len(batch) > 1 and not exc.whole_run:
+            if len(batch) > 1 and not isinstance(exc, RunGone):
                 first, second = batch.split()  # isolate the bad record(s) by bisection
                 await self.commit(first)
                 await self.commit(second)

@@ -50,6 +50,7 @@ from typing import Any
 from tracker_client.framing import HEADER, encode_frame, scan
 
 from .diskspace import DISK_ERRNOS, fs_room, is_disk_error
+from .errors import JournalFull
 from .journal_files import fsync_dir, quarantine_file, repair_segment, write_mark_file
 
 __all__ = ["MIN_SEGMENT_BYTES", "Journal", "JournalFull", "Mark", "Position"]
@@ -58,10 +59,6 @@ log = logging.getLogger("tracker_daemon.journal")
 
 SEGMENT_SUFFIX = ".seg"
 MIN_SEGMENT_BYTES = 256 * 1024  # the smallest segment rolled early on a small filesystem
-
-
-class JournalFull(Exception):
-    """The journal reached its size limit or the disk is full; the entry was not written."""
 
 
 @dataclass(frozen=True, slots=True, order=True)

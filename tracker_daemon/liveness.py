@@ -78,6 +78,9 @@ class PidWatcher:
     def watched(self) -> int:
         return len(self._fds) + len(self._polled)
 
+    def status(self) -> dict[str, int]:
+        return {"pid_watches": self.watched, "pidfds": self.fds}
+
     def watching(self, pid: int) -> bool:
         return pid in self._fds or pid in self._polled
 

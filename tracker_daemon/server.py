@@ -36,9 +36,10 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -55,7 +56,8 @@ __all__ = ["CurveSetup", "Dispatch", "Server"]
 
 log = logging.getLogger("tracker_daemon.server")
 
-Dispatch = Callable[[Peer, p.ClientMessage, bytes], Awaitable[None] | None]
+# (peer, message, raw frame, monotonic now) -> the reply to send now, if any (intake.Intake.handle)
+Dispatch = Callable[[Peer, p.ClientMessage, bytes, float], p.DaemonMessage | None]
 DENIED_LOG_INTERVAL_S = 60.0  # an unknown key is logged at most this often
 REJECT_LOG_INTERVAL_S = 10.0  # one frame_rejected line per peer and code this often
 REJECT_LOG_LINES = 20  # ... and at most this many such lines per interval over all peers
@@ -159,6 +161,19 @@ class Server:
     def auth_denied(self) -> int:
         return self.keys.denied if self.keys is not None else 0
 
+    def status(self) -> dict[str, Any]:
+        return {
+            "auth": self.auth,
+            "auth_denied": self.auth_denied,
+            "rejected_frames": self.rejected,
+            "rejected_unanswered": self.rejected_unanswered,
+            "last_rejection": self.last_rejection,
+        }
+
+    def limit_rejections(self) -> dict[str, int]:
+        """The ``limit_rejections`` the server counts (frames refused before decoding)."""
+        return {"max_frame_bytes": self.rejected_by_code["frame_too_large"]}
+
     def bind(self) -> None:
         _return_large_buffers_to_os()
         path = ipc_path(self.address)
@@ -255,7 +270,8 @@ class Server:
         return peer
 
     async def serve(self, dispatch: Dispatch) -> None:
-        """Receive forever; decode each frame and call ``dispatch(peer, message, raw)``."""
+        """Receive forever; decode each frame, call ``dispatch(peer, message, raw, now)`` and send
+        the reply it returns."""
         assert self.sock is not None
         while True:
             parts = await self.sock.recv_multipart(copy=False)  # frames: to read the peer
@@ -280,9 +296,9 @@ class Server:
                     f"{type(msg).__name__} is a daemon message; clients may not send it",
                 )
                 continue
-            result = dispatch(self._peer(identity, parts[0]), msg, frames[1])
-            if result is not None:
-                await result
+            reply = dispatch(self._peer(identity, parts[0]), msg, frames[1], time.monotonic())
+            if reply is not None:
+                await self.send(identity, reply)
 
     @staticmethod
     def _property(frame: zmq.Frame, name: str) -> str | None:

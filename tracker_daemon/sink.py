@@ -18,7 +18,7 @@ from typing import Any
 
 from tracker_client import protocol as p
 
-from .errors import PermanentSinkError, RetryableSinkError, SinkError
+from .errors import PermanentSinkError, RetryableSinkError, RunGone, SinkError
 
 __all__ = ["RunHandle", "Sink", "classify"]
 
@@ -49,8 +49,9 @@ def classify(exc: BaseException) -> SinkError:
         message = exc.message if isinstance(exc.message, str) else str(exc.message)
         if code in _RETRYABLE_CODES or "database is locked" in message:
             return RetryableSinkError(code, message)
-        whole_run = code == "RESOURCE_DOES_NOT_EXIST" or any(h in message for h in _RUN_GONE_HINTS)
-        return PermanentSinkError(code, message, whole_run=whole_run)
+        if code == "RESOURCE_DOES_NOT_EXIST" or any(h in message for h in _RUN_GONE_HINTS):
+            return RunGone(code, message)
+        return PermanentSinkError(code, message)
     if isinstance(exc, ConnectionError | TimeoutError) or (
         isinstance(exc, OSError) and exc.errno in _RETRYABLE_ERRNOS
     ):

@@ -22,11 +22,19 @@ from __future__ import annotations
 import statistics
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["LIMIT_KINDS", "RATE_WINDOW_S", "Counters", "format_status", "health"]
+__all__ = [
+    "LIMIT_KINDS",
+    "RATE_WINDOW_S",
+    "Counters",
+    "Section",
+    "StatusReporter",
+    "format_status",
+    "health",
+]
 
 # status["limit_rejections"] keys: the config key of each limit
 LIMIT_KINDS = (
@@ -92,6 +100,35 @@ class Counters:
     def sink_failing_now(self) -> bool:
         """The most recent sink outcome was an error (no successful write since)."""
         return self.last_sink_error_at > self.last_sink_ok_at
+
+    def status(self, now: float, now_wall: float) -> dict[str, Any]:
+        """The counters' part of the status document (``now``: monotonic, ``now_wall``: wall)."""
+        error_age = self.sink_error_age(now_wall)
+        return {
+            "uptime_s": round(now_wall - self.started_at, 3),
+            "frames": self.frames,
+            "duplicate_frames": self.duplicate_frames,
+            "received": self.received,
+            "replayed": self.replayed,
+            "committed": self.committed,
+            "failed": self.failed,
+            "dead_lettered": self.dead_lettered,
+            "orphaned_runs": self.orphaned_runs,
+            "spools_imported": self.spools_imported,
+            "artifacts": self.artifacts,
+            "batches": self.batches,
+            "sink_retries": self.sink_retries,
+            "sink_latency_ms": self.sink_latency_ms(),
+            "fsyncs": self.fsyncs,
+            "fsync_ms_avg": (
+                round(self.fsync_seconds / self.fsyncs * 1000, 3) if self.fsyncs else 0.0
+            ),
+            "commit_rate": self.commit_rate(now),
+            "last_sink_error": self.last_sink_error,
+            "last_sink_error_at": round(self.last_sink_error_at, 3),
+            "last_sink_error_age_s": None if error_age is None else round(error_age, 3),
+            "journal_full_rejections": self.journal_full_rejections,
+        }
 
 
 def health(
@@ -207,3 +244,67 @@ def format_status(s: dict[str, Any]) -> str:
         if len(clients) > CLIENT_ROWS:
             lines.append(f"  ... and {len(clients) - CLIENT_ROWS} more (see --json)")
     return "\n".join(lines)
+
+
+class Section(Protocol):
+    """A component that reports its own part of the status document."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class StatusReporter:
+    """Builds the status document from each component's own ``status()`` (the keys are listed
+    in the README, "Status, metrics and logs"), and the health verdict over them."""
+
+    def __init__(
+        self,
+        static: dict[str, Any],
+        counters: Counters,
+        *,
+        clients: Callable[[float], dict[str, Any]],
+        sections: Sequence[Section],
+        pipeline: Callable[[float], dict[str, Any]],
+        limits: dict[str, int],
+        rejections: Callable[[], dict[str, int]],
+        disk_problems: Callable[[], list[str]],
+        disk_full: Callable[[], bool],
+        head: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.static = static  # configuration: backend, address, health_stall_s, ...
+        self.counters = counters
+        self._clients = clients  # the client table's part, at a monotonic time
+        self._sections = sections  # server, liveness, runs, artifacts, journal, supervisor
+        self._pipeline = pipeline  # queue_depth, spilled, artifacts_pending, oldest age
+        self.limits = limits
+        self._rejections = rejections  # limit_rejections the counters do not hold
+        self._disk_problems = disk_problems
+        self._disk_full = disk_full
+        self._head = head  # version, pid, metrics_address
+
+    def document(self, now: float, now_wall: float) -> dict[str, Any]:
+        c = self.counters
+        doc: dict[str, Any] = {**self._head(), **self.static}
+        doc["limits"] = dict(self.limits)
+        doc["limit_rejections"] = {**c.limit_rejections, **self._rejections()}
+        doc.update(self._clients(now))
+        doc.update(c.status(now, now_wall))
+        doc.update(self._pipeline(now))
+        for section in self._sections:
+            doc.update(section.status())
+        problems = self._disk_problems()
+        oldest = doc["oldest_uncommitted_age_s"]
+        reasons = health(
+            journal_full=doc["journal_full"],
+            disk_problems=problems,
+            sink_error_age_s=c.sink_error_age(now_wall),
+            sink_failing_now=c.sink_failing_now,
+            last_sink_error=c.last_sink_error,
+            oldest_uncommitted_age_s=oldest,
+            stall_s=self.static["health_stall_s"],
+        )
+        doc["oldest_uncommitted_age_s"] = round(oldest, 3)
+        doc["disk_full"] = self._disk_full()
+        doc["disk_problems"] = sorted(problems)
+        doc["healthy"] = not reasons
+        doc["unhealthy_reasons"] = reasons
+        return doc

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from tests.unit.fakes import FakeBackend
+from tests.support.fakes import FakeBackend
 from tracker_client import protocol as p
 from tracker_daemon.batcher import Origin
 from tracker_daemon.committer import Committer
-from tracker_daemon.errors import PermanentSinkError, RetryableSinkError
+from tracker_daemon.errors import PermanentSinkError, RetryableSinkError, RunGone
 from tracker_daemon.lanes import Lanes
 from tracker_daemon.status import Counters
 
@@ -111,7 +111,7 @@ async def test_a_poison_record_is_isolated_by_bisection() -> None:
 
 async def test_an_error_about_the_whole_run_fails_the_batch_without_bisecting() -> None:
     def gone(fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        raise PermanentSinkError("RESOURCE_DOES_NOT_EXIST", "no such run", whole_run=True)
+        raise RunGone("RESOURCE_DOES_NOT_EXIST", "no such run")
 
     backend = FakeBackend(gone)
     lanes = Lanes(1, max_age=1.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.fakes import FakeBackend
+from tests.support.fakes import FakeBackend
 from tracker_client import protocol as p
 from tracker_daemon.barriers import Barriers
 from tracker_daemon.batcher import Origin

@@ -1,0 +1,110 @@
+"""Fakes of the pure seams of the run service and control (no MLflow): the blocking sink calls
+and the daemon's ``write`` (which runs them in a thread with retries) — a fake is the point of
+these unit tests; the real sink is exercised by the integration tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tracker_daemon.clients import ClientInfo
+from tracker_daemon.errors import SinkError
+from tracker_daemon.run_service import RunService
+from tracker_daemon.runs import RunBook
+from tracker_daemon.sink import RunHandle
+
+T = TypeVar("T")
+
+
+class FakeSink:
+    """Records every call; creates runs ``run-1``, ``run-2``, ...; ``fail_create`` is raised by
+    the next create_run, ``fail_log_batch`` by the next log_batch."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.fail_create: SinkError | None = None
+        self.fail_log_batch: SinkError | None = None
+        self.params: dict[str, dict[str, str]] = {}
+        self._runs = 0
+
+    def get_or_create_experiment(self, name: str) -> str:
+        self.calls.append(("get_or_create_experiment", (name,)))
+        return f"exp-{name}"
+
+    def create_run(
+        self,
+        experiment_id: str,
+        start_time: int,
+        tags: dict[str, str],
+        run_name: str | None,
+        parent_run_id: str | None,
+    ) -> RunHandle:
+        self.calls.append(
+            ("create_run", (experiment_id, start_time, tags, run_name, parent_run_id))
+        )
+        if self.fail_create is not None:
+            exc, self.fail_create = self.fail_create, None
+            raise exc
+        self._runs += 1
+        rid = f"run-{self._runs}"
+        return RunHandle(rid, experiment_id, f"file:///art/{rid}", run_name or rid, {})
+
+    def resume_run(self, run_id: str) -> RunHandle:
+        self.calls.append(("resume_run", (run_id,)))
+        return RunHandle(run_id, "0", f"file:///art/{run_id}", run_id, self.params.get(run_id, {}))
+
+    def end_run(self, run_id: str, status: str, end_time: int) -> None:
+        self.calls.append(("end_run", (run_id, status, end_time)))
+
+    def run_info(self, run_id: str) -> RunHandle:
+        self.calls.append(("run_info", (run_id,)))
+        return RunHandle(run_id, "0", f"file:///elsewhere/{run_id}", run_id, {})
+
+    def log_batch(
+        self, run_id: str, metrics: list[Any], params: list[Any], tags: list[Any]
+    ) -> None:
+        if self.fail_log_batch is not None:
+            exc, self.fail_log_batch = self.fail_log_batch, None
+            raise exc
+        self.calls.append(("log_batch", (run_id, metrics, params, tags)))
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        return [args for n, args in self.calls if n == name]
+
+
+class FakeWrite:
+    """The daemon's ``write``: here it calls ``fn`` at once and records its name and retry_for."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, float | None]] = []
+
+    async def __call__(self, fn: Callable[..., T], *args: Any, retry_for: float | None = None) -> T:
+        inner = getattr(fn, "func", fn)  # a functools.partial: the function it calls
+        name = str(getattr(inner, "__name__", "?"))
+        self.log.append((name, retry_for))
+        return fn(*args)
+
+
+class Wiring:
+    """A RunService on a real RunBook in ``tmp_path`` with fakes around it, and what it did."""
+
+    def __init__(self, tmp_path: Path, **kw: Any) -> None:
+        self.sink = FakeSink()
+        self.write = FakeWrite()
+        self.clients: dict[str, ClientInfo] = {}
+        self.gone: list[str] = []
+        self.seeded: list[tuple[str, dict[str, str]]] = []
+        self.released: list[str] = []
+        self.runbook = RunBook(tmp_path / "runs.log")
+        self.runbook.load()
+        self.runs = RunService(
+            self.runbook,
+            self.sink,
+            write=self.write,
+            owner_of=self.clients.get,
+            owner_gone=lambda info: self.gone.append(info.client_id),
+            seed_params=lambda rid, params: self.seeded.append((rid, params)),
+            release_run=self.released.append,
+            **kw,
+        )

@@ -1,0 +1,184 @@
+"""The requests that wait: ``start_run``, ``end_run``, ``flush`` and ``call``. Intake hands them
+to :meth:`Control.submit` (synchronous, from the receive loop); they queue in a bounded memory
+stream that :meth:`Control.run` owns, and each runs there as its own contained task (supervise.py:
+one that fails is logged and counted, never the end of the daemon). ``flush``, ``end_run`` and
+``call`` first wait until the client's earlier records are committed (the barrier).
+
+A request that finds the queue full (``CONTROL_QUEUE`` waiting to start) is answered at once with
+``REQUEST_LIMIT_EXCEEDED``; the client may retry it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from tracker_client import protocol as p
+from tracker_client.entities import encode_value
+
+from .errors import SinkError
+from .ledger import Ledger
+from .run_service import RunService, Write, creation_key
+from .supervise import Supervisor, Tasks
+
+__all__ = ["CONTROL_QUEUE", "Control", "ControlRequest"]
+
+T = TypeVar("T")
+
+CONTROL_QUEUE = 1024  # requests accepted but not started yet
+ControlRequest = p.StartRun | p.EndRun | p.Flush | p.Call
+
+
+class StoreCalls(Protocol):
+    """calls.StoreCalls, as Control uses it."""
+
+    def check(self, target: str, method: str) -> None: ...
+    def invoke(self, target: str, method: str, args: bytes, kwargs: bytes) -> tuple[Any, bytes]: ...
+    @staticmethod
+    def is_read(method: str) -> bool: ...
+
+
+class Control:
+    def __init__(
+        self,
+        runs: RunService,
+        ledger: Ledger,
+        supervisor: Supervisor,
+        *,
+        send: Callable[[bytes, p.DaemonMessage], Awaitable[None]],
+        barrier: Callable[[str, int], Awaitable[bool]],
+        write: Write,
+        read: Callable[[Callable[[], Any]], Awaitable[Any]],
+        calls: Callable[[], StoreCalls | None],
+        barrier_timeout_s: float,
+        last_sink_error: Callable[[], str],
+        queue: int = CONTROL_QUEUE,
+    ) -> None:
+        self.runs = runs
+        self.ledger = ledger  # failures taken at a barrier
+        self.supervisor = supervisor
+        self._send = send
+        self._barrier = barrier
+        self._write = write
+        self._read = read
+        self._calls = calls  # None until MLflow is loaded
+        self.barrier_timeout_s = barrier_timeout_s
+        self._last_sink_error = last_sink_error
+        self.refused = 0  # requests answered REQUEST_LIMIT_EXCEEDED (queue full)
+        self._in: MemoryObjectSendStream[tuple[bytes, ControlRequest]]
+        self._out: MemoryObjectReceiveStream[tuple[bytes, ControlRequest]]
+        self._in, self._out = anyio.create_memory_object_stream[tuple[bytes, ControlRequest]](queue)
+
+    def submit(self, identity: bytes, msg: ControlRequest) -> p.ErrorReply | None:
+        """Queue a request (answered later by its task); a reply now only if the queue is full."""
+        try:
+            self._in.send_nowait((identity, msg))
+        except anyio.WouldBlock:
+            self.refused += 1
+            return p.ErrorReply(
+                msg.req,
+                "REQUEST_LIMIT_EXCEEDED",
+                f"pending requests: the daemon already holds "
+                f"{self._out.statistics().current_buffer_used} start_run/end_run/flush/call "
+                "requests waiting to start (its limit); this one was not performed: try again "
+                "shortly",
+            )
+        if isinstance(msg, p.StartRun):
+            self.runs.reserve(msg)
+        return None
+
+    async def run(self) -> None:
+        """Start each queued request as its own contained task (until cancelled)."""
+        handlers: dict[type, Callable[[bytes, Any], Awaitable[None]]] = {
+            p.StartRun: self._on_start_run,
+            p.EndRun: self._on_end_run,
+            p.Flush: self._on_flush,
+            p.Call: self._on_call,
+        }
+        async with anyio.create_task_group() as tg:
+            tasks = Tasks(tg, self.supervisor)
+            while True:
+                identity, msg = await self._out.receive()
+                tasks.start_soon(handlers[type(msg)], identity, msg)
+
+    def close(self) -> None:
+        """Close the queue (requests not started are dropped: the daemon is stopping)."""
+        self._in.close()
+        self._out.close()
+
+    def late(self, seq: int) -> str:
+        return (
+            f"records up to seq {seq} were not committed within {self.barrier_timeout_s:g} s; "
+            f"last sink error: {self._last_sink_error() or 'none'}"
+        )
+
+    # ------------------------------------------------------------------ requests
+
+    async def _on_start_run(self, identity: bytes, msg: p.StartRun) -> None:
+        try:
+            handle = await self.runs.start(msg)
+        except SinkError as exc:
+            await self._send(identity, p.ErrorReply(msg.req, exc.code, exc.message))
+            return
+        await self._send(
+            identity,
+            p.RunStarted(
+                msg.req, handle.run_id, handle.experiment_id, handle.artifact_uri, handle.run_name
+            ),
+        )
+
+    async def _on_flush(self, identity: bytes, msg: p.Flush) -> None:
+        if not await self._barrier(msg.client_id, msg.seq):
+            await self._send(identity, p.ErrorReply(msg.req, "timeout", self.late(msg.seq)))
+            return
+        failures = self.ledger.take_failures(msg.client_id, msg.run_id)
+        await self._send(identity, p.Done(msg.req, tuple(failures)))
+
+    async def _on_end_run(self, identity: bytes, msg: p.EndRun) -> None:
+        if not await self._barrier(msg.client_id, msg.seq):
+            await self._send(identity, p.ErrorReply(msg.req, "timeout", self.late(msg.seq)))
+            return
+        failures = self.ledger.take_failures(msg.client_id, msg.run_id)
+        try:
+            await self.runs.end(msg.run_id, msg.status, msg.end_time)
+        except SinkError as exc:
+            failures.append(p.Failure(None, exc.code, f"ending run {msg.run_id}: {exc.message}"))
+        await self._send(identity, p.Done(msg.req, tuple(failures)))
+
+    async def _on_call(self, identity: bytes, msg: p.Call) -> None:
+        """An MLflow store method for the tracker:// plugin, after this client's earlier
+        records are committed (read-your-writes)."""
+        calls = self._calls()
+        assert calls is not None
+        if not await self._barrier(msg.client_id, msg.seq):
+            await self._send(identity, p.ErrorReply(msg.req, "timeout", self.late(msg.seq)))
+            return
+        failures = self.ledger.take_failures(msg.client_id)
+        invoke = functools.partial(calls.invoke, msg.target, msg.method, msg.args, msg.kwargs)
+        try:
+            calls.check(msg.target, msg.method)
+            created = self.runs.created(creation_key(msg.client_id, msg.req))
+            if msg.method == "create_run" and created is not None:
+                # a request resent after a reconnect: answer with the run it created
+                invoke = functools.partial(
+                    calls.invoke,
+                    "tracking",
+                    "get_run",
+                    encode_value([created.run_id]),
+                    encode_value({}),
+                )
+            if calls.is_read(msg.method):
+                result, value = await self._read(invoke)
+            else:
+                result, value = await self._write(invoke, retry_for=30.0)
+        except SinkError as exc:
+            for f in failures:  # not delivered: keep them for the next barrier
+                self.ledger.fail(msg.client_id, f.record.run_id if f.record else None, f)
+            await self._send(identity, p.ErrorReply(msg.req, exc.code, exc.message))
+            return
+        await self.runs.after_call(msg, result)
+        await self._send(identity, p.Result(msg.req, value, tuple(failures)))

@@ -1,0 +1,263 @@
+"""The run lifecycle on the event loop: start (create or resume), end, the experiment cache, the
+ids of offline runs (reserved when their ``start_run`` arrives, resolved to the MLflow run they
+became), the run bookkeeping of plugin calls, and each run's artifact location.
+
+Every MLflow call goes through the injected ``write`` (the daemon's writer limiter and retries);
+``runs.log`` (:class:`~tracker_daemon.runs.RunBook`) is written from worker threads (it fsyncs).
+Run creations are keyed by :func:`creation_key`, the one place that spells those keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import anyio
+
+from tracker_client import protocol as p
+
+from .clients import ClientInfo
+from .errors import RunGone, SinkError
+from .runs import RunBook
+from .sink import RunHandle
+
+__all__ = ["OFFLINE_PREFIX", "RESOLVE_WAIT_S", "RunService", "RunSink", "creation_key"]
+
+log = logging.getLogger("tracker_daemon")
+T = TypeVar("T")
+
+OFFLINE_PREFIX = "offline-"
+RESOLVE_WAIT_S = 30.0  # how long a record of an offline run waits for its start_run
+
+
+def creation_key(client_id: str = "", req: int | None = None, *, offline_id: str = "") -> str:
+    """The ``runs.log`` key of a run creation: ``offline:<offline_id>`` for an offline run (the
+    same run may arrive live, replayed and imported), else ``<client_id>:<req>`` (a request resent
+    after a reconnect)."""
+    if offline_id:
+        return f"offline:{offline_id}"
+    return f"{client_id}:{req}"
+
+
+def start_key(msg: p.StartRun) -> str:
+    """The creation key of a ``start_run`` ("" when it names no client: not remembered)."""
+    if msg.offline_id:
+        return creation_key(offline_id=msg.offline_id)
+    return creation_key(msg.client_id, msg.req) if msg.client_id else ""
+
+
+class Write(Protocol):
+    def __call__(
+        self, fn: Callable[..., T], *args: Any, retry_for: float | None = None
+    ) -> Awaitable[T]: ...
+
+
+class RunSink(Protocol):
+    """The blocking MLflow calls the run service makes (``sink.Sink``)."""
+
+    def get_or_create_experiment(self, name: str) -> str: ...
+    def resume_run(self, run_id: str) -> RunHandle: ...
+    def create_run(
+        self,
+        experiment_id: str,
+        start_time: int,
+        tags: dict[str, str],
+        run_name: str | None,
+        parent_run_id: str | None,
+    ) -> RunHandle: ...
+    def end_run(self, run_id: str, status: str, end_time: int) -> None: ...
+    def run_info(self, run_id: str) -> RunHandle: ...
+
+
+class RunService:
+    def __init__(
+        self,
+        runbook: RunBook,
+        sink: RunSink,
+        *,
+        write: Write,
+        owner_of: Callable[[str], ClientInfo | None],
+        owner_gone: Callable[[ClientInfo], None],
+        seed_params: Callable[[str, dict[str, str]], None],
+        release_run: Callable[[str], object],
+        resolve_wait_s: float = RESOLVE_WAIT_S,
+    ) -> None:
+        self.runbook = runbook
+        self.sink = sink
+        self._write = write
+        self._owner_of = owner_of  # the client table's entry of a client id
+        self._owner_gone = owner_gone  # its process exited: end its runs later
+        self._seed_params = seed_params  # the batcher: params a resumed run already has
+        self._release_run = release_run  # the batcher: forget an ended run
+        self.resolve_wait_s = resolve_wait_s
+        self._experiments: dict[str, str] = {}  # name -> id
+        self._creating: dict[str, anyio.Event] = {}  # offline id -> set once handled
+        self._creation_failed: dict[str, SinkError] = {}
+
+    # ------------------------------------------------------------------ queries (pure)
+
+    def created(self, key: str) -> RunHandle | None:
+        return self.runbook.created.get(key) if key else None
+
+    def offline_run(self, offline_id: str) -> RunHandle | None:
+        return self.runbook.created.get(creation_key(offline_id=offline_id))
+
+    def open_runs_of(self, client_id: str) -> int:
+        return sum(1 for run in self.runbook.open.values() if client_id in run.owners)
+
+    def starts_new_run(self, msg: p.ClientMessage) -> bool:
+        """Would ``msg`` open a run its client does not have open yet? (A resent request
+        answered from the run book, or resuming a run the client owns, would not.)"""
+        if isinstance(msg, p.Call):
+            return (
+                msg.method == "create_run"
+                and self.created(creation_key(msg.client_id, msg.req)) is None
+            )
+        if not isinstance(msg, p.StartRun):
+            return False
+        if msg.offline_id:
+            return self.offline_run(msg.offline_id) is None and msg.offline_id not in self._creating
+        if self.created(start_key(msg)) is not None:
+            return False
+        if msg.run_id is not None:
+            run = self.runbook.open.get(msg.run_id)
+            return run is None or msg.client_id not in run.owners
+        return True
+
+    def owners(self) -> set[str]:
+        return {o for run in self.runbook.open.values() for o in run.owners}
+
+    def status(self) -> dict[str, Any]:
+        return {"open_runs": len(self.runbook.open)}
+
+    # ------------------------------------------------------------------ offline ids
+
+    def reserve(self, msg: p.StartRun) -> None:
+        """Called when a ``start_run`` is accepted, before it is handled: records of its offline
+        run wait for it instead of failing, and a second one is not counted as a new run."""
+        if msg.offline_id and self.offline_run(msg.offline_id) is None:
+            self._creating.setdefault(msg.offline_id, anyio.Event())
+
+    async def resolve(self, run_id: str) -> str:
+        """The MLflow run id for an id a client used: itself, or the run an offline id became
+        (waiting up to ``resolve_wait_s`` for its start_run). Raises RunGone."""
+        if not run_id.startswith(OFFLINE_PREFIX):
+            return run_id
+        handle = self.offline_run(run_id)
+        if handle is None and run_id not in self._creation_failed:
+            # its start_run is being handled, or has not arrived yet (a resend in flight)
+            event = self._creating.setdefault(run_id, anyio.Event())
+            with anyio.move_on_after(self.resolve_wait_s):
+                await event.wait()
+            handle = self.offline_run(run_id)
+        if handle is not None:
+            return handle.run_id
+        cause = self._creation_failed.get(run_id)
+        raise RunGone(
+            "RESOURCE_DOES_NOT_EXIST",
+            f"offline run {run_id} was never created"
+            + (f": {cause.message}" if cause else " (its start_run did not reach the daemon)"),
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def experiment_id(self, msg: p.StartRun) -> str:
+        if msg.experiment_id is not None:
+            return msg.experiment_id
+        if msg.experiment_name is None:
+            return "0"  # MLflow's Default experiment
+        cached = self._experiments.get(msg.experiment_name)
+        if cached is None:
+            cached = await self._write(
+                self.sink.get_or_create_experiment, msg.experiment_name, retry_for=5.0
+            )
+            self._experiments[msg.experiment_name] = cached
+        return cached
+
+    async def start(self, msg: p.StartRun) -> RunHandle:
+        """Create or resume the run (once per creation key), record its owner. Raises
+        SinkError."""
+        key = start_key(msg)
+        try:
+            handle = self.created(key)
+            if handle is not None:
+                pass  # a retried request: answer with the run it already created
+            elif msg.run_id is not None:
+                handle = await self._write(self.sink.resume_run, msg.run_id, retry_for=5.0)
+            else:
+                exp_id = await self.experiment_id(msg)
+                start = msg.start_time or time.time_ns() // 1_000_000
+                tags = dict(msg.tags)
+                if msg.offline_id:
+                    tags["tracker.offline_id"] = msg.offline_id
+                parent = await self.resolve(msg.parent_run_id) if msg.parent_run_id else None
+                handle = await self._write(
+                    self.sink.create_run, exp_id, start, tags, msg.run_name, parent, retry_for=5.0
+                )
+                if key:
+                    await anyio.to_thread.run_sync(self.runbook.record_creation, key, handle)
+        except SinkError as exc:
+            if msg.offline_id:
+                self._creation_failed[msg.offline_id] = exc
+            raise
+        finally:
+            if msg.offline_id and msg.offline_id in self._creating:
+                self._creating.pop(msg.offline_id).set()
+        await self.record_owner(handle, msg.client_id)
+        if handle.params:
+            self._seed_params(handle.run_id, handle.params)
+        log.info("event=run_started run=%s experiment=%s", handle.run_id, handle.experiment_id)
+        return handle
+
+    async def record_owner(self, handle: RunHandle, client_id: str) -> ClientInfo | None:
+        """Persist that ``client_id`` (with its pid, for liveness) has ``handle`` open; if its
+        process is already gone, end the run once its records are committed."""
+        owner = self._owner_of(client_id)
+        await anyio.to_thread.run_sync(
+            self.runbook.record_open,
+            handle,
+            client_id,
+            owner.pid if owner else 0,
+            owner.host if owner else "",
+        )
+        if owner is not None and owner.gone:
+            self._owner_gone(owner)
+        return owner
+
+    async def end(self, run_id: str, status: str, end_time: int) -> None:
+        run_id = await self.resolve(run_id)
+        await self._write(self.sink.end_run, run_id, status, end_time, retry_for=30.0)
+        await anyio.to_thread.run_sync(self.runbook.record_closed, run_id)
+        self._release_run(run_id)  # bounded memory over thousands of runs
+        log.info("event=run_ended run=%s status=%s", run_id, status)
+
+    async def after_call(self, msg: p.Call, result: Any) -> None:
+        """Keep run bookkeeping (ownership for liveness, idempotent create) for plugin calls.
+        The runbook fsyncs: that runs in a worker thread, not on the event loop."""
+        if msg.target != "tracking" or msg.method not in ("create_run", "update_run_info"):
+            return
+        info = getattr(result, "info", result)  # create_run: a Run; update_run_info: a RunInfo
+        if not hasattr(info, "run_id") or not hasattr(info, "status"):
+            return
+        handle = RunHandle(
+            info.run_id, str(info.experiment_id), info.artifact_uri, info.run_name, {}
+        )
+        key = creation_key(msg.client_id, msg.req)
+        if msg.method == "create_run" and key not in self.runbook.created:
+            await anyio.to_thread.run_sync(self.runbook.record_creation, key, handle)
+        if info.status == "RUNNING":  # created, or resumed (mlflow.start_run(run_id=...))
+            owner = await self.record_owner(handle, msg.client_id)
+            if owner is not None:
+                owner.runs.add(info.run_id)
+        else:
+            await anyio.to_thread.run_sync(self.runbook.record_closed, info.run_id)
+
+    async def artifact_uri(self, run_id: str) -> str:
+        run_id = await self.resolve(run_id)
+        handle = self.runbook.handles.get(run_id)
+        if handle is None:  # a run started elsewhere: read it (reads need no writer slot)
+            handle = await anyio.to_thread.run_sync(self.sink.run_info, run_id)
+            self.runbook.handles[run_id] = handle
+        return handle.artifact_uri

@@ -1,0 +1,92 @@
+"""Import the spools that clients which died while no daemon answered left in the spool dir (a
+live client holds its spool's lock and sends it itself). The daemon imports them through its
+own socket, as a privileged client (with CURVE, with its own key pair, which it always accepts).
+A spool that fails is tried again with a growing delay; one the daemon refuses for good is not
+retried until it changes (spool_backoff.py; both logged).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import anyio
+
+from tracker_client import protocol as p
+from tracker_client.curve import CurveKeys
+from tracker_client.spool import SUFFIX as SPOOL_SUFFIX
+from tracker_client.spool import ImportRefused, SpoolBusy, import_spool
+
+from .server import CurveSetup
+from .spool_backoff import SpoolBackoff
+from .status import Counters
+
+__all__ = ["SPOOL_SCAN_S", "SpoolImports"]
+
+log = logging.getLogger("tracker_daemon")
+
+SPOOL_SCAN_S = 30.0  # how often the spool dir is checked for spools of dead clients
+
+
+class SpoolImports:
+    def __init__(
+        self, spool_dir: Path, address: str, curve: CurveSetup | None, counters: Counters
+    ) -> None:
+        self.spool_dir = spool_dir
+        self.address = address
+        self.curve = curve
+        self.counters = counters  # spools_imported
+        self.stop = threading.Event()  # set when the daemon stops: an import in flight ends
+
+    def own_curve_keys(self) -> CurveKeys | None:
+        if self.curve is None:
+            return None
+        return CurveKeys(self.curve.public, self.curve.public, self.curve.secret)
+
+    async def run(self) -> None:
+        backoff = SpoolBackoff()
+        while True:
+            for path in sorted(self.spool_dir.glob(f"*{SPOOL_SUFFIX}")):
+                if not backoff.due(path, time.monotonic()):
+                    continue
+                try:
+                    result = await anyio.to_thread.run_sync(
+                        functools.partial(
+                            import_spool,
+                            path,
+                            self.address,
+                            timeout=600,
+                            stop=self.stop,
+                            curve=self.own_curve_keys(),
+                        ),
+                        abandon_on_cancel=True,
+                    )
+                except SpoolBusy:
+                    continue
+                except (OSError, TimeoutError, p.ProtocolError, ImportRefused) as exc:
+                    permanent = isinstance(exc, ImportRefused)
+                    delay = backoff.failed(path, time.monotonic(), permanent=permanent)
+                    log.error(
+                        "event=spool_import_failed path=%s reason=%r attempts=%d retry=%s",
+                        path,
+                        str(exc),
+                        backoff.attempts(path),
+                        "when the file changes" if permanent else f"in {delay:g} s",
+                    )
+                    continue
+                backoff.forget(path)
+                path.unlink(missing_ok=True)
+                self.counters.spools_imported += 1
+                log.info(
+                    "event=spool_imported path=%s records=%d runs=%s failures=%d reframed=%d",
+                    path,
+                    result.records,
+                    json.dumps(result.runs),
+                    len(result.failures),
+                    result.reframed,
+                )
+            await anyio.sleep(SPOOL_SCAN_S)
