@@ -1,27 +1,24 @@
-"""Wires the daemon together in one anyio task group.
+"""Wires the daemon together in one anyio task group. Each concern is a component of its own
+module; this class builds them, starts their loops, and stops them (README, "Architecture").
 
-    server.serve ─► intake.handle ─► journal.append ─► ledger.accept ─► batcher.add
-                      │            │                               (or, over the memory budget,
-                      │            └─ ack after the group fsync     left in the journal and read
-                      │                                             back by the feeder)
-                      └─ limits (refusals); start/end/flush/call ─► control (one task each)
-    sink loop:  batcher.pop_ready ─► sink.log_batch (worker thread; one writer for SQLite)
-                ─► ledger.settle ─► barriers released; journal entries settled ─► mark advanced
-    artifact lane: staged files ─► artifact repository (own thread; never blocks metrics)
-    control: start_run / end_run ─► run service ─► sink, under the same writer limiter
-    clients: each client id bound to the peer that first used it (clients.py)
-    liveness: one watch per distinct client pid (liveness.py); a dead client's open runs are
-              ended FAILED once its records are committed (orphans.py)
+    server.serve ─► intake.handle ─► journal.append ─► settlement (ledger) ─► feeder ─► lanes
+                      │             └─ ack after the group fsync (journal_sync)   (or, over the
+                      │                                                            memory budget,
+                      └─ limits; start/end/flush/call ─► control ─► run service    read back later)
+    committer: per lane, lanes.pop_ready ─► backend (sink.log_batch in a worker thread, one
+               backoff policy) ─► settlement ─► barriers released; journal settled ─► mark
+    artifact lane: staged slot checked and copied ─► artifact repository (never blocks metrics)
+    clients: each client id bound to the peer that first used it; liveness: one watch per pid;
+             orphans: a dead client's open runs ended once its records are committed
     status: each component's own status(), assembled by status.StatusReporter
 
 On start the journal is replayed from its mark. SIGTERM/SIGINT: stop receiving, commit what is
 buffered (bounded by ``drain_timeout_s``), fsync, write the mark, exit 0; the rest stays in the
-journal for the next start.
+journal for the next start. Every loop is supervised: one failing task never ends the daemon.
 """
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import logging
 import os
@@ -29,7 +26,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -42,12 +39,11 @@ from .backend import ThreadBackend
 from .barriers import Barriers
 from .batcher import Origin
 from .calls import StoreCalls
-from .clients import ClientInfo, ClientTable, Peer
+from .clients import ClientTable, Peer
 from .committer import Committer
 from .config import Config, load_server_curve, metrics_host_port, redact_uri
 from .control import Control
 from .diskspace import DiskProblems
-from .errors import AlreadyRunning, SinkError
 from .feeder import Feeder
 from .intake import DataPath, Intake, Welcome
 from .journal import Journal, Position
@@ -65,49 +61,47 @@ from .settlement import Settlement
 from .sink import Sink
 from .spool_imports import SpoolImports
 from .staging import StagingArea
+from .statelock import StateLock
 from .status import Counters, StatusReporter
 from .supervise import Supervisor, Tasks
-from .wakeup import Wakeup
 
-__all__ = ["Daemon", "Wakeup", "run_daemon"]
+__all__ = ["Daemon", "run_daemon"]
 
 log = logging.getLogger("tracker_daemon")
-T = TypeVar("T")
-
-RATE_SAMPLE_S = 1.0  # how often the committed count is sampled for commit_rate
 
 
 class Daemon:
     def __init__(self, cfg: Config, *, until_idle: bool = False) -> None:
         self.cfg = cfg
         self.until_idle = until_idle  # replay, commit everything, exit (no socket)
-        self.state_dir = cfg.state_path
-        self.staging_dir = self.state_dir / "staging"
-        self.spool_dir = self.state_dir / "spool"
+        state = cfg.state_path
+        self.staging_dir, self.spool_dir = state / "staging", state / "spool"
         self.hostname = os.uname().nodename
-        self.sink = Sink(cfg.backend_uri, cfg.artifact_root)
         # a frame must fit the journal with room to spare, or it could never be accepted
         self.max_frame = min(cfg.max_frame_bytes, cfg.journal_max_bytes // 4)
         self.curve: CurveSetup | None = None
         if cfg.curve_enabled:
             public, secret = load_server_curve(cfg)
             self.curve = CurveSetup(public, secret, Path(cfg.curve_allowed_clients_dir))
+        self.sink = Sink(cfg.backend_uri, cfg.artifact_root)
+        self.calls: StoreCalls | None = None  # created once MLflow is loaded
         self.server = Server(
             cfg.bind_address, self.max_frame, self.curve, max_records=cfg.max_records_per_frame
         )
         self.metrics: Any = None  # a metrics.MetricsServer while serving metrics_address
-        self.batcher = Lanes(cfg.writers, max_age=cfg.batch_max_age_ms / 1000)
-        self.ledger = Ledger()
+        self.counters = Counters()
+        self.notifier = Notifier()
+        self.supervisor = Supervisor()
+        self.disk = DiskProblems()  # the daemon's own files it cannot write right now
+        self.lock = StateLock(state, self.disk)
         self.journal = Journal(
-            self.state_dir / "journal",
+            state / "journal",
             segment_bytes=cfg.journal_segment_bytes,
             max_bytes=cfg.journal_max_bytes,
         )
-        self.disk = DiskProblems()  # the daemon's own files it cannot write right now
-        self.supervisor = Supervisor()
-        self.runbook = RunBook(self.state_dir / "runs.log", self.disk)
-        self.counters = Counters()
-        self.notifier = Notifier()
+        self.runbook = RunBook(state / "runs.log", self.disk)
+        self.ledger = Ledger()
+        self.batcher = Lanes(cfg.writers, max_age=cfg.batch_max_age_ms / 1000)
         self.table = ClientTable(
             cfg.max_clients,
             activity=self._activity,
@@ -115,23 +109,16 @@ class Daemon:
             connected=self._connected,
             privileged=self._privileged,
         )
-        self.clients: dict[str, ClientInfo] = self.table.clients
         self.liveness = PidWatcher(lambda pid: self.orphans.pid_exited(pid))
-        self.calls: StoreCalls | None = None  # created once MLflow is loaded
-        self.artifacts = ArtifactLane(
-            StagingArea(self.staging_dir, self.state_dir / "uploads"),
-            artifact_root=cfg.artifact_root,
-            uri_of=lambda run_id: self.runs.artifact_uri(run_id),
-            upload=self.sink.upload_artifact,
-            done=self._artifact_done,
-            on_retry=self._note_error,
-            on_ok=lambda: self.backend.note_ok(),
-        )
-        self._art_pending = 0
-        self._lock_fd: int | None = None
         self._tg: Tasks | None = None
         self._stopping = False
-        # --- data path: backend ─► committer ◄─ feeder; settlement + barriers; journal sync
+        self._build_data_path()
+        self._build_control()
+        self.reporter = self._build_status()
+
+    def _build_data_path(self) -> None:
+        """backend ─► committer ◄─ feeder; settlement + barriers; journal sync; artifact lane."""
+        cfg = self.cfg
         self.backend = ThreadBackend(
             self.counters, writers=cfg.writers, max_backoff=cfg.retry_max_backoff_s
         )
@@ -147,7 +134,7 @@ class Daemon:
             durability=cfg.durability,
             fsync_interval=cfg.fsync_interval_ms / 1000,
             received_upto=self.ledger.received_upto,
-            clients=self.clients,
+            clients=self.table.clients,
             send=self.server.send,
             after_mark=self._after_mark,
         )
@@ -156,8 +143,17 @@ class Daemon:
             self.journal,
             self.barriers,
             self.counters,
-            deadletter=self.state_dir / "deadletter.jsonl",
+            deadletter=cfg.state_path / "deadletter.jsonl",
             on_settled=self.journal_sync.mark_wake.set,
+        )
+        self.runs = RunService(
+            self.runbook,
+            self.sink,
+            write=self.backend.write,
+            owner_of=self.table.clients.get,
+            owner_gone=lambda info: self.orphans.client_exited(info),
+            seed_params=self.batcher.seed_params,
+            release_run=self.batcher.release_run,
         )
         self.committer = Committer(
             self.batcher,
@@ -165,29 +161,33 @@ class Daemon:
             self.settlement,
             self.counters,
             log_batch=self.sink.log_batch,
-            resolve=self._resolve,
-            runs_of=lambda cid: info.runs if (info := self.clients.get(cid)) else (),
+            resolve=self.runs.resolve,
+            runs_of=lambda cid: info.runs if (info := self.table.clients.get(cid)) else (),
             after_commit=lambda: self.feeder.poke(),
         )
+        self.artifacts = ArtifactLane(
+            StagingArea(self.staging_dir, cfg.state_path / "uploads"),
+            artifact_root=cfg.artifact_root,
+            uri_of=self.runs.artifact_uri,
+            upload=self.sink.upload_artifact,
+            done=self._artifact_done,
+            on_retry=self.backend.note_error,
+            on_ok=self.backend.note_ok,
+        )
+        self._art_pending = 0
         self.feeder = Feeder(
             self.journal,
             self.settlement,
             self.committer,
             self.counters,
             budget=cfg.max_buffered_records,
-            client=self._client,
+            client=lambda cid: self.table.touch(cid, time.monotonic()),
             submit_artifact=self._submit_artifact,
         )
-        # --- control
-        self.runs = RunService(
-            self.runbook,
-            self.sink,
-            write=self._write,
-            owner_of=self.clients.get,
-            owner_gone=lambda info: self.orphans.client_exited(info),
-            seed_params=self.batcher.seed_params,
-            release_run=self.batcher.release_run,
-        )
+
+    def _build_control(self) -> None:
+        """intake (synchronous) ─► limits, control (requests) ─► run service; orphans; imports."""
+        cfg = self.cfg
         self.orphans = Orphans(
             self.table,
             self.runs,
@@ -196,10 +196,10 @@ class Daemon:
             hostname=self.hostname,
             orphan_status=cfg.orphan_status,
             sink=self.sink,
-            write=self._write,
-            barrier=self._barrier,
+            write=self.backend.write,
+            barrier=self.barriers.wait,
             received_upto=self.ledger.received_upto,
-            note_error=self._note_error,
+            note_error=self.backend.note_error,
         )
         self.orphans.liveness = self.liveness
         self.control = Control(
@@ -207,28 +207,24 @@ class Daemon:
             self.ledger,
             self.supervisor,
             send=self.server.send,
-            barrier=self._barrier,
-            write=self._write,
-            read=self._read,
+            barrier=self.barriers.wait,
+            write=self.backend.write,
+            read=self.backend.read,
             calls=lambda: self.calls,
             barrier_timeout_s=cfg.barrier_timeout_s,
             last_sink_error=lambda: self.counters.last_sink_error,
         )
-        self.limits = Limits(cfg.max_records_per_frame, cfg.max_open_runs_per_client, self.counters)
+        welcome = Welcome(
+            __version__, str(self.staging_dir), self.max_frame, str(self.spool_dir), self.hostname
+        )
         self.intake = Intake(
             self.journal,
             self.ledger,
             self.table,
-            self.limits,
+            Limits(cfg.max_records_per_frame, cfg.max_open_runs_per_client, self.counters),
             self.runs,
             self.counters,
-            Welcome(
-                __version__,
-                str(self.staging_dir),
-                self.max_frame,
-                str(self.spool_dir),
-                self.hostname,
-            ),
+            welcome,
             data=DataPath(
                 journaled=self._journaled,
                 deliver=self.feeder.offer,
@@ -242,32 +238,31 @@ class Daemon:
             status=self.status,
         )
         self.imports = SpoolImports(self.spool_dir, cfg.bind_address, self.curve, self.counters)
-        self.reporter = StatusReporter(
-            {
-                "health_stall_s": cfg.health_stall_s,
-                "backend": redact_uri(cfg.backend_uri),
-                "artifact_root": cfg.artifact_root,
-                "address": cfg.bind_address,
-                "durability": cfg.durability,
-                "journal_max_bytes": cfg.journal_max_bytes,
-            },
+
+    def _build_status(self) -> StatusReporter:
+        cfg = self.cfg
+        static = {
+            "health_stall_s": cfg.health_stall_s,
+            "backend": redact_uri(cfg.backend_uri),
+            "artifact_root": cfg.artifact_root,
+            "address": cfg.bind_address,
+            "durability": cfg.durability,
+            "journal_max_bytes": cfg.journal_max_bytes,
+        }
+        limits = {
+            "max_frame_bytes": self.max_frame,
+            "max_records_per_frame": cfg.max_records_per_frame,
+            "max_open_runs_per_client": cfg.max_open_runs_per_client,
+            "max_clients": cfg.max_clients,
+        }
+        sections = (self.server, self.liveness, self.runs, self.artifacts, self.journal)
+        return StatusReporter(
+            static,
             self.counters,
             clients=self.table.status,
-            sections=(
-                self.server,
-                self.liveness,
-                self.runs,
-                self.artifacts,
-                self.journal,
-                self.supervisor,
-            ),
+            sections=(*sections, self.supervisor),
             pipeline=self._pipeline_status,
-            limits={
-                "max_frame_bytes": self.max_frame,
-                "max_records_per_frame": cfg.max_records_per_frame,
-                "max_open_runs_per_client": cfg.max_open_runs_per_client,
-                "max_clients": cfg.max_clients,
-            },
+            limits=limits,
             rejections=self.server.limit_rejections,
             disk_problems=lambda: list(self.disk.active.values()),
             disk_full=lambda: self.journal.disk_full or bool(self.disk),
@@ -280,37 +275,9 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def acquire_lock(self) -> None:
-        """One daemon per state dir: an flock held for the process's lifetime."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise AlreadyRunning(
-                f"state dir {self.state_dir} is in use by tracker-daemon pid {holder}; "
-                "stop it first or choose another --state-dir"
-            ) from None
-        self._lock_fd = fd
-        self._write_pid()
-
-    def _write_pid(self) -> None:
-        """Record this daemon's pid in the lock file (for the "already running" message); on a
-        full disk the lock holds all the same, and the mark loop tries again."""
-        assert self._lock_fd is not None
-        try:
-            os.ftruncate(self._lock_fd, 0)
-            os.pwrite(self._lock_fd, f"{os.getpid()}\n".encode(), 0)
-        except OSError as exc:
-            self.disk.failed("daemon.lock", exc, "lock_held_pid_written_later")
-        else:
-            self.disk.ok("daemon.lock")
-
     def prepare(self) -> None:
         """Everything before serving: lock, directories, journal replay, backend, socket."""
-        self.acquire_lock()
+        self.lock.acquire()
         for shared in (self.staging_dir, self.spool_dir):
             # group members (clients) write here; setgid keeps the group on what they create
             try:
@@ -322,17 +289,9 @@ class Daemon:
             self.artifacts.staging.prepare()
         except OSError as exc:
             log.error(
-                "event=dir_unavailable path=%s reason=%r", self.state_dir / "uploads", str(exc)
+                "event=dir_unavailable path=%s reason=%r", self.artifacts.staging.private, str(exc)
             )
         self.runbook.load()
-        self._recover()
-        self.sink.open()
-        self.calls = StoreCalls(self.sink)
-        if not self.until_idle:
-            self.server.bind()
-
-    def _recover(self) -> None:
-        """Index the journal from its mark (feeder.py); the records are delivered later."""
         mark = self.journal.open()
         entries, records = self.feeder.recover(mark.position, mark.clients)
         log.info(
@@ -343,6 +302,10 @@ class Daemon:
             records,
             self.journal.bytes_used,
         )
+        self.sink.open()
+        self.calls = StoreCalls(self.sink)
+        if not self.until_idle:
+            self.server.bind()
 
     async def run(self) -> None:
         await anyio.to_thread.run_sync(self.prepare)
@@ -350,45 +313,26 @@ class Daemon:
         # sight so full collections (which paused the loop ~340 ms) only scan what we allocate.
         gc.collect()
         gc.freeze()
+        cfg = self.cfg
         log.info(
             "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d durability=%s",
             __version__,
-            redact_uri(self.cfg.backend_uri),
-            self.cfg.artifact_root,
-            self.cfg.bind_address,
+            redact_uri(cfg.backend_uri),
+            cfg.artifact_root,
+            cfg.bind_address,
             os.getpid(),
-            self.cfg.durability,
+            cfg.durability,
         )
         log.info(
             "event=hint view_runs=%r",
-            f"mlflow ui --backend-store-uri {redact_uri(self.cfg.backend_uri)}",
+            f"mlflow ui --backend-store-uri {redact_uri(cfg.backend_uri)}",
         )
         try:
-            if self.cfg.metrics_address and not self.until_idle:
+            if cfg.metrics_address and not self.until_idle:
                 self._start_metrics()
             self.notifier.ready(self._status_line())
             async with anyio.create_task_group() as tg:
-                # every loop is supervised (a failure is logged and the loop restarts), every
-                # request task contained: one failing task never ends the daemon
-                tasks = self._tg = Tasks(tg, self.supervisor)
-                if self.until_idle:
-                    tasks.loop("drain", self._drain_then_exit, tg)
-                else:
-                    tg.start_soon(self._serve_until_signal, tg)
-                    tasks.loop("spool_import", self.imports.run)
-                    tasks.loop("control", self.control.run)
-                for lane in range(len(self.batcher)):
-                    tasks.loop(f"sink_lane_{lane}", self.committer.run_lane, lane)
-                tasks.loop("artifacts", self.artifacts.run)
-                tasks.loop("feeder", self.feeder.run)
-                tasks.loop("group_fsync", self.journal_sync.sync_loop)
-                tasks.loop("mark", self.journal_sync.mark_loop)
-                tasks.loop("notify", self._notify_loop)
-                tasks.loop("rate", self._rate_loop)
-                tasks.loop("liveness", self.liveness.run)
-                tasks.loop("orphans", self.orphans.run)
-                self.feeder.wake.set()
-                self.orphans.watch_restored_owners()
+                self._start(tg)
         finally:
             self.control.close()
             self.orphans.close()
@@ -398,8 +342,7 @@ class Daemon:
                     self.metrics = None
                 await anyio.to_thread.run_sync(self._shutdown_files)
             self.server.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
+            self.lock.release()
             log.info(
                 "event=stopped received=%d committed=%d failed=%d left_in_journal=%d",
                 self.counters.received,
@@ -407,6 +350,29 @@ class Daemon:
                 self.counters.failed,
                 self.journal.outstanding,
             )
+
+    def _start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Every loop supervised (a failure is logged and the loop restarts); every request
+        task contained: one failing task never ends the daemon."""
+        tasks = self._tg = Tasks(tg, self.supervisor)
+        if self.until_idle:
+            tasks.loop("drain", self._drain_then_exit, tg)
+        else:
+            tg.start_soon(self._serve_until_signal, tg)
+            tasks.loop("spool_import", self.imports.run)
+            tasks.loop("control", self.control.run)
+        for lane in range(len(self.batcher)):
+            tasks.loop(f"sink_lane_{lane}", self.committer.run_lane, lane)
+        tasks.loop("artifacts", self.artifacts.run)
+        tasks.loop("feeder", self.feeder.run)
+        tasks.loop("group_fsync", self.journal_sync.sync_loop)
+        tasks.loop("mark", self.journal_sync.mark_loop)
+        tasks.loop("notify", self.notifier.keepalive, self._status_line)
+        tasks.loop("rate", self.counters.sample_rates)
+        tasks.loop("liveness", self.liveness.run)
+        tasks.loop("orphans", self.orphans.run)
+        self.feeder.wake.set()
+        self.orphans.watch_restored_owners()
 
     def _start_metrics(self) -> None:
         """Serve Prometheus metrics; each scrape builds the status document on this loop."""
@@ -420,11 +386,6 @@ class Daemon:
         host, port = metrics_host_port(self.cfg)
         self.metrics = MetricsServer(host, port, get_status)
         log.info("event=metrics_listening address=%s path=/metrics", self.metrics.address)
-
-    async def _rate_loop(self) -> None:
-        while True:
-            self.counters.sample_rate(time.monotonic())
-            await anyio.sleep(RATE_SAMPLE_S)
 
     def _shutdown_files(self) -> None:
         """fsync, write the mark, close; a failure (a full disk) is logged, not raised: the
@@ -495,7 +456,7 @@ class Daemon:
     def _busy(self) -> bool:
         return self.committer.busy or bool(self._art_pending) or self.feeder.spilling
 
-    # ------------------------------------------------------------------ intake's data path
+    # ------------------------------------------------------------------ seams between components
 
     def _journaled(self, client_id: str, seq: int, count: int, pos: Position) -> None:
         """A sequenced frame was appended at ``pos``: record it and accept it (settlement)."""
@@ -506,45 +467,18 @@ class Daemon:
         self._art_pending += 1
         self.artifacts.submit(origin, msg, replayed=replayed)
 
+    def _artifact_done(self, origin: Origin, run_id: str, failure: p.Failure | None) -> None:
+        self._art_pending -= 1
+        if failure is None:
+            self.counters.artifacts += 1
+        self.settlement.settle(origin, run_id, None, failure)
+
     async def _after_mark(self) -> None:
         """After each mark: the daemon's other files that wait to be written."""
         if self.runbook.unsaved:
             await anyio.to_thread.run_sync(self.runbook.save_pending)
-        if "daemon.lock" in self.disk.active:
-            await anyio.to_thread.run_sync(self._write_pid)
-
-    # ------------------------------------------------------------------ component seams
-
-    def _settle(
-        self, origin: Origin, run_id: str | None, record: p.Record | None, failure: p.Failure | None
-    ) -> None:
-        self.settlement.settle(origin, run_id, record, failure)
-
-    async def _barrier(self, client_id: str, seq: int, within: float | None = None) -> bool:
-        """Wait until every sequenced message of the client up to ``seq`` is done."""
-        return await self.barriers.wait(client_id, seq, within)
-
-    async def _write(self, fn: Callable[..., T], *args: Any, retry_for: float | None = None) -> T:
-        return await self.backend.write(fn, *args, retry_for=retry_for)
-
-    async def _read(self, fn: Callable[[], T]) -> T:
-        return await self.backend.read(fn)
-
-    def _note_error(self, exc: SinkError) -> None:
-        self.backend.note_error(exc)
-
-    # ------------------------------------------------------------------ control requests
-
-    def _client(self, client_id: str) -> ClientInfo:
-        return self.table.touch(client_id, time.monotonic())
-
-    async def _resolve(self, run_id: str) -> str:
-        return await self.runs.resolve(run_id)
-
-    async def _end_run(self, run_id: str, status: str, end_time: int) -> None:
-        await self.runs.end(run_id, status, end_time)
-
-    # ------------------------------------------------------------------ client liveness
+        if self.lock.pid_pending:
+            await anyio.to_thread.run_sync(self.lock.write_pid)
 
     def _activity(self) -> Callable[[str], bool]:
         """For the client table: has a client an open run or unsettled frames?"""
@@ -564,39 +498,15 @@ class Daemon:
             return peer.pid == os.getpid()
         return self.curve is not None and peer.key == self.curve.public.decode()
 
-    # ------------------------------------------------------------------ artifacts
-
-    def _artifact_done(self, origin: Origin, run_id: str, failure: p.Failure | None) -> None:
-        self._art_pending -= 1
-        if failure is None:
-            self.counters.artifacts += 1
-        self._settle(origin, run_id, None, failure)
-
     # ------------------------------------------------------------------ status
 
     def _status_line(self) -> str:
         c = self.counters
         return (
-            f"clients={len(self.clients)} open_runs={len(self.runbook.open)} "
+            f"clients={len(self.table.clients)} open_runs={len(self.runbook.open)} "
             f"received={c.received} committed={c.committed} failed={c.failed} "
             f"queue={self.batcher.pending} journal_bytes={self.journal.bytes_used}"
         )
-
-    async def _notify_loop(self) -> None:
-        """WATCHDOG=1 at half of WatchdogSec, from the event loop itself (a wedged loop stops
-        pinging and systemd restarts it), and a STATUS= line with the counters."""
-        interval = self.notifier.watchdog_interval
-        if not self.notifier.enabled:
-            return
-        period = min(interval, 5.0) if interval else 5.0
-        last_status = 0.0
-        while True:
-            if interval:
-                self.notifier.watchdog()
-            if time.monotonic() - last_status >= 5.0:
-                self.notifier.status(self._status_line())
-                last_status = time.monotonic()
-            await anyio.sleep(period)
 
     def _pipeline_status(self, now: float) -> dict[str, Any]:
         """The data path's part of the status document."""

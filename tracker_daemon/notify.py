@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+
+import anyio
 
 __all__ = ["Notifier"]
 
@@ -64,6 +67,22 @@ class Notifier:
 
     def extend_timeout(self, seconds: float) -> None:
         self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
+    async def keepalive(self, status_line: Callable[[], str]) -> None:
+        """WATCHDOG=1 at half of WatchdogSec, from the event loop itself (a wedged loop stops
+        pinging and systemd restarts it), and a STATUS= line every 5 s."""
+        interval = self.watchdog_interval
+        if not self.enabled:
+            return
+        period = min(interval, 5.0) if interval else 5.0
+        last_status = 0.0
+        while True:
+            if interval:
+                self.watchdog()
+            if time.monotonic() - last_status >= 5.0:
+                self.status(status_line())
+                last_status = time.monotonic()
+            await anyio.sleep(period)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import anyio
+
 __all__ = [
     "LIMIT_KINDS",
     "RATE_WINDOW_S",
@@ -46,6 +48,7 @@ LIMIT_KINDS = (
     "client_id_in_use",
 )
 RATE_WINDOW_S = 10.0  # commit_rate is measured over about this many seconds
+RATE_SAMPLE_S = 1.0  # how often the committed count is sampled for commit_rate
 CLIENT_ROWS = 50  # at most this many clients in the human-readable table
 
 
@@ -85,6 +88,12 @@ class Counters:
 
     def sample_rate(self, now: float) -> None:
         self.rate_samples.append((now, self.committed))
+
+    async def sample_rates(self, period: float = RATE_SAMPLE_S) -> None:
+        """Sample the committed count every ``period`` s, for ``commit_rate`` (a loop)."""
+        while True:
+            self.sample_rate(time.monotonic())
+            await anyio.sleep(period)
 
     def commit_rate(self, now: float) -> float:
         """Records committed per second over the last ~RATE_WINDOW_S (from the samples)."""
