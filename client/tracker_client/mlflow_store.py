@@ -125,8 +125,7 @@ def _forward_all(cls: type, base: type, target: str, local: frozenset[str]) -> N
 
 
 def _metric_wire(run_id: str, m: Any) -> list[Any]:
-    return [
-        "m",
+    return p.metric_wire(
         run_id,
         m.key,
         float(m.value),
@@ -135,7 +134,7 @@ def _metric_wire(run_id: str, m: Any) -> list[Any]:
         getattr(m, "model_id", None),
         getattr(m, "dataset_name", None),
         getattr(m, "dataset_digest", None),
-    ]
+    )
 
 
 class TrackerStore(_TrackingBase):  # type: ignore[misc, unused-ignore]
