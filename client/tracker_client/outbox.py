@@ -227,6 +227,12 @@ class Outbox:
         if self.idle:
             self._wake()
 
+    def should_spill(self) -> bool:
+        """Policy spool, and the queue at its bound: the I/O thread moves its oldest part to the
+        spool. At the bound, not only over it: a blocked ``put`` waits while len >= max_buffer,
+        and must not wait for a spill that never comes."""
+        return self.policy == "spool" and len(self.queue) >= self.max_buffer
+
     def put_control(self, item: Control) -> None:
         """Queue a request or a sequenced control message (never dropped, never waits)."""
         self.queue.append(item)

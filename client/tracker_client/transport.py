@@ -294,8 +294,7 @@ class Transport:
     ) -> None:
         """One turn of the I/O loop: spill, send, wait for an event, handle it."""
         outbox = self.outbox
-        # at the bound, not only over it: a blocked put waits while len >= max_buffer
-        if self.policy == "spool" and len(outbox.queue) >= self.max_buffer:
+        if outbox.should_spill():
             self.spiller.spill()
         sent = self._drain(sock)
         timeout: int | None

@@ -195,6 +195,23 @@ def test_spool_policy_never_waits_while_the_spool_can_be_written() -> None:
     assert box.wakes == 4  # one wake per put at or over the bound (puts 6..9)
 
 
+def test_a_full_spool_queue_always_gets_a_spill() -> None:
+    """A put that finds the queue full (2 x max_buffer) waits while len >= max_buffer; the I/O
+    thread must then spill at every length the put waits at, including exactly max_buffer
+    (it once spilled only above it, and such a put waited forever)."""
+    box = Box("spool", max_buffer=5)
+    box.outbox.idle = False
+    for i in range(10):
+        box.outbox.put(metric(i))
+    assert box.outbox.should_spill()
+    while len(box.outbox) > 5:
+        box.outbox.queue.pop()
+    assert len(box.outbox) == 5 and box.outbox.should_spill()
+    box.outbox.queue.pop()
+    assert not box.outbox.should_spill()  # under the bound: a put would not wait either
+    assert not Box("block").outbox.should_spill()
+
+
 def test_spool_policy_without_spool_holds_twice_the_buffer_then_loses_the_oldest(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
