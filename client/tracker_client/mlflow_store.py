@@ -21,10 +21,11 @@ from mlflow.store.model_registry.abstract_store import AbstractStore as _Registr
 from mlflow.store.tracking.abstract_store import AbstractStore as _TrackingBase
 
 from . import protocol as p
-from .api import BARRIER_TIMEOUT, CONNECT_TIMEOUT, Tracker
+from .api import Tracker
 from .entities import decode_value, encode_value
 from .errors import DaemonError, DaemonUnavailable
 from .mlflow_plugin import address_of
+from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT
 
 __all__ = ["TrackerRegistryStore", "TrackerStore"]
 

@@ -106,7 +106,6 @@ class Transport:
         self._stopped = threading.Event()
         self.welcomed = threading.Event()
         self.staging_dir: str | None = None
-        self.frames_sent = 0
         self._failure: BaseException | None = None  # unexpected I/O-thread error, unreported
         self._warned: set[str] = set()
 
@@ -376,7 +375,6 @@ class Transport:
                 self._warn_once("send", "tracker-client: sending to the daemon: %s", exc)
                 break
             session.placed(unit, in_flight=True)
-            self.frames_sent += 1
             sent += 1
         if self.outbox.space_waiters:
             self.outbox.space_freed()
@@ -391,7 +389,6 @@ class Transport:
         if not self.session.replayed(frame, msg):
             return 0
         sock.send(frame, copy=False)
-        self.frames_sent += 1
         return 1
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
