@@ -1,7 +1,8 @@
 """The client's spool side: what the daemon has not taken goes to ``<spool dir>/<client id>.spool``.
 
 Three moments, all on the I/O thread: at start, :meth:`Spiller.reopen` picks up what an earlier
-close of this transport spooled (the I/O thread then sends it first, it is older than the queue);
+close of this transport spooled (the I/O thread sends it first, :meth:`Spiller.replay`: it is
+older than the queue);
 when the queue is over its bound (policy ``spool``), :meth:`Spiller.spill` moves its oldest part
 to the file; at close, :meth:`Spiller.spool_everything` writes unacked frames, unanswered
 requests, the unsent part of the spool and the queue, in that order.
@@ -19,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+from . import protocol as p
 from .outbox import Outbox, Unit, records_in
 from .session import Session
 from .spool import SUFFIX, Spool, SpoolBusy, default_spool_dir
@@ -41,6 +43,7 @@ class Spiller:
         self.spooled_frames = 0
         self.unspooled = 0  # records not written to the spool at close (lost if the process exits)
         self._retry_at = 0.0
+        self._warned: set[str] = set()
 
     def path(self) -> Path:
         base = self.spool_dir or default_spool_dir()
@@ -56,6 +59,41 @@ class Spiller:
         """After a restart of this transport, pick up what an earlier close spooled."""
         if self.spool is None and self.path().exists():
             self._open()
+
+    def has_unsent(self) -> bool:
+        """Does the spool hold frames not sent yet? (They are older: they go before the queue.)"""
+        return self.spool is not None and self.spool.unread > 0
+
+    def replay(self, room: int) -> list[bytes] | None:
+        """Up to ``room`` frames of the spool not sent yet, for the I/O thread to send now, each
+        kept in the session like a fresh one (the spool's hello and a frame that does not decode
+        are skipped); the file is emptied once all of it was read. None when it cannot be read
+        now (warned once; tried again at the next turn)."""
+        spool = self.spool
+        if spool is None:
+            return []
+        try:
+            frames = spool.read(room)
+            if spool.unread == 0:
+                spool.reset_if_done()
+        except OSError as exc:
+            self._warn_once("spool-read", "tracker-client: reading %s: %s", spool.path, exc)
+            return None
+        out: list[bytes] = []
+        for frame in frames:
+            try:
+                msg = p.decode(frame, max_frame=2**31)
+            except p.ProtocolError as exc:  # cannot happen with our own files; never stop on one
+                self._warn_once("spool-frame", "tracker-client: skipping a spool frame: %s", exc)
+                continue
+            if self.session.replayed(frame, msg):
+                out.append(frame)
+        return out
+
+    def _warn_once(self, key: str, msg: str, *args: object) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            _log.warning(msg, *args)
 
     def retry_at(self) -> float:
         """When a failed spill should be tried again (0: no retry pending)."""

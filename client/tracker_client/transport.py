@@ -350,19 +350,16 @@ class Transport:
     def _drain(self, sock: zmq.Socket[bytes]) -> int:
         """Send what the window allows: the spool first (older), then the queue."""
         sent = 0
-        session = self.session
-        spool = self.spiller.spool
-        if spool is not None and spool.unread > 0:
-            try:
-                while self._window_open() and spool.unread > 0:
-                    for frame in spool.read(self.max_inflight - len(session.unacked)):
-                        sent += self._send_spooled(sock, frame)
-                if spool.unread > 0:
-                    return sent
-                spool.reset_if_done()
-            except OSError as exc:
-                self._warn_once("spool-read", "tracker-client: reading %s: %s", spool.path, exc)
+        session, spiller = self.session, self.spiller
+        while spiller.has_unsent():
+            if not self._window_open():
                 return sent
+            frames = spiller.replay(self.max_inflight - len(session.unacked))
+            if frames is None:
+                return sent
+            for frame in frames:
+                sock.send(frame, copy=False)
+            sent += len(frames)
         maker = self.outbox.maker
         while self._window_open():
             unit = maker.take(session.seq + 1, session.new_req)
@@ -379,17 +376,6 @@ class Transport:
         if self.outbox.space_waiters:
             self.outbox.space_freed()
         return sent
-
-    def _send_spooled(self, sock: zmq.Socket[bytes], frame: bytes) -> int:
-        try:
-            msg = p.decode(frame, max_frame=2**31)
-        except p.ProtocolError as exc:  # cannot happen with our own files; never stop on one
-            self._warn_once("spool-frame", "tracker-client: skipping a spool frame: %s", exc)
-            return 0
-        if not self.session.replayed(frame, msg):
-            return 0
-        sock.send(frame, copy=False)
-        return 1
 
     def _receive(self, sock: zmq.Socket[bytes]) -> None:
         while True:
