@@ -320,8 +320,9 @@ class Transport:
             state["connections"] = self._on_monitor(sock, monitor, state["connections"])
         if sock in events:
             self._receive(sock)
-        for frame in self.session.resend_due(time.monotonic()):  # journal_full: resend data
-            sock.send(frame, copy=False)
+        if self.session.resend_at:  # journal_full: resend the data once its delay is over
+            for frame in self.session.resend_due(time.monotonic()):
+                sock.send(frame, copy=False)
 
     def _warn_once(self, key: str, msg: str, *args: object) -> None:
         if key not in self._warned:
