@@ -16,8 +16,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Run, Tracker, connect, default_tags, query_status
+from .api import Tracker, connect, query_status
 from .errors import CommitError, DaemonError, DaemonUnavailable, RecordsDropped, TrackerError
+from .run import Run
+from .source import default_tags
 
 __all__ = [
     "CommitError",

@@ -19,6 +19,7 @@ __all__ = [
     "daemon_default_address",
     "access_problem",
     "ipc_path",
+    "no_answer",
 ]
 
 ENV_ADDRESS = "TRACKER_DAEMON_ADDRESS"
@@ -87,3 +88,26 @@ def ipc_path(address: str) -> Path | None:
     if address.startswith("ipc://"):
         return Path(address[len("ipc://") :])
     return None
+
+
+def no_answer(address: str, timeout: float) -> str:
+    """Why no daemon answered at ``address`` within ``timeout``, with the likely cause when one is
+    known (a socket this user may not open, or no socket at all)."""
+    msg = f"no answer from tracker-daemon at {address} within {timeout:g} s"
+    path = ipc_path(address)
+    problem = access_problem(path) if path is not None else None
+    if problem is not None:
+        msg += f"; {problem}"
+    elif path is not None and not _exists(path):
+        msg += (
+            f"; the socket {path} does not exist — is the daemon running? "
+            "Start it with `tracker-daemon run` or set TRACKER_DAEMON_ADDRESS"
+        )
+    return msg
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return True

@@ -10,18 +10,14 @@ the daemon has committed everything this process logged before them, or raise
 from __future__ import annotations
 
 import atexit
-import getpass
 import logging
 import os
-import shutil
 import sys
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from . import protocol as p
@@ -29,13 +25,14 @@ from . import validation as v
 from .address import client_default_address
 from .curve import apply_curve, curve_hint
 from .errors import CommitError, DaemonError, DaemonUnavailable, RecordsDropped, TrackerError
+from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT, Run, RunLink
+from .source import default_tags
 from .spool import default_spool_dir
+from .staging import stage
 from .transport import Transport
 
-__all__ = ["Run", "Tracker", "connect", "default_tags", "query_status"]
+__all__ = ["Run", "RunLink", "Tracker", "connect", "default_tags", "query_status"]
 
-CONNECT_TIMEOUT = float(os.environ.get("TRACKER_CONNECT_TIMEOUT", "10"))
-BARRIER_TIMEOUT = float(os.environ.get("TRACKER_FLUSH_TIMEOUT", "120"))
 EXIT_TIMEOUT = float(os.environ.get("TRACKER_EXIT_TIMEOUT", "10"))
 
 # Strong references: a Tracker whose variables are gone must still end its runs and flush (or
@@ -95,6 +92,41 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Link:
+    """The :class:`RunLink` a Tracker gives its runs."""
+
+    __slots__ = ("_tracker", "put")
+
+    def __init__(self, tracker: Tracker) -> None:
+        self._tracker = tracker
+        self.put = tracker._transport.put
+
+    def stage(self, run_id: str, src: Path, artifact_path: str | None, *, is_dir: bool) -> None:
+        tracker = self._tracker
+        cid = tracker.client_id
+        staged = str(stage(tracker._staging_dir(), cid, src, is_dir=is_dir))
+
+        def make(req: int, seq: int) -> p.ClientMessage:
+            return p.LogArtifact(cid, seq, run_id, staged, artifact_path)
+
+        tracker._transport.send_sequenced(make)
+
+    def barrier(self, run_id: str | None, timeout: float) -> None:
+        self._tracker._barrier(run_id, timeout)
+
+    def end(self, run_id: str, status: str, timeout: float) -> None:
+        self._tracker._end(run_id, status, timeout)
+
+    def is_open(self, run_id: str) -> bool:
+        return run_id in self._tracker._open_runs
+
+    def renamed(self, old_id: str, new_id: str) -> None:
+        runs = self._tracker._open_runs
+        run = runs.pop(old_id, None)
+        if run is not None:
+            runs[new_id] = run
+
+
 class Tracker:
     """One process's connection to the daemon. Thread-safe; fork-safe (a child gets its own)."""
 
@@ -112,6 +144,7 @@ class Tracker:
         if self.offline and policy != "spool":
             raise ValueError("offline runs need policy='spool' (their data goes to the spool)")
         self._open_runs: dict[str, Run] = {}
+        self._link = _Link(self)
         _TRACKERS.add(self)
 
     @property
@@ -168,8 +201,8 @@ class Tracker:
         except FutureTimeout:
             if not self.offline or offline_id is None:
                 self._transport.abandon(fut)
-                raise DaemonUnavailable(self._transport._no_answer(timeout)) from None
-            run = Run(self, offline_id, experiment_id or "", "", run_name or "")
+                raise DaemonUnavailable(self._transport.no_answer(timeout)) from None
+            run = Run(self._link, offline_id, experiment_id or "", "", run_name or "")
             run.offline_id = offline_id
             fut.add_done_callback(run._adopt)
             self._open_runs[offline_id] = run
@@ -177,13 +210,13 @@ class Tracker:
                 "tracker-client: %s; run %s continues offline: its data is spooled under %s and "
                 "the run gets its MLflow id when a daemon takes it (`tracker-daemon import` prints "
                 "the mapping; the run carries the tag tracker.offline_id)",
-                self._transport._no_answer(timeout),
+                self._transport.no_answer(timeout),
                 offline_id,
                 self._transport.spool_dir or default_spool_dir(),
             )
             return run
         assert isinstance(reply, p.RunStarted)
-        run = Run(self, reply.run_id, reply.experiment_id, reply.artifact_uri, reply.run_name)
+        run = Run(self._link, reply.run_id, reply.experiment_id, reply.artifact_uri, reply.run_name)
         self._open_runs[run.run_id] = run
         return run
 
@@ -277,11 +310,11 @@ class Tracker:
                     "tracker-client: ending run %s: %s; the request is kept and sent when a "
                     "daemon answers (or spooled at exit)",
                     run_id,
-                    self._transport._no_answer(timeout),
+                    self._transport.no_answer(timeout),
                 )
                 self._raise_problems()
                 return
-            exc = DaemonUnavailable(self._transport._no_answer(timeout))
+            exc = DaemonUnavailable(self._transport.no_answer(timeout))
             self._raise_problems(cause=exc)
             raise exc from None
         except DaemonUnavailable as exc:
@@ -331,206 +364,6 @@ class Tracker:
                     f"daemon could not be written to the spool ({transport.spool_error}); they "
                     "are lost\n"
                 )
-
-
-class Run:
-    """An MLflow run logged through the daemon. Use as a context manager to end it."""
-
-    def __init__(
-        self, tracker: Tracker, run_id: str, experiment_id: str, artifact_uri: str, run_name: str
-    ) -> None:
-        self._tracker = tracker
-        self._put = tracker._transport.put
-        self.run_id = run_id
-        self.experiment_id = experiment_id
-        self.artifact_uri = artifact_uri
-        self.run_name = run_name
-        self.offline_id: str | None = None  # set while the run started without a daemon
-
-    def _adopt(self, fut: Future[p.DaemonMessage]) -> None:
-        """A daemon finally created this offline run: use its MLflow id from now on."""
-        if fut.cancelled() or fut.exception() is not None:
-            return
-        reply = fut.result()
-        if isinstance(reply, p.RunStarted):
-            tracker = self._tracker
-            if tracker._open_runs.pop(self.run_id, None) is not None:
-                tracker._open_runs[reply.run_id] = self
-            self.run_id, self.experiment_id = reply.run_id, reply.experiment_id
-            self.artifact_uri, self.run_name = reply.artifact_uri, reply.run_name
-
-    def __repr__(self) -> str:
-        return f"<Run {self.run_id} experiment={self.experiment_id} name={self.run_name!r}>"
-
-    def log_metric(
-        self,
-        key: str,
-        value: float,
-        step: int = 0,
-        timestamp: int | None = None,
-        *,
-        model_id: str | None = None,
-        dataset_name: str | None = None,
-        dataset_digest: str | None = None,
-    ) -> None:
-        if timestamp is None:
-            timestamp = time.time_ns() // 1_000_000
-        key, value, step, timestamp = v.check_metric(key, value, step, timestamp)
-        if model_id is None and dataset_name is None and dataset_digest is None:
-            self._put(["m", self.run_id, key, value, timestamp, step, None, None, None])
-            return
-        extras = v.check_metric_extras(model_id, dataset_name, dataset_digest)
-        self._put(["m", self.run_id, key, value, timestamp, step, *extras])
-
-    def log_metrics(
-        self, metrics: Mapping[str, float], step: int = 0, timestamp: int | None = None
-    ) -> None:
-        if timestamp is None:
-            timestamp = time.time_ns() // 1_000_000
-        checked = [v.check_metric(k, x, step, timestamp) for k, x in metrics.items()]
-        for key, value, step_, ts in checked:
-            self._put(["m", self.run_id, key, value, ts, step_, None, None, None])
-
-    def log_param(self, key: str, value: Any) -> None:
-        key, sval = v.check_param(key, value)
-        self._put(["p", self.run_id, key, sval])
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        for key, sval in [v.check_param(k, x) for k, x in params.items()]:
-            self._put(["p", self.run_id, key, sval])
-
-    def set_tag(self, key: str, value: Any) -> None:
-        key, sval = v.check_tag(key, value)
-        self._put(["t", self.run_id, key, sval])
-
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        for key, sval in [v.check_tag(k, x) for k, x in tags.items()]:
-            self._put(["t", self.run_id, key, sval])
-
-    def log_artifact(
-        self, local_path: str | os.PathLike[str], artifact_path: str | None = None
-    ) -> None:
-        """Log a file. Its content now is what gets logged: it is copied before this returns."""
-        src = Path(local_path)
-        if not src.is_file():
-            raise FileNotFoundError(f"log_artifact: {src} is not a file")
-        self._stage(src, v.check_artifact_path(artifact_path), is_dir=False)
-
-    def log_artifacts(
-        self, local_dir: str | os.PathLike[str], artifact_path: str | None = None
-    ) -> None:
-        """Log a directory's files (recursively), as of now."""
-        src = Path(local_dir)
-        if not src.is_dir():
-            raise NotADirectoryError(f"log_artifacts: {src} is not a directory")
-        self._stage(src, v.check_artifact_path(artifact_path), is_dir=True)
-
-    def _stage(self, src: Path, artifact_path: str | None, *, is_dir: bool) -> None:
-        tracker = self._tracker
-        mine = tracker._staging_dir() / tracker.client_id
-        slot = mine / uuid.uuid4().hex
-        slot.mkdir(parents=True)
-        for d in (mine, slot):  # the daemon (same group, maybe another user) deletes them
-            os.chmod(d, 0o2770)
-        target = slot / src.name
-        if is_dir:
-            shutil.copytree(src, target, symlinks=False)
-        else:
-            shutil.copyfile(src, target)
-        cid, run_id, staged = tracker.client_id, self.run_id, str(target)
-
-        def make(req: int, seq: int) -> p.ClientMessage:
-            return p.LogArtifact(cid, seq, run_id, staged, artifact_path)
-
-        tracker._transport.send_sequenced(make)
-
-    def flush(self, timeout: float = BARRIER_TIMEOUT) -> None:
-        """Return once everything this process logged is committed; CommitError on failures."""
-        self._tracker._barrier(self.run_id, timeout)
-
-    def end(self, status: str = "FINISHED", timeout: float = BARRIER_TIMEOUT) -> None:
-        """Commit everything logged, then set the run's status (FINISHED, FAILED or KILLED)."""
-        status = v.check_status(status)
-        self._tracker._end(self.run_id, status, timeout)
-
-    def __enter__(self) -> Run:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.run_id not in self._tracker._open_runs:
-            return
-        if exc_type is None:
-            self.end("FINISHED")
-            return
-        try:
-            self.end("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
-        except Exception as end_exc:  # the original exception matters more; keep it raising
-            if exc is not None:
-                exc.add_note(f"tracker-client: ending the run also failed: {end_exc}")
-
-
-# ------------------------------------------------------------------------------------------------
-# Default tags, as MLflow's fluent API sets them
-
-
-def default_tags() -> dict[str, str]:
-    tags = {
-        "mlflow.user": _user(),
-        "mlflow.source.name": sys.argv[0] if sys.argv and sys.argv[0] else "<console>",
-        "mlflow.source.type": "LOCAL",
-    }
-    commit = _git_commit(
-        Path(sys.argv[0]).resolve().parent if sys.argv and sys.argv[0] else Path.cwd()
-    )
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    return tags
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
-
-
-def _git_commit(start: Path) -> str | None:
-    """The commit of the git checkout containing ``start``, read from .git without running git."""
-    for d in (start, *start.parents):
-        git = d / ".git"
-        if git.is_file():  # worktree or submodule: "gitdir: <path>"
-            text = git.read_text(errors="replace").strip()
-            if not text.startswith("gitdir:"):
-                return None
-            git = (d / text.split(":", 1)[1].strip()).resolve()
-        if not git.is_dir():
-            continue
-        try:
-            head = (git / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head or None
-            ref = head.split(":", 1)[1].strip()
-            common = git
-            if (git / "commondir").is_file():
-                common = (git / (git / "commondir").read_text().strip()).resolve()
-            for base in (git, common):
-                if (base / ref).is_file():
-                    return (base / ref).read_text().strip()
-            packed = common / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    parts = line.split()
-                    if len(parts) == 2 and parts[1] == ref:
-                        return parts[0]
-        except OSError:
-            return None
-        return None
-    return None
 
 
 @atexit.register

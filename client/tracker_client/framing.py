@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["HEADER", "MAX_PAYLOAD", "Scan", "encode_frame", "iter_frames", "scan"]
+__all__ = ["HEADER", "MAX_PAYLOAD", "Scan", "encode_frame", "scan"]
 
 HEADER = struct.Struct("<II")
 MAX_PAYLOAD = 256 * 1024 * 1024
@@ -35,11 +34,6 @@ class Scan:
     frames: list[tuple[int, bytes]]
     good_end: int
     problem: str | None  # None when the whole buffer was good
-
-
-def iter_frames(data: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, bytes]]:
-    result = scan(data, start)
-    yield from result.frames
 
 
 def scan(data: bytes | memoryview, start: int = 0) -> Scan:

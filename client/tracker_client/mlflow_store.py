@@ -21,10 +21,11 @@ from mlflow.store.model_registry.abstract_store import AbstractStore as _Registr
 from mlflow.store.tracking.abstract_store import AbstractStore as _TrackingBase
 
 from . import protocol as p
-from .api import BARRIER_TIMEOUT, CONNECT_TIMEOUT, Tracker
+from .api import Tracker
 from .entities import decode_value, encode_value
 from .errors import DaemonError, DaemonUnavailable
 from .mlflow_plugin import address_of
+from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT
 
 __all__ = ["TrackerRegistryStore", "TrackerStore"]
 
@@ -125,8 +126,7 @@ def _forward_all(cls: type, base: type, target: str, local: frozenset[str]) -> N
 
 
 def _metric_wire(run_id: str, m: Any) -> list[Any]:
-    return [
-        "m",
+    return p.metric_wire(
         run_id,
         m.key,
         float(m.value),
@@ -135,7 +135,7 @@ def _metric_wire(run_id: str, m: Any) -> list[Any]:
         getattr(m, "model_id", None),
         getattr(m, "dataset_name", None),
         getattr(m, "dataset_digest", None),
-    ]
+    )
 
 
 class TrackerStore(_TrackingBase):  # type: ignore[misc, unused-ignore]

@@ -1,5 +1,13 @@
-"""Queue → frames: the one path from the client's queue to protocol frames within the daemon's
-limits, used for sending, for spilling to the spool and for the spool written at exit.
+"""The client's send queue: the bounded deque, its three buffer policies, drop accounting, and
+the one path from the queue to protocol frames (sending, spilling to the spool, the exit spool).
+
+:class:`Outbox` is what log calls (any thread) touch: ``put`` appends one record in wire form and
+wakes the I/O thread only when it is asleep. The queue holds at most ``max_buffer`` records; when
+it is full the ``policy`` decides: ``block`` (the log call waits), ``drop-oldest`` (the oldest
+record is dropped, counted, warned once) or ``spool`` (the I/O thread moves the oldest part to the
+spool; if the spool cannot be written either, the queue may grow to twice ``max_buffer``, and
+beyond that the oldest records are dropped, counted as *lost*, warned once and reported by the
+next barrier). Control items (requests, artifacts) are never dropped.
 
 :class:`FrameMaker` takes items off the front of the queue only to frame them: a run of records
 becomes one ``data`` frame of at most ``max_records`` records and ``max_bytes`` bytes; a control
@@ -14,6 +22,8 @@ right end meanwhile).
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -22,7 +32,21 @@ from typing import Any, Protocol
 
 from . import protocol as p
 
-__all__ = ["RECORDS_PER_FRAME", "Control", "FrameMaker", "Unit", "records_in"]
+__all__ = [
+    "POLICIES",
+    "RECORDS_PER_FRAME",
+    "Call",
+    "Control",
+    "FrameMaker",
+    "MakeMessage",
+    "Outbox",
+    "Unit",
+    "records_in",
+]
+
+_log = logging.getLogger("tracker_client")
+
+POLICIES = ("spool", "block", "drop-oldest")
 
 # At most this many records per data frame: the lowest max_records_per_frame a daemon can be
 # configured with (PROTOCOL.md section 11), so no daemon refuses a frame for its record count.
@@ -40,6 +64,18 @@ class Control(Protocol):
     def future(self) -> Future[Any] | None: ...
     @property
     def sequenced(self) -> bool: ...
+
+
+class Call:
+    """A control item of the transport: ``future`` is None for a sequenced message (kept until
+    acked, like DATA) and for a request nobody waits for."""
+
+    __slots__ = ("future", "make", "sequenced")
+
+    def __init__(self, make: MakeMessage, future: Future[Any] | None, sequenced: bool) -> None:
+        self.make = make
+        self.future = future
+        self.sequenced = sequenced
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,3 +169,161 @@ def records_in(frame: bytes) -> int:
     if isinstance(msg, p.Data):
         return len(msg.records)
     return 1 if isinstance(msg, p.LogArtifact) else 0
+
+
+class Outbox:
+    """The bounded send queue of one client and its overflow policy.
+
+    ``wake()`` nudges the I/O thread (starting it if needed); ``stopped()`` says it is gone (a
+    blocked ``put`` then stops waiting). The I/O thread sets ``idle`` while it sleeps, takes
+    frames through ``maker`` and calls :meth:`space_freed` after it emptied part of the queue;
+    the spool side sets ``spool_error`` while the spool cannot be written (None when it can).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_buffer: int,
+        policy: str,
+        maker: Callable[[deque[Any]], FrameMaker],
+        wake: Callable[[], None],
+        stopped: Callable[[], bool],
+    ) -> None:
+        if max_buffer < 1:
+            raise ValueError("max_buffer must be >= 1")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+        self.queue: deque[Any] = deque()
+        self.max_buffer = max_buffer
+        self.policy = policy
+        self.maker = maker(self.queue)
+        self._wake = wake
+        self._stopped = stopped
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty, with fresh counters and locks (at start, and in a forked child: the parent's
+        records are the parent's, its locks may be held by a thread that does not exist here)."""
+        self.queue.clear()
+        self.idle = True
+        self._space = threading.Condition()
+        self.space_waiters = 0
+        self._drop_lock = threading.Lock()
+        self.dropped = 0  # records dropped, by either policy
+        self._lost = 0  # records dropped because neither daemon nor spool took them; unreported
+        self.lost_total = 0
+        self.lost_reason = ""
+        self.spool_error: str | None = None  # why the spool cannot be written now
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def put(self, record: list[Any]) -> None:
+        """Queue one record in wire form. Waits only with policy ``block`` on a full buffer."""
+        q = self.queue
+        if len(q) >= self.max_buffer:
+            self._overflow()
+        q.append(record)
+        if self.idle:
+            self._wake()
+
+    def should_spill(self) -> bool:
+        """Policy spool, and the queue at its bound: the I/O thread moves its oldest part to the
+        spool. At the bound, not only over it: a blocked ``put`` waits while len >= max_buffer,
+        and must not wait for a spill that never comes."""
+        return self.policy == "spool" and len(self.queue) >= self.max_buffer
+
+    def put_control(self, item: Control) -> None:
+        """Queue a request or a sequenced control message (never dropped, never waits)."""
+        self.queue.append(item)
+        self._wake()
+
+    def take_all(self, next_seq: int, new_req: Callable[[], int], down_to: int = 0) -> list[Unit]:
+        """Frame the front of the queue until at most ``down_to`` items are left (seqs from
+        ``next_seq`` on, in order); the caller keeps or gives back every unit."""
+        units: list[Unit] = []
+        seq = next_seq - 1
+        while len(self.queue) > down_to:
+            unit = self.maker.take(seq + 1, new_req)
+            if unit is None:
+                break
+            units.append(unit)
+            if unit.sequenced:
+                seq = unit.seq
+        return units
+
+    def give_back(self, units: list[Unit]) -> None:
+        for unit in reversed(units):
+            self.maker.give_back(unit)
+
+    def take_lost(self) -> int:
+        """Records lost (dropped with no daemon and no spool) since the last call."""
+        with self._drop_lock:
+            lost, self._lost = self._lost, 0
+        return lost
+
+    def space_freed(self) -> None:
+        """The I/O thread took from the queue (or stopped): wake ``put`` calls waiting for room."""
+        with self._space:
+            self._space.notify_all()
+
+    def _overflow(self) -> None:
+        full = len(self.queue) >= 2 * self.max_buffer
+        if self.policy == "drop-oldest":
+            self._drop_oldest(self.max_buffer)
+        elif self.policy == "spool" and full and self.spool_error is not None:
+            self._drop_oldest(2 * self.max_buffer)  # no daemon, no spool: memory is the bound
+        elif self.policy == "block" or full:
+            self._wait_for_space()  # spool: only if the I/O thread cannot keep up at all
+        elif self.spool_error is None:  # (else the I/O thread retries the spool on a timer)
+            self._wake()  # the I/O thread moves the oldest part of the queue to the spool
+
+    def _wait_for_space(self) -> None:
+        self._wake()  # starts the I/O thread if needed
+        with self._space:
+            self.space_waiters += 1
+            try:
+                while len(self.queue) >= self.max_buffer and not self._stopped():
+                    self._wake()
+                    self._space.wait(0.1)
+            finally:
+                self.space_waiters -= 1
+
+    def _drop_oldest(self, bound: int) -> None:
+        q = self.queue
+        with self._drop_lock:
+            n = 0
+            while len(q) >= bound:
+                try:
+                    item = q.popleft()
+                except IndexError:
+                    break
+                if type(item) is not list:  # never drop a control request
+                    q.appendleft(item)
+                    break
+                n += 1
+            if not n:
+                return
+            first = self.dropped == 0
+            self.dropped += n
+            if self.policy != "drop-oldest":
+                first = self.lost_total == 0
+                self._lost += n
+                self.lost_total += n
+                self.lost_reason = self.spool_error or "unknown"
+        if not first:
+            return
+        if self.policy == "drop-oldest":
+            _log.warning(
+                "tracker-client: buffer full (%d records); dropping the oldest records "
+                "(policy drop-oldest); further drops are counted, not logged",
+                self.max_buffer,
+            )
+        else:
+            _log.warning(
+                "tracker-client: no daemon takes the data and the spool cannot be written (%s); "
+                "%d records are held in memory and the oldest beyond that are DROPPED; the next "
+                "flush() or end() raises RecordsDropped with the count",
+                self.spool_error,
+                2 * self.max_buffer,
+            )

@@ -16,7 +16,7 @@ however it nests (msgpack's own parser refuses nesting deeper than 1024).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, TypeAlias
 
 import msgpack
@@ -63,6 +63,7 @@ __all__ = [
     "decode_record",
     "encode",
     "encode_data",
+    "metric_wire",
     "peek_req",
     "peek_sequenced",
     "record_to_wire",
@@ -122,11 +123,25 @@ class Tag:
 Record: TypeAlias = Metric | Param | Tag
 
 
+def metric_wire(
+    run_id: str,
+    key: str,
+    value: float,
+    timestamp: int,
+    step: int,
+    model_id: str | None = None,
+    dataset_name: str | None = None,
+    dataset_digest: str | None = None,
+) -> list[Any]:
+    """The one place a metric record's wire form is built (PROTOCOL.md, "Records"); the caller
+    passes checked values (``value`` a float, ``timestamp`` and ``step`` int64)."""
+    return ["m", run_id, key, value, timestamp, step, model_id, dataset_name, dataset_digest]
+
+
 def record_to_wire(record: Record) -> list[Any]:
     """The msgpack array form of a record (see PROTOCOL.md, "Records")."""
     if isinstance(record, Metric):
-        return [
-            "m",
+        return metric_wire(
             record.run_id,
             record.key,
             float(record.value),
@@ -135,7 +150,7 @@ def record_to_wire(record: Record) -> list[Any]:
             record.model_id,
             record.dataset_name,
             record.dataset_digest,
-        ]
+        )
     kind = "p" if isinstance(record, Param) else "t"
     return [kind, record.run_id, record.key, record.value]
 
@@ -362,76 +377,33 @@ _KINDS: Final[dict[str, type[Any]]] = {
 }
 _KIND_OF: Final[dict[type[Any], str]] = {cls: kind for kind, cls in _KINDS.items()}
 
-# Field type rules: "str", "str?", "int", "int?", "map", "records", "failures", "tags".
-_SCHEMA: Final[dict[type[Any], dict[str, str]]] = {
-    Hello: {
-        "req": "int",
-        "client_id": "str",
-        "pid": "int",
-        "host": "str",
-        "version": "str",
-        "acked_floor": "int",
-    },
-    Data: {"client_id": "str", "seq": "int", "records": "records"},
-    LogArtifact: {
-        "client_id": "str",
-        "seq": "int",
-        "run_id": "str",
-        "staged_path": "str",
-        "artifact_path": "str?",
-    },
-    StartRun: {
-        "req": "int",
-        "client_id": "str",
-        "experiment_id": "str?",
-        "experiment_name": "str?",
-        "run_id": "str?",
-        "run_name": "str?",
-        "parent_run_id": "str?",
-        "tags": "tags",
-        "start_time": "int",
-        "offline_id": "str?",
-    },
-    EndRun: {
-        "req": "int",
-        "client_id": "str",
-        "seq": "int",
-        "run_id": "str",
-        "status": "str",
-        "end_time": "int",
-    },
-    Flush: {"req": "int", "client_id": "str", "seq": "int", "run_id": "str?"},
-    StatusRequest: {"req": "int"},
-    Call: {
-        "req": "int",
-        "client_id": "str",
-        "seq": "int",
-        "target": "str",
-        "method": "str",
-        "args": "bin",
-        "kwargs": "bin",
-    },
-    Result: {"req": "int", "value": "bin", "failures": "failures"},
-    Welcome: {
-        "req": "int",
-        "daemon_version": "str",
-        "acked_seq": "int",
-        "staging_dir": "str",
-        "max_frame": "int",
-        "spool_dir": "str",
-    },
-    Ack: {"seq": "int"},
-    RunStarted: {
-        "req": "int",
-        "run_id": "str",
-        "experiment_id": "str",
-        "artifact_uri": "str",
-        "run_name": "str",
-    },
-    Done: {"req": "int", "failures": "failures"},
-    StatusReply: {"req": "int", "status": "map"},
-    ErrorReply: {"req": "int?", "code": "str", "message": "str"},
+# Field type rules, derived from each dataclass's annotations (its field order is the documented
+# field list, so a field is declared once): "str", "str?", "int", "int?", "bin", "map", "records",
+# "failures", "tags".
+_RULES: Final[dict[str, str]] = {
+    "str": "str",
+    "str | None": "str?",
+    "int": "int",
+    "int | None": "int?",
+    "bytes": "bin",
+    "dict[str, Any]": "map",
+    "dict[str, str]": "tags",
+    "tuple[Record, ...]": "records",
+    "tuple[Failure, ...]": "failures",
 }
+
+
+def _schema_of(cls: type[Any]) -> dict[str, str]:
+    rules: dict[str, str] = {}
+    for f in fields(cls):
+        rule = _RULES.get(str(f.type))
+        if rule is None:  # pragma: no cover - a message field of a type the wire cannot carry
+            raise TypeError(f"{cls.__name__}.{f.name}: no wire rule for type {f.type!r}")
+        rules[f.name] = rule
+    return rules
+
+
+_SCHEMA: Final[dict[type[Any], dict[str, str]]] = {cls: _schema_of(cls) for cls in _KINDS.values()}
 
 
 def _tname(v: object) -> str:

@@ -294,7 +294,7 @@ def test_an_unexpected_io_thread_error_is_raised_by_flush(tmp_path: Path) -> Non
         f"ipc://{short_tmpdir() / 'none.sock'}", policy="block", offline=False
     )
     transport = t._transport
-    real_take = transport._maker.take
+    real_take = transport.outbox.maker.take
     calls = {"n": 0}
 
     def take(*args: object) -> object:
@@ -303,7 +303,7 @@ def test_an_unexpected_io_thread_error_is_raised_by_flush(tmp_path: Path) -> Non
             raise RuntimeError("injected")
         return real_take(*args)  # type: ignore[arg-type]
 
-    transport._maker.take = take  # type: ignore[method-assign]
+    transport.outbox.maker.take = take  # type: ignore[method-assign]
     transport.put(["m", "r" * 32, "k", 1.0, 1, 0, None, None, None])
     with pytest.raises(TrackerError, match="injected"):
         t.flush(timeout=1.0)

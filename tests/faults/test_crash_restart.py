@@ -275,7 +275,7 @@ def test_kill9_inside_fsync_window(tmp_path: Path) -> None:
     with running_daemon(tmp_path, env=env) as d:
         tracker = tracker_client.connect(d.address)
         run = tracker.start_run("fsync-window", run_name="burst")
-        transport = run._tracker._transport
+        transport = tracker._transport
         first_log = time.monotonic()
         sent = log_points(run, steps)
         total = steps * len(KEYS)

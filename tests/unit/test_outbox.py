@@ -1,14 +1,19 @@
-"""The one queue -> frames path (tracker_client.outbox): limits by record count and by bytes,
-order, seqs, give-back, and the importer's split of an oversized frame."""
+"""The client's outbox (tracker_client.outbox): the one queue -> frames path (limits by record
+count and by bytes, order, seqs, give-back), the importer's split of an oversized frame, and the
+bounded queue's three policies (pure: the I/O thread is played by the test)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
+import pytest
+
 from tracker_client import protocol as p
-from tracker_client.outbox import RECORDS_PER_FRAME, FrameMaker, Unit, records_in
+from tracker_client.outbox import RECORDS_PER_FRAME, FrameMaker, Outbox, Unit, records_in
 from tracker_client.spool_import import derived_client_id, split_records
 
 CID = "6f1c2a9e0b3d4c5e8f7a1b2c3d4e5f60"
@@ -116,3 +121,173 @@ def test_split_of_an_oversized_frame_is_deterministic_and_within_limits() -> Non
     assert all(isinstance(m, p.Data) and len(m.records) <= 1000 for m in msgs)
     assert [m.seq for m in msgs] == list(range(1, len(frames) + 1))  # type: ignore[union-attr]
     assert sum(len(m.records) for m in msgs) == 37_000  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------------------
+# the bounded queue and its policies
+
+
+class Box:
+    """An Outbox with a recording wake-up and a switch for "the I/O thread stopped"."""
+
+    def __init__(self, policy: str, max_buffer: int = 5) -> None:
+        self.wakes = 0
+        self.woken = threading.Event()
+        self.stopped = False
+        self.outbox = Outbox(
+            max_buffer=max_buffer,
+            policy=policy,
+            maker=lambda q: FrameMaker(q, lambda: CID, max_records=2),
+            wake=self._wake,
+            stopped=lambda: self.stopped,
+        )
+
+    def _wake(self) -> None:
+        self.wakes += 1
+        self.woken.set()
+
+
+def steps_in(outbox: Outbox) -> list[int]:
+    return [item[5] for item in outbox.queue if type(item) is list]
+
+
+def test_put_wakes_the_io_thread_only_while_it_sleeps() -> None:
+    box = Box("spool", max_buffer=100)
+    box.outbox.put(metric(0))
+    box.outbox.idle = False  # the I/O thread is awake
+    for i in range(1, 10):
+        box.outbox.put(metric(i))
+    assert box.wakes == 1 and steps_in(box.outbox) == list(range(10))
+
+
+def test_drop_oldest_keeps_the_newest_counts_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    box = Box("drop-oldest", max_buffer=5)
+    box.outbox.idle = False
+    with caplog.at_level(logging.WARNING, logger="tracker_client"):
+        for i in range(12):
+            box.outbox.put(metric(i))
+    assert steps_in(box.outbox) == [7, 8, 9, 10, 11]
+    assert box.outbox.dropped == 7
+    assert box.outbox.take_lost() == 0  # dropped by policy, not lost
+    assert len([r for r in caplog.records if "drop-oldest" in r.message]) == 1
+
+
+def test_control_items_are_never_dropped() -> None:
+    box = Box("drop-oldest", max_buffer=3)
+    call = Call(lambda req, seq: p.Flush(req, CID, seq), Future(), sequenced=False)
+    box.outbox.put(metric(0))
+    box.outbox.put_control(call)
+    for i in range(1, 6):
+        box.outbox.put(metric(i))
+    q = list(box.outbox.queue)
+    assert q[0] is call  # record 0 was dropped, the flush stays at the front
+    assert steps_in(box.outbox) == [1, 2, 3, 4, 5] and box.outbox.dropped == 1
+
+
+def test_spool_policy_never_waits_while_the_spool_can_be_written() -> None:
+    box = Box("spool", max_buffer=5)
+    box.outbox.idle = False
+    for i in range(9):  # over max_buffer, under 2 x: the I/O thread is woken to spill
+        box.outbox.put(metric(i))
+    assert steps_in(box.outbox) == list(range(9)) and box.outbox.dropped == 0
+    assert box.wakes == 4  # one wake per put at or over the bound (puts 6..9)
+
+
+def test_a_full_spool_queue_always_gets_a_spill() -> None:
+    """A put that finds the queue full (2 x max_buffer) waits while len >= max_buffer; the I/O
+    thread must then spill at every length the put waits at, including exactly max_buffer
+    (it once spilled only above it, and such a put waited forever)."""
+    box = Box("spool", max_buffer=5)
+    box.outbox.idle = False
+    for i in range(10):
+        box.outbox.put(metric(i))
+    assert box.outbox.should_spill()
+    while len(box.outbox) > 5:
+        box.outbox.queue.pop()
+    assert len(box.outbox) == 5 and box.outbox.should_spill()
+    box.outbox.queue.pop()
+    assert not box.outbox.should_spill()  # under the bound: a put would not wait either
+    assert not Box("block").outbox.should_spill()
+
+
+def test_spool_policy_without_spool_holds_twice_the_buffer_then_loses_the_oldest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    box = Box("spool", max_buffer=5)
+    box.outbox.idle = False
+    box.outbox.spool_error = "No space left on device"
+    with caplog.at_level(logging.WARNING, logger="tracker_client"):
+        for i in range(15):
+            box.outbox.put(metric(i))
+    assert steps_in(box.outbox) == list(range(5, 15))  # the newest 2 x max_buffer
+    assert box.outbox.dropped == 5 and box.outbox.lost_total == 5
+    assert box.outbox.lost_reason == "No space left on device"
+    assert box.outbox.take_lost() == 5 and box.outbox.take_lost() == 0  # reported once
+    assert len([r for r in caplog.records if "DROPPED" in r.message]) == 1
+
+
+def test_block_policy_waits_for_room() -> None:
+    box = Box("block", max_buffer=3)
+    box.outbox.idle = False
+    for i in range(3):
+        box.outbox.put(metric(i))
+    box.woken.clear()
+    done = threading.Event()
+
+    def producer() -> None:
+        box.outbox.put(metric(3))
+        done.set()
+
+    t = threading.Thread(target=producer)
+    t.start()
+    assert box.woken.wait(5)  # it asked the I/O thread for room ...
+    assert not done.is_set() and steps_in(box.outbox) == [0, 1, 2]  # ... and waits
+    units = box.outbox.take_all(1, lambda: 1, down_to=1)  # the I/O thread sends one frame
+    assert [u.seq for u in units] == [1] and len(units[0].records) == 2
+    box.outbox.space_freed()
+    t.join(5)
+    assert done.is_set() and steps_in(box.outbox) == [2, 3]
+
+
+def test_a_blocked_put_returns_when_the_io_thread_stops() -> None:
+    box = Box("block", max_buffer=2)
+    box.outbox.idle = False
+    box.outbox.put(metric(0))
+    box.outbox.put(metric(1))
+    t = threading.Thread(target=box.outbox.put, args=(metric(2),))
+    t.start()
+    assert box.woken.wait(5)
+    box.stopped = True
+    box.outbox.space_freed()
+    t.join(5)
+    assert not t.is_alive() and steps_in(box.outbox) == [0, 1, 2]
+
+
+def test_take_all_and_give_back_keep_order_and_seqs() -> None:
+    box = Box("spool", max_buffer=100)
+    for i in range(9):
+        box.outbox.put(metric(i))
+    units = box.outbox.take_all(5, lambda: 1, down_to=4)  # frames of 2 until <= 4 are left
+    assert [u.seq for u in units] == [5, 6, 7] and steps_in(box.outbox) == [6, 7, 8]
+    box.outbox.give_back(units)
+    assert steps_in(box.outbox) == list(range(9))
+    assert [len(u.records) for u in box.outbox.take_all(1, lambda: 1)] == [2, 2, 2, 2, 1]
+
+
+def test_reset_empties_and_zeroes() -> None:
+    box = Box("drop-oldest", max_buffer=2)
+    for i in range(5):
+        box.outbox.put(metric(i))
+    box.outbox.reset()
+    assert len(box.outbox) == 0 and box.outbox.dropped == 0 and box.outbox.idle
+    box.outbox.put(metric(9))
+    assert steps_in(box.outbox) == [9]
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="policy must be one of spool, block, drop-oldest"):
+        Box("nope")
+    with pytest.raises(ValueError, match="max_buffer must be >= 1"):
+        Box("spool", max_buffer=0)

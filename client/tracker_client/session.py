@@ -1,0 +1,236 @@
+"""The client's side of one daemon conversation, sans I/O: seqs, reqs, acks, answers, resends.
+
+:class:`Session` holds what a client must remember between frames: the last seq it used, the
+frames not yet acked, the requests not yet answered (with the seq sent before each), the request
+ids, the floor it announces in ``hello``. The I/O thread feeds it every reply the daemon sends
+(:meth:`Session.receive`) and acts on the events it returns; it asks the session which frames to
+send again after a reconnect (:meth:`Session.hello`, then the ``Welcomed`` event) or after a
+``journal_full`` refusal (:meth:`Session.resend_due`). No sockets, no threads, no clock of its own
+(``now`` is passed in): ``tests/unit/test_session.py`` drives it against a fake daemon.
+
+A request's future is an opaque token here: the session hands it back in the event that answers
+or refuses it, and the I/O thread resolves it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from . import protocol as p
+from .outbox import Unit
+
+__all__ = [
+    "JOURNAL_FULL_RETRY_S",
+    "Acked",
+    "Answered",
+    "Event",
+    "JournalFull",
+    "Refused",
+    "Session",
+    "Welcomed",
+]
+
+JOURNAL_FULL_RETRY_S = 1.0  # after a journal_full refusal, the unacked frames are resent this late
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """Every sequenced frame up to ``upto`` is the daemon's (and forgotten here)."""
+
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """A request got its reply (``future`` is None for a request nobody waits for)."""
+
+    future: Future[Any] | None
+    reply: p.DaemonMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The daemon refused a request (``future`` set) or reported an error about no request."""
+
+    future: Future[Any] | None
+    code: str
+    message: str
+    req: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class JournalFull:
+    """The daemon is not accepting data; the unacked frames are resent at ``retry_at``."""
+
+    message: str
+    retry_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Welcomed:
+    """The daemon answered a hello. ``resend``: the frames to send again now (after a reconnect:
+    unacked frames and unanswered requests in their original order), else empty."""
+
+    welcome: p.Welcome
+    resend: tuple[bytes, ...]
+
+
+Event: TypeAlias = Acked | Answered | Refused | JournalFull | Welcomed
+
+
+class Session:
+    """Sequencing state of one client: ``client_id`` plus what ``hello`` says about the process."""
+
+    def __init__(self, client_id: str, *, pid: int, host: str, version: str) -> None:
+        self.client_id = client_id
+        self.pid, self.host, self.version = pid, host, version
+        self.seq = 0  # the last seq used (sent or spooled)
+        self.acked_upto = 0  # every seq <= this was acknowledged by a daemon
+        self.next_req = 0
+        # req -> (future or None, frame, seq sent before it): kept until answered, resent after
+        # a reconnect; a barrier's reply also acks everything up to its seq.
+        self.pending: dict[int, tuple[Future[Any] | None, bytes, int]] = {}
+        self.unacked: OrderedDict[int, bytes] = OrderedDict()
+        self.resend_req = -1  # the hello whose welcome triggers a resend
+        self.resend_at = 0.0  # journal_full: when to resend the unacked frames (0: not armed)
+        self.connected = False  # welcomed on the current connection
+
+    # ------------------------------------------------------------------------- what to send
+
+    def new_req(self) -> int:
+        self.next_req += 1
+        return self.next_req
+
+    def hello(self, *, resend: bool) -> bytes:
+        """A hello for a new connection; with ``resend`` its welcome resends what is unsettled."""
+        req = self.new_req()
+        if resend:
+            self.resend_req = req
+        return p.encode(self._hello(req))
+
+    def spool_hello(self) -> bytes:
+        """The hello that opens a spool file (req 0: no reply is awaited)."""
+        return p.encode(self._hello(0))
+
+    def _hello(self, req: int) -> p.Hello:
+        # the floor is what was acked, not our last seq: spooled frames may not be sent yet
+        return p.Hello(req, self.client_id, self.pid, self.host, self.version, self.acked_upto)
+
+    def placed(self, unit: Unit, *, in_flight: bool) -> None:
+        """A unit was sent (``in_flight``) or written to the spool: its seq is used; a sent
+        sequenced frame is kept until acked; a request waits for its reply (and is resent after
+        a reconnect) wherever it went."""
+        if unit.sequenced:
+            self.seq = unit.seq
+            if in_flight:
+                self.unacked[unit.seq] = unit.frame
+        else:
+            assert unit.call is not None
+            self.pending[unit.req] = (unit.call.future, unit.frame, unit.seq)
+
+    def replayed(self, frame: bytes, msg: p.Message) -> bool:
+        """A frame read back from the spool is about to be sent: keep it like a fresh one.
+        Returns False for a frame not to send (the spool's hello: this connection said one)."""
+        if isinstance(msg, p.Data | p.LogArtifact):
+            self.unacked[msg.seq] = frame
+        elif isinstance(msg, p.Hello):
+            return False
+        elif isinstance(msg, p.StartRun | p.EndRun | p.Flush | p.Call | p.StatusRequest):
+            if msg.req not in self.pending:  # from an earlier life of this transport
+                seq = msg.seq if isinstance(msg, p.Flush | p.EndRun | p.Call) else 0
+                self.pending[msg.req] = (None, frame, seq)
+        return True
+
+    def window_open(self, max_inflight: int) -> bool:
+        return len(self.unacked) < max_inflight
+
+    def in_send_order(self, requests: bool = True) -> list[bytes]:
+        """Unacked sequenced frames and (optionally) unanswered requests, in the order they were
+        first sent: a request framed after seq S went between frames S and S+1. (An offline
+        run's start_run must reach the daemon before the records that use its id.)"""
+        keyed = [((seq, 0, 0), frame) for seq, frame in self.unacked.items()]
+        if requests:
+            keyed += [((seq, 1, req), f) for req, (_, f, seq) in list(self.pending.items())]
+        return [frame for _, frame in sorted(keyed, key=lambda kv: kv[0])]
+
+    def resend_due(self, now: float) -> list[bytes]:
+        """After a journal_full refusal, once its delay is over: the unacked frames (the daemon
+        has the requests), in order; else nothing."""
+        if not self.resend_at or now < self.resend_at:
+            return []
+        self.resend_at = 0.0
+        return self.in_send_order(requests=False)
+
+    def unsettled(self) -> bool:
+        """Is there anything a daemon has not taken (unacked frames, or requests other than
+        status and flush, which mean nothing to a later daemon)?"""
+        return bool(self.unacked) or not all(
+            isinstance(p.decode(f, max_frame=2**31), p.StatusRequest | p.Flush)
+            for _, f, _ in list(self.pending.values())
+        )
+
+    # ------------------------------------------------------------------------- what came back
+
+    def receive(self, msg: p.Message, now: float = 0.0) -> list[Event]:
+        """Take one message from the daemon; returns what the I/O thread has to act on."""
+        if isinstance(msg, p.Ack):
+            return [self._acked(msg.seq)]
+        if isinstance(msg, p.Welcome):
+            return self._welcome(msg)
+        if isinstance(msg, p.ErrorReply):
+            return self._error(msg, now)
+        if isinstance(msg, p.RunStarted | p.Done | p.StatusReply | p.Result):
+            entry = self.pending.pop(msg.req, None)
+            if entry is None:
+                return []
+            events: list[Event] = []
+            if isinstance(msg, p.Done | p.Result):  # committed up to its seq implies accepted
+                events.append(self._acked(entry[2]))
+            events.append(Answered(entry[0], msg))
+            return events
+        return []  # a client message from a daemon: nothing to do with it
+
+    def disconnected(self) -> None:
+        self.connected = False
+
+    def abandon(self, future: Future[Any]) -> None:
+        """Forget a request the caller gave up on (not resent, not spooled)."""
+        for req, entry in list(self.pending.items()):
+            if entry[0] is future:
+                self.pending.pop(req, None)
+
+    def waiting(self) -> list[Future[Any]]:
+        """The futures of unanswered requests (to fail when the connection closes)."""
+        return [fut for fut, _, _ in list(self.pending.values()) if fut is not None]
+
+    def _acked(self, upto: int) -> Acked:
+        self.acked_upto = max(self.acked_upto, min(upto, self.seq))
+        unacked = self.unacked
+        while unacked:
+            seq = next(iter(unacked))
+            if seq > upto:
+                break
+            del unacked[seq]
+        return Acked(upto)
+
+    def _welcome(self, msg: p.Welcome) -> list[Event]:
+        self._acked(msg.acked_seq)
+        resend = tuple(self.in_send_order()) if msg.req == self.resend_req else ()
+        self.connected = True
+        return [Welcomed(msg, resend)]
+
+    def _error(self, msg: p.ErrorReply, now: float) -> list[Event]:
+        entry = self.pending.pop(msg.req, None) if msg.req is not None else None
+        if entry is not None and entry[0] is not None:
+            return [Refused(entry[0], msg.code, msg.message, msg.req)]
+        if msg.code == "journal_full":
+            if self.resend_at:
+                return []
+            self.resend_at = now + JOURNAL_FULL_RETRY_S
+            return [JournalFull(msg.message, self.resend_at)]
+        if entry is None:
+            return [Refused(None, msg.code, msg.message, msg.req)]
+        return []  # an answered request nobody waits for
