@@ -88,6 +88,17 @@ def check_stored(db: Path, results: list[dict[str, Any]], keys: list[str], steps
     return total
 
 
+def _clean_up(procs: list[subprocess.Popen[bytes]], d: Daemon, sock_dir: Path) -> None:
+    """After a test, passed or failed: no worker or daemon outlives it."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    if d.proc is not None and d.proc.poll() is None:
+        d.stop()
+    shutil.rmtree(sock_dir, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------------------------
 # 7. the state dir on a full disk
 
@@ -193,13 +204,7 @@ def test_state_dir_on_a_full_disk_daemon_lives_and_every_point_lands(tmp_path: P
             assert "event=task_failed" not in d.log()
             assert "Traceback" not in d.log()
         finally:
-            for proc in procs:  # after a failure: no worker outlives the test
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.communicate()
-            if d.proc is not None and d.proc.poll() is None:
-                d.stop()
-            shutil.rmtree(sock_dir, ignore_errors=True)
+            _clean_up(procs, d, sock_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,10 +248,4 @@ def test_journal_smaller_than_one_segment_keeps_flowing(tmp_path: Path) -> None:
             assert s["task_restarts"] == 0
             assert "Traceback" not in d.log()
         finally:
-            for proc in procs:  # after a failure: no worker outlives the test
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.communicate()
-            if d.proc is not None and d.proc.poll() is None:
-                d.stop()
-            shutil.rmtree(sock_dir, ignore_errors=True)
+            _clean_up(procs, d, sock_dir)

@@ -12,8 +12,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -99,16 +98,9 @@ def dead_pid() -> int:
     return proc.pid
 
 
-@contextmanager
-def tcp_daemon(root: Path, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+def tcp_daemon(root: Path, env: dict[str, str] | None = None) -> AbstractContextManager[Daemon]:
     """A daemon on tcp loopback: no kernel credentials, so claimed pids are what it has."""
-    d = Daemon(root / "state", f"tcp://127.0.0.1:{free_port()}", root / "daemon.log", [], env or {})
-    d.start()
-    try:
-        yield d
-    finally:
-        if d.proc is not None and d.proc.poll() is None:
-            d.stop()
+    return running_daemon(root, env=env, address=f"tcp://127.0.0.1:{free_port()}")
 
 
 def log_and_flush(address: str, points: int) -> tuple[str, float]:

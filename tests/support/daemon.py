@@ -117,11 +117,14 @@ class Daemon:
 
 
 @contextmanager
-def running_daemon(root: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Daemon]:
+def running_daemon(
+    root: Path, *args: str, env: dict[str, str] | None = None, address: str | None = None
+) -> Iterator[Daemon]:
+    """A daemon process for the duration of the block: on an ipc socket in a short private dir,
+    or on ``address``."""
     sock_dir = short_tmpdir()
-    d = Daemon(
-        root / "state", f"ipc://{sock_dir / 'd.sock'}", root / "daemon.log", list(args), env or {}
-    )
+    address = address or f"ipc://{sock_dir / 'd.sock'}"
+    d = Daemon(root / "state", address, root / "daemon.log", list(args), env or {})
     d.start()
     try:
         yield d
