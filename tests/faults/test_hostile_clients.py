@@ -250,7 +250,7 @@ def test_another_process_cannot_use_a_victims_client_id(tmp_path: Path) -> None:
         run.flush()
         cid = victim.client_id
         assert all(cid not in json.dumps(c) for c in d.status()["clients"])  # only a prefix
-        seq = victim._transport._seq
+        seq = victim._transport.session.seq
         forged = p.Metric(run.run_id, "forged", 666.0, TS, 0)
         attacks = [
             [hello(cid, os.getpid(), floor=10**9)],  # 13: ack the victim's frames away
