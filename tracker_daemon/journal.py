@@ -99,6 +99,7 @@ class Journal:
         self.mark = Mark(Position(1, 0), {})
         self.full_reason = ""
         self.disk_full = False  # full_reason is a disk error (not journal_max_bytes)
+        self._refused_bytes = 0  # the frame journal_max_bytes last refused: full until it fits
 
     # ------------------------------------------------------------------ opening and recovery
 
@@ -259,6 +260,7 @@ class Journal:
                 f"{self.max_bytes}; waiting for the MLflow backend to catch up"
             )
             self.disk_full = False
+            self._refused_bytes = max(self._refused_bytes, len(frame))
             raise JournalFull(self.full_reason)
         pos = Position(self._segment, self._offset)
         try:
@@ -278,14 +280,26 @@ class Journal:
             self.full_reason = f"disk full writing the journal in {self.dir}: {exc.strerror}"
             self.disk_full = True
             raise JournalFull(self.full_reason) from exc
-        self.full_reason = ""
-        self.disk_full = False
         self.appended_bytes += len(frame)
         self._offset += len(frame)
         self._sizes[self._segment] = self._offset
+        if self.disk_full:  # the write went through: the disk has room again
+            self._clear_full()
+        self._clear_full_if_room()
         self._dirty = True
         self._outstanding[pos] = settled
         return pos
+
+    def _clear_full_if_room(self) -> None:
+        """A smaller frame that slips in under the limit does not mean there is room again: the
+        journal stays full (and the daemon unhealthy) until the largest refused frame would fit."""
+        if not self.disk_full and self.bytes_used + self._refused_bytes <= self.max_bytes:
+            self._clear_full()
+
+    def _clear_full(self) -> None:
+        self.full_reason = ""
+        self.disk_full = False
+        self._refused_bytes = 0
 
     def _cut_back(self, offset: int) -> None:
         try:
@@ -370,6 +384,7 @@ class Journal:
             write_mark_file(self.dir, position.segment, position.offset, clients)
         self.mark = Mark(position, dict(clients))
         self._drop_before(position)
+        self._clear_full_if_room()
 
     def _drop_before(self, position: Position) -> bool:
         """Delete the segments wholly before ``position`` (never the current one)."""
@@ -397,6 +412,7 @@ class Journal:
             "journal_outstanding_entries": self.outstanding,
             "journal_full": self.full_reason,
             "journal_mark": f"{self.mark.position.segment}:{self.mark.position.offset}",
+            "journal_head": f"{self._segment}:{self._offset}",
             "journal_segment_limit_bytes": self.seg_limit,
             "journal_appended_bytes": self.appended_bytes,
         }

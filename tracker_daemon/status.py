@@ -4,9 +4,10 @@
 Health (``healthy`` / ``unhealthy_reasons`` in the status document; ``tracker-daemon status`` exits
 1 when unhealthy or unreachable). The daemon is unhealthy when any holds:
 
-* ``journal_full``: the journal refused the most recent frame it was offered (``journal_max_bytes``
-  reached, or the disk is full) and has not accepted one since. Clients keep the refused data and
-  offer it again every second, so this clears by itself once there is room.
+* ``journal_full``: the journal refused a frame (``journal_max_bytes`` reached, or the disk is full)
+  and there is still no room for it: a smaller frame accepted meanwhile does not clear it, an
+  accepted write after a disk error does. Clients keep the refused data and offer it again every
+  second, so this clears by itself once there is room.
 * ``sink_stalled``: the MLflow backend is failing — a sink error happened within the last
   ``health_stall_s`` seconds, or no write has succeeded since the last one — **and** the oldest
   journal entry not yet committed was written more than ``health_stall_s`` seconds ago. A failure

@@ -180,9 +180,21 @@ def test_unhealthy_while_the_journal_is_full_and_the_backend_stalls(tmp_path: Pa
                 run.log_metric("y", step * 0.5, step=step, timestamp=TS0 + step)
                 step += 1
 
-        log(100)
+        log(10)
         run.flush()
         assert d.status()["healthy"] is True
+        # The durable mark reaches the head, and the head's segment has room: the first entry
+        # written while the database is locked goes into the same segment, so no committed segment
+        # is left for the mark loop to reclaim during the lock (that would make room in the
+        # journal, correctly clearing journal_full while the test looks at it).
+        before = wait_for(
+            lambda: (s := d.status())["journal_outstanding_entries"] == 0
+            and s["journal_mark"] == s["journal_head"]
+            and s,
+            30,
+            "the mark to reach the head",
+        )
+        assert int(before["journal_head"].split(":")[1]) < before["journal_segment_limit_bytes"]
         assert cli_status(d.address)[0] == 0
 
         with sqlite_locked(d.state_dir / "mlflow.db"):
@@ -196,10 +208,10 @@ def test_unhealthy_while_the_journal_is_full_and_the_backend_stalls(tmp_path: Pa
             assert s["healthy"] is False
             assert s["unhealthy_reasons"][0].startswith("journal_full: ")
             code, table = cli_status(d.address)
-            assert code == 1 and "UNHEALTHY" in table and "journal_full" in table
+            assert code == 1 and "UNHEALTHY" in table and "journal_full" in table, table
             code, out = cli_status(d.address, "--json")
             doc = json.loads(out)
-            assert code == 1 and doc["healthy"] is False and doc["unhealthy_reasons"]
+            assert code == 1 and doc["healthy"] is False and doc["unhealthy_reasons"], out
             samples = scrape(metrics_at)
             assert metric(samples, "tracker_daemon_healthy") == 0
             assert metric(samples, "tracker_daemon_journal_full") == 1

@@ -25,6 +25,7 @@ KEYS = {
     "commit_rate", "last_sink_error", "last_sink_error_at", "last_sink_error_age_s",
     "oldest_uncommitted_age_s", "journal_max_bytes", "journal_full_rejections", "journal_bytes",
     "journal_segments", "journal_outstanding_entries", "journal_full", "journal_mark",
+    "journal_head",
     "journal_segment_limit_bytes", "journal_appended_bytes", "disk_full", "disk_problems",
     "task_restarts", "task_failures", "last_task_error",
 }  # fmt: skip
