@@ -188,9 +188,11 @@ def test_unhealthy_while_the_journal_is_full_and_the_backend_stalls(tmp_path: Pa
         # is left for the mark loop to reclaim during the lock (that would make room in the
         # journal, correctly clearing journal_full while the test looks at it).
         before = wait_for(
-            lambda: (s := d.status())["journal_outstanding_entries"] == 0
-            and s["journal_mark"] == s["journal_head"]
-            and s,
+            lambda: (
+                (s := d.status())["journal_outstanding_entries"] == 0
+                and s["journal_mark"] == s["journal_head"]
+                and s
+            ),
             30,
             "the mark to reach the head",
         )
