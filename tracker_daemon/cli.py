@@ -81,6 +81,13 @@ def _add_config_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-frame-bytes", type=int)
     ap.add_argument("--batch-max-age-ms", type=int)
     ap.add_argument("--sink-concurrency", type=int)
+    ap.add_argument(
+        "--sink",
+        choices=("auto", "sql", "mlflow"),
+        help="how records are written: 'sql' = the daemon's SQL writer (many runs per "
+        "transaction), 'mlflow' = MLflow's log_batch per run, 'auto' (default) = sql when the "
+        "database schema is one the writer was tested with, else mlflow (TRACKER_DAEMON_SINK)",
+    )
     ap.add_argument("--log-level")
     ap.add_argument(
         "--durability",

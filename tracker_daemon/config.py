@@ -23,6 +23,7 @@ from .errors import ConfigError
 __all__ = [
     "ENV_PREFIX",
     "MIN_RECORDS_PER_FRAME",
+    "SINKS",
     "Config",
     "default_state_dir",
     "is_loopback_tcp",
@@ -36,6 +37,8 @@ ENV_PREFIX = "TRACKER_DAEMON_"
 # The reference client sends at most 1,000 records per DATA frame (Transport.frame_records); a
 # lower max_records_per_frame would refuse its frames, which it would then resend forever.
 MIN_RECORDS_PER_FRAME = 1000
+SINKS = ("auto", "sql", "mlflow")
+SQL_SCHEMES = frozenset({"sqlite", "postgresql", "mysql"})
 
 
 def default_state_dir() -> Path:
@@ -57,6 +60,7 @@ class Config:
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     batch_max_age_ms: int = 50
     sink_concurrency: int = 0  # 0: 1 for SQLite (one writer), 4 for other backends
+    sink: str = "auto"  # "sql": the SQL writer; "mlflow": MLflow's log_batch; "auto": see sqlwriter
     barrier_timeout_s: float = 600.0
     retry_max_backoff_s: float = 30.0
     durability: str = "fsync"  # "fsync": ack after the journal is fsynced; "os": after write()
@@ -103,6 +107,11 @@ class Config:
     @property
     def is_sqlite(self) -> bool:
         return self.backend_uri.startswith("sqlite:")
+
+    @property
+    def is_sql(self) -> bool:
+        """A database MLflow reaches through SQLAlchemy (the SQL writer can write it)."""
+        return self.backend_uri.split(":", 1)[0].split("+", 1)[0] in SQL_SCHEMES
 
     @property
     def writers(self) -> int:
@@ -163,6 +172,7 @@ def _check(cfg: Config) -> Config:
         raise ConfigError(f"sink_concurrency = {cfg.sink_concurrency}: must be 0 (auto) .. 64")
     if cfg.is_sqlite and cfg.sink_concurrency > 1:
         raise ConfigError("sink_concurrency > 1 is not allowed with SQLite: it has one writer")
+    _check_sink(cfg)
     if cfg.barrier_timeout_s <= 0:
         raise ConfigError(f"barrier_timeout_s = {cfg.barrier_timeout_s}: must be > 0")
     _check_curve(cfg)
@@ -188,6 +198,16 @@ def _check(cfg: Config) -> Config:
         raise ConfigError(f"log_level = {cfg.log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
     _check_operations(cfg)
     return cfg
+
+
+def _check_sink(cfg: Config) -> None:
+    if cfg.sink not in SINKS:
+        raise ConfigError(f"sink = {cfg.sink!r}: must be one of {', '.join(SINKS)}")
+    if cfg.sink == "sql" and not cfg.is_sql:
+        raise ConfigError(
+            f"sink = 'sql' needs a SQL backend_store_uri (sqlite, postgresql, mysql), "
+            f"not {redact_uri(cfg.backend_uri)!r}; use sink = 'auto' or 'mlflow'"
+        )
 
 
 def _check_operations(cfg: Config) -> None:
