@@ -1,9 +1,17 @@
 """The committer: the sink lanes (lanes.py) and what commits their batches.
 
     add(origin, records) ─► lanes.add ─► wake the lanes that got records (only those)
-    lane loop: pop_ready ─► commit: resolve the run id, backend.write(log_batch)
+    lane loop: pop_ready (every due batch, up to TXN_RECORDS, when a SQL writer is in use)
+      SQL writer ─► commit_all: resolve the run ids, backend.write(write_entries): ONE transaction
+        for the batches of many runs; the writer decides conflicts before writing and reports, per
+        batch, ok / the run is gone / which records failed ─► settlement
+        the database refuses the transaction as a whole (a permanent error) ─► count a fallback,
+        commit each batch as below
+      log_batch ─► commit: resolve the run id, backend.write(log_batch)
         ok ─► settlement.committed          permanent error ─► bisect the batch until the bad
         (a batch of one record, or an error about the whole run) ─► each record failed
+      a batch holding a metric with a model_id (MLflow 3 logged-model metrics) always goes to
+      MLflow's log_batch, in its place in the order of the run's batches
     expedite_client(client) ─► only the runs that client touched become due now (a barrier)
 
 Retries of transient errors happen inside ``backend.write`` (forever: a batch is never given up
@@ -12,6 +20,7 @@ on while the backend is merely unavailable).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -26,7 +35,14 @@ from .lanes import Lanes
 from .status import Counters
 from .wakeup import Wakeup
 
-__all__ = ["Committer", "Settles"]
+__all__ = ["TXN_RECORDS", "Committer", "Settles"]
+
+log = logging.getLogger("tracker_daemon")
+
+# Records per SQL transaction at most: large enough that a transaction's fixed cost (the commit,
+# its fsync, the reads of runs and latest metrics) is small per record; small enough that a
+# transaction takes well under a second on SQLite, so barriers and readers are not held up.
+TXN_RECORDS = 20_000
 
 
 class Settles(Protocol):
@@ -48,6 +64,7 @@ class Committer:
         counters: Counters,
         *,
         log_batch: Callable[..., Any],
+        write_entries: Callable[..., list[Any]] | None = None,
         resolve: Callable[[str], Awaitable[str]],
         runs_of: Callable[[str], Iterable[str]],
         after_commit: Callable[[], None] = lambda: None,
@@ -58,6 +75,8 @@ class Committer:
         self.settlement = settlement
         self.counters = counters
         self._log_batch = log_batch
+        # the SQL writer's transaction, when in use (set once the sink is open)
+        self.write_entries = write_entries
         self._resolve = resolve
         self._runs_of = runs_of
         self._after_commit = after_commit
@@ -105,8 +124,8 @@ class Committer:
         """One lane: commits the batches of its runs, one at a time, in order."""
         wake = self.wakes[lane]
         while True:
-            batch = self.lanes.pop_ready(lane, self._clock())
-            if batch is None:
+            batches = self._take(lane)
+            if not batches:
                 if not self.committing:
                     self.idle.set()
                 deadline = self.lanes.next_deadline(lane)
@@ -114,10 +133,88 @@ class Committer:
                 continue
             self.committing += 1
             try:
-                await self.commit(batch)
+                if self.write_entries is None:
+                    await self.commit(batches[0])
+                else:
+                    await self.commit_all(batches)
             finally:
                 self.committing -= 1
             self._after_commit()
+
+    def _take(self, lane: int) -> list[Batch]:
+        """One due batch; with the SQL writer, every due batch of the lane up to TXN_RECORDS."""
+        now = self._clock()
+        batch = self.lanes.pop_ready(lane, now)
+        if batch is None:
+            return []
+        batches, total = [batch], len(batch)
+        while self.write_entries is not None and total < TXN_RECORDS:
+            batch = self.lanes.pop_ready(lane, now)
+            if batch is None:
+                break
+            batches.append(batch)
+            total += len(batch)
+        return batches
+
+    async def commit_all(self, batches: list[Batch]) -> None:
+        """Commit batches of many runs in order: runs of SQL-writable batches in one
+        transaction each, a batch with logged-model metrics through log_batch in its place."""
+        pending: list[Batch] = []
+        for batch in batches:
+            if any(type(r) is p.Metric and r.model_id is not None for r, _ in batch.items):
+                await self._transaction(pending)
+                pending = []
+                await self.commit(batch)
+            else:
+                pending.append(batch)
+        await self._transaction(pending)
+
+    async def _transaction(self, batches: list[Batch]) -> None:
+        if not batches:
+            return
+        assert self.write_entries is not None
+        entries: list[tuple[str, Batch]] = []
+        for batch in batches:
+            try:
+                entries.append((await self._resolve(batch.run_id), batch))
+            except PermanentSinkError as exc:  # the run could not be created
+                self.backend.note_error(exc)
+                self._failed(batch, exc)
+        if not entries:
+            return
+        started = self._clock()
+        try:
+            outcomes = await self.backend.write(
+                self.write_entries, [(run_id, [r for r, _ in b.items]) for run_id, b in entries]
+            )
+        except PermanentSinkError as exc:  # refused as a whole (e.g. another writer's rows)
+            self.backend.note_error(exc)
+            self.counters.sql_fallbacks += 1
+            log.warning(
+                "event=sql_fallback batches=%d reason=%r note=committing_each_run_with_log_batch",
+                len(entries),
+                exc.message[:300],
+            )
+            for _, batch in entries:
+                await self.commit(batch)
+            return
+        self.counters.batches += 1
+        self.counters.sink_latencies.append(self._clock() - started)
+        committed: Counter[Origin] = Counter()
+        for (_, batch), outcome in zip(entries, outcomes, strict=True):
+            if outcome is None:
+                committed.update(origin for _, origin in batch.items)
+            elif isinstance(outcome, dict):
+                for i, (record, origin) in enumerate(batch.items):
+                    failed = outcome.get(i)
+                    if failed is None:
+                        committed[origin] += 1
+                    else:
+                        self._failed_record(record, origin, PermanentSinkError(*failed))
+            else:  # RunFailed: the run is missing or deleted
+                self._failed(batch, RunGone(outcome.code, outcome.message))
+        if committed:
+            self.settlement.committed(committed)
 
     async def commit(self, batch: Batch) -> None:
         started = self._clock()
@@ -141,7 +238,10 @@ class Committer:
 
     def _failed(self, batch: Batch, error: SinkError) -> None:
         for record, origin in batch.items:
-            if isinstance(record, p.Param):
-                self.lanes.param_failed(record.run_id, record.key)
-            failure = p.Failure(record, error.code, error.message)
-            self.settlement.settle(origin, record.run_id, record, failure)
+            self._failed_record(record, origin, error)
+
+    def _failed_record(self, record: p.Record, origin: Origin, error: SinkError) -> None:
+        if isinstance(record, p.Param):
+            self.lanes.param_failed(record.run_id, record.key)
+        failure = p.Failure(record, error.code, error.message)
+        self.settlement.settle(origin, record.run_id, record, failure)

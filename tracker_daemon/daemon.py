@@ -83,7 +83,9 @@ class Daemon:
         if cfg.curve_enabled:
             public, secret = load_server_curve(cfg)
             self.curve = CurveSetup(public, secret, Path(cfg.curve_allowed_clients_dir))
-        self.sink = Sink(cfg.backend_uri, cfg.artifact_root)
+        self.sink = Sink(
+            cfg.backend_uri, cfg.artifact_root, mode=cfg.sink, sqlite_wal=cfg.sqlite_wal
+        )
         self.calls: StoreCalls | None = None  # created once MLflow is loaded
         self.server = Server(
             cfg.bind_address, self.max_frame, self.curve, max_records=cfg.max_records_per_frame
@@ -255,7 +257,7 @@ class Daemon:
             "max_open_runs_per_client": cfg.max_open_runs_per_client,
             "max_clients": cfg.max_clients,
         }
-        sections = (self.server, self.liveness, self.runs, self.artifacts, self.journal)
+        sections = (self.sink, self.server, self.liveness, self.runs, self.artifacts, self.journal)
         return StatusReporter(
             static,
             self.counters,
@@ -303,6 +305,8 @@ class Daemon:
             self.journal.bytes_used,
         )
         self.sink.open()
+        if self.sink.writer is not None:
+            self.committer.write_entries = self.sink.write_entries
         self.calls = StoreCalls(self.sink)
         if not self.until_idle:
             self.server.bind()

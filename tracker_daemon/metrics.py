@@ -35,7 +35,12 @@ COUNTERS = (
     ("frames", "frames", "Sequenced frames (data, artifact) received."),
     ("duplicate_frames", "duplicate_frames", "Resent frames the daemon already had."),
     ("rejected_frames", "rejected_frames", "Frames refused because they could not be decoded."),
-    ("batches", "batches", "log_batch calls that succeeded."),
+    ("batches", "batches", "Backend commits that succeeded (SQL transactions or log_batch calls)."),
+    (
+        "sql_fallbacks",
+        "sql_fallbacks",
+        "SQL transactions the database refused as a whole, then committed with log_batch.",
+    ),
     ("sink_retries", "sink_retries", "Retries of backend writes after transient errors."),
     ("artifacts", "artifacts", "Artifacts uploaded."),
     ("orphaned_runs", "orphaned_runs", "Runs ended by the daemon because their process died."),

@@ -9,16 +9,22 @@ daemon's own default artifact root applies and no client-side re-validation runs
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tracker_client import protocol as p
 
-from .errors import PermanentSinkError, RetryableSinkError, RunGone, SinkError
+from .errors import ConfigError, PermanentSinkError, RetryableSinkError, RunGone, SinkError
+
+if TYPE_CHECKING:
+    from .sqlwriter import Outcome, SqlWriter
+
+log = logging.getLogger("tracker_daemon")
 
 __all__ = ["RunHandle", "Sink", "classify"]
 
@@ -63,11 +69,27 @@ def classify(exc: BaseException) -> SinkError:
 
 
 class Sink:
-    """MLflow writes for one backend store. Methods block; every one raises only SinkError."""
+    """MLflow writes for one backend store. Methods block; every one raises only SinkError.
 
-    def __init__(self, backend_uri: str, artifact_root: str) -> None:
+    ``mode`` is the ``sink`` setting: with "sql" or "auto" and a SQL store whose schema the
+    :mod:`~tracker_daemon.sqlwriter` was tested with, :attr:`writer` is set and records go through
+    :meth:`write_entries` (many runs per transaction); otherwise through :meth:`log_batch`.
+    ``sqlite_wal`` switches a SQLite store to WAL mode at open."""
+
+    def __init__(
+        self,
+        backend_uri: str,
+        artifact_root: str,
+        *,
+        mode: str = "auto",
+        sqlite_wal: bool = True,
+    ) -> None:
         self.backend_uri = backend_uri
         self.artifact_root = artifact_root
+        self.mode = mode
+        self.sqlite_wal = sqlite_wal
+        self.writer: SqlWriter | None = None
+        self.described = "mlflow: not opened yet"  # the status document's "sink"
         self._store: Any = None
         self._lock = threading.Lock()
 
@@ -88,8 +110,40 @@ class Sink:
 
                 mlflow.set_tracking_uri(self.backend_uri)
             self._store = _get_store(self.backend_uri, self.artifact_root)  # type: ignore[no-untyped-call]
+            engine = getattr(self._store, "engine", None)
+            if engine is not None and self.backend_uri.startswith("sqlite:") and self.sqlite_wal:
+                _sqlite_wal(engine)
         except Exception as exc:
             raise classify(exc) from exc
+        self.writer = self._open_writer(engine)
+
+    def _open_writer(self, engine: Any) -> SqlWriter | None:
+        """The SQL writer when the setting and the database allow it (the schema guard); says
+        which path records take in one log line."""
+        if self.mode == "mlflow":
+            self.described = "mlflow: log_batch per run (sink = mlflow)"
+            return None
+        if engine is None:
+            self.described = "mlflow: log_batch per run (not a SQL store)"
+            return None
+        from .sqlwriter import SqlWriter, schema_problem
+
+        try:
+            problem = schema_problem(engine)
+        except Exception as exc:
+            raise classify(exc) from exc
+        if problem is not None:
+            if self.mode == "sql":
+                raise ConfigError(f"sink = 'sql': {problem}")
+            self.described = f"mlflow: log_batch per run ({problem})"
+            log.warning("event=sql_writer_off reason=%r note=using_mlflow_log_batch", problem)
+            return None
+        self.described = "sql: many runs per transaction"
+        log.info("event=sql_writer_on dialect=%s", engine.dialect.name)
+        return SqlWriter(engine)
+
+    def status(self) -> dict[str, Any]:
+        return {"sink": self.described}
 
     @property
     def store(self) -> Any:
@@ -126,6 +180,15 @@ class Sink:
                 [Param(x.key, x.value) for x in params],
                 [RunTag(t.key, t.value) for t in tags],
             )
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    def write_entries(self, entries: Sequence[tuple[str, Sequence[p.Record]]]) -> list[Outcome]:
+        """The records of many runs in one transaction (see :class:`~.sqlwriter.SqlWriter`)."""
+        if self.writer is None:
+            raise RuntimeError("the SQL writer is not in use")
+        try:
+            return self.writer.write(entries)
         except Exception as exc:
             raise classify(exc) from exc
 
@@ -238,3 +301,14 @@ class Sink:
             if "Invalid artifact" in error.message:  # MLflow says INTERNAL_ERROR; never retry
                 raise PermanentSinkError("INVALID_PARAMETER_VALUE", error.message) from exc
             raise error from exc
+
+
+def _sqlite_wal(engine: Any) -> None:
+    """WAL mode: a reader (``mlflow ui``) never blocks the writer, nor the writer a reader. It
+    is a property of the database file, so every connection (MLflow's, the UI's) uses it. The
+    default ``synchronous`` (FULL) is kept: a committed transaction survives a power loss, which
+    the journal's mark relies on."""
+    with engine.connect() as conn:
+        mode = conn.exec_driver_sql("PRAGMA journal_mode=WAL").scalar()
+    if str(mode).lower() != "wal":
+        log.warning("event=sqlite_wal_unavailable journal_mode=%s note=kept", mode)

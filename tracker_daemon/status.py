@@ -61,7 +61,8 @@ class Counters:
     received: int = 0
     committed: int = 0
     failed: int = 0
-    batches: int = 0
+    batches: int = 0  # sink commits: log_batch calls, or SQL transactions
+    sql_fallbacks: int = 0  # SQL transactions the database refused, then committed by log_batch
     sink_retries: int = 0
     artifacts: int = 0
     replayed: int = 0
@@ -127,6 +128,7 @@ class Counters:
             "spools_imported": self.spools_imported,
             "artifacts": self.artifacts,
             "batches": self.batches,
+            "sql_fallbacks": self.sql_fallbacks,
             "sink_retries": self.sink_retries,
             "sink_latency_ms": self.sink_latency_ms(),
             "fsyncs": self.fsyncs,
@@ -204,6 +206,7 @@ def format_status(s: dict[str, Any]) -> str:
     health_word = "healthy" if s.get("healthy", True) else "UNHEALTHY"
     rows = [
         ("backend", s.get("backend")),
+        ("sink", s.get("sink", "-")),
         ("address", f"{s.get('address')}  (auth: {s.get('auth', 'none')})"),
         ("metrics", s.get("metrics_address") or "off"),
         ("clients", len(clients)),

@@ -99,6 +99,8 @@ def test_status_and_metrics_under_load(tmp_path: Path) -> None:
         "uptime_s",
         "version",
         "backend",
+        "sink",
+        "sql_fallbacks",
         "open_runs",
         "received",
         "committed",

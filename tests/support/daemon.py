@@ -34,12 +34,16 @@ def daemon_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def daemon_command(state_dir: Path, address: str, *args: str) -> list[str]:
-    """``tracker-daemon run`` on ``state_dir`` and ``address`` in this interpreter."""
+def daemon_command(state_dir: Path, address: str, *args: str, prelude: str = "") -> list[str]:
+    """``tracker-daemon run`` on ``state_dir`` and ``address`` in this interpreter; ``prelude``:
+    Python run in the daemon process before the CLI (to stand in for a fault that cannot be
+    produced for real, e.g. an MLflow version the daemon was not tested with)."""
+    start = ["-m", "tracker_daemon.cli"]
+    if prelude:
+        start = ["-c", f"{prelude}\nfrom tracker_daemon.cli import main\nmain()"]
     return [
         sys.executable,
-        "-m",
-        "tracker_daemon.cli",
+        *start,
         "run",
         "--state-dir",
         str(state_dir),
@@ -57,13 +61,14 @@ class Daemon:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    prelude: str = ""
 
     @property
     def backend_uri(self) -> str:
         return f"sqlite:///{self.state_dir / 'mlflow.db'}"
 
     def start(self, ready_timeout: float = 60.0) -> Daemon:
-        cmd = daemon_command(self.state_dir, self.address, *self.args)
+        cmd = daemon_command(self.state_dir, self.address, *self.args, prelude=self.prelude)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd,
@@ -118,13 +123,17 @@ class Daemon:
 
 @contextmanager
 def running_daemon(
-    root: Path, *args: str, env: dict[str, str] | None = None, address: str | None = None
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    address: str | None = None,
+    prelude: str = "",
 ) -> Iterator[Daemon]:
     """A daemon process for the duration of the block: on an ipc socket in a short private dir,
     or on ``address``."""
     sock_dir = short_tmpdir()
     address = address or f"ipc://{sock_dir / 'd.sock'}"
-    d = Daemon(root / "state", address, root / "daemon.log", list(args), env or {})
+    d = Daemon(root / "state", address, root / "daemon.log", list(args), env or {}, prelude=prelude)
     d.start()
     try:
         yield d

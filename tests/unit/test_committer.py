@@ -198,3 +198,111 @@ async def test_expediting_a_released_run_assigns_it_no_lane() -> None:
     committer.expedite_client("c1")
     assert lanes._assigned == {}  # noqa: SLF001 - the load accounting stays exact
     assert [w.is_set for w in committer.wakes] == [False, False]
+
+
+# ---------------------------------------------------------------------- the SQL writer's path
+
+
+def write_entries(*args: Any) -> list[Any]:  # the sink method given (never run here)
+    raise AssertionError("FakeBackend answers instead")
+
+
+def sql_committer(lanes: Lanes, backend: FakeBackend) -> tuple[Committer, Settled, Counters]:
+    committer, settled, counters = make(lanes, backend)
+    committer.write_entries = write_entries
+    return committer, settled, counters
+
+
+async def take_and_commit(committer: Committer, lanes: Lanes) -> None:
+    lanes.expedite(None)
+    batches = committer._take(0)  # noqa: SLF001 - what run_lane does, without its loop
+    assert batches
+    await committer.commit_all(batches)
+
+
+async def test_the_batches_of_many_runs_commit_in_one_transaction() -> None:
+    from tracker_daemon.sqlwriter import RunFailed
+
+    def answer(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        assert fn is write_entries
+        (entries,) = args
+        assert [run for run, _ in entries] == ["a", "b", "c"]
+        # a: all committed; b: its second record failed; c: the run is gone
+        return [None, {1: ("INVALID_PARAMETER_VALUE", "b's param")}, RunFailed("X", "c is gone")]
+
+    backend = FakeBackend(answer)
+    lanes = Lanes(1, max_age=60.0)
+    committer, settled, counters = sql_committer(lanes, backend)
+    committer.add(Origin("c1", 1), [metric("a", 0), metric("a", 1)])
+    committer.add(Origin("c2", 1), [metric("b", 0), p.Param("b", "lr", "2"), metric("b", 1)])
+    committer.add(Origin("c3", 1), [metric("c", 0), metric("c", 1), metric("c", 2)])
+    await take_and_commit(committer, lanes)
+    assert len(backend.calls) == 1 and counters.batches == 1
+    assert settled.ok == Counter({Origin("c1", 1): 2, Origin("c2", 1): 2})
+    failed = [(o, r, f.code, f.message) for o, r, f in settled.failed]
+    assert failed[0] == (
+        Origin("c2", 1),
+        p.Param("b", "lr", "2"),
+        "INVALID_PARAMETER_VALUE",
+        "b's param",
+    )
+    assert [(o, f) for o, _, f, _ in failed[1:]] == [(Origin("c3", 1), "X")] * 3
+    # the failed param is forgotten: logging it again is buffered, not settled as a no-op
+    committer.add(Origin("c2", 2), [p.Param("b", "lr", "2")])
+    assert lanes.pending == 1
+
+
+async def test_a_logged_model_metric_goes_to_log_batch_in_its_place() -> None:
+    seen: list[tuple[str, list[str]]] = []
+
+    def answer(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if fn is write_entries:
+            seen.append(("sql", [run for run, _ in args[0]]))
+            return [None] * len(args[0])
+        seen.append(("log_batch", [args[0]]))
+        return None
+
+    backend = FakeBackend(answer)
+    lanes = Lanes(1, max_age=60.0)
+    committer, settled, _ = sql_committer(lanes, backend)
+    committer.add(Origin("c1", 1), [metric("a", 0)])
+    model_metric = p.Metric("m", "acc", 0.5, 1_700_000_000_000, 0, model_id="m-123")
+    committer.add(Origin("c1", 2), [model_metric])
+    committer.add(Origin("c1", 3), [metric("b", 0)])
+    # pop order follows the oldest record: a, m, b
+    await take_and_commit(committer, lanes)
+    assert seen == [("sql", ["a"]), ("log_batch", ["m"]), ("sql", ["b"])]
+    assert sum(settled.ok.values()) == 3 and settled.failed == []
+
+
+async def test_a_transaction_the_database_refuses_falls_back_to_log_batch() -> None:
+    def answer(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        if fn is write_entries:
+            raise PermanentSinkError("INTERNAL_ERROR", "IntegrityError: UNIQUE constraint failed")
+        return None
+
+    backend = FakeBackend(answer)
+    lanes = Lanes(1, max_age=60.0)
+    committer, settled, counters = sql_committer(lanes, backend)
+    committer.add(Origin("c1", 1), [metric("a", 0), metric("b", 0)])
+    await take_and_commit(committer, lanes)
+    assert [fn for fn, _ in backend.calls] == [write_entries, log_batch, log_batch]
+    assert counters.sql_fallbacks == 1 and len(backend.errors) == 1
+    assert settled.ok == Counter({Origin("c1", 1): 2}) and settled.failed == []
+
+
+async def test_one_transaction_takes_at_most_txn_records() -> None:
+    from tracker_daemon.committer import TXN_RECORDS
+
+    lanes = Lanes(1, max_age=60.0)
+    committer, _, _ = sql_committer(lanes, FakeBackend())
+    runs = TXN_RECORDS // 1000 + 5
+    for r in range(runs):  # 1,000 metrics per run: one full batch each
+        committer.add(Origin("c1", r + 1), [metric(f"r{r}", s) for s in range(1000)])
+    first = committer._take(0)  # noqa: SLF001
+    assert sum(len(b) for b in first) == TXN_RECORDS
+    rest = committer._take(0)  # noqa: SLF001
+    assert sum(len(b) for b in rest) == 5000 and lanes.pending == 0
+    committer.write_entries = None  # log_batch: one batch at a time
+    committer.add(Origin("c1", 999), [metric("x", s) for s in range(2000)])
+    assert len(committer._take(0)) == 1  # noqa: SLF001

@@ -644,3 +644,22 @@ def test_check_config_entry_point_exit_codes(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "max_clients = 5.5 is not a valid int" in res.stderr
     assert res.stdout == ""
+
+
+def test_sink_setting() -> None:
+    assert load_config({}, environ={}).sink == "auto"
+    assert load_config({}, environ={"TRACKER_DAEMON_SINK": "mlflow"}).sink == "mlflow"
+    for uri in ("sqlite:////tmp/x.db", "postgresql://u@h/db", "postgresql+psycopg2://h/db"):
+        assert load_config({"sink": "sql", "backend_store_uri": uri}, environ={}).is_sql
+    with pytest.raises(ConfigError, match=r"sink = 'fast': must be one of auto, sql, mlflow"):
+        load_config({"sink": "fast"}, environ={})
+    with pytest.raises(ConfigError, match=r"sink = 'sql' needs a SQL backend_store_uri"):
+        load_config({"sink": "sql", "backend_store_uri": "http://127.0.0.1:5000"}, environ={})
+    assert load_config({"backend_store_uri": "http://h:5000"}, environ={}).sink == "auto"
+
+
+def test_sqlite_wal_setting() -> None:
+    assert load_config({}, environ={}).sqlite_wal is True
+    assert load_config({}, environ={"TRACKER_DAEMON_SQLITE_WAL": "0"}).sqlite_wal is False
+    with pytest.raises(ConfigError, match="sqlite_wal"):
+        load_config({}, environ={"TRACKER_DAEMON_SQLITE_WAL": "maybe"})

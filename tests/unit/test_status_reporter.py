@@ -25,7 +25,7 @@ KEYS = {
     "commit_rate", "last_sink_error", "last_sink_error_at", "last_sink_error_age_s",
     "oldest_uncommitted_age_s", "journal_max_bytes", "journal_full_rejections", "journal_bytes",
     "journal_segments", "journal_outstanding_entries", "journal_full", "journal_mark",
-    "journal_head",
+    "journal_head", "sink", "sql_fallbacks",
     "journal_segment_limit_bytes", "journal_appended_bytes", "disk_full", "disk_problems",
     "task_restarts", "task_failures", "last_task_error",
 }  # fmt: skip
@@ -69,7 +69,15 @@ def reporter(
         },
         counters,
         clients=table.status,
-        sections=(server, liveness, Wiring(tmp_path).runs, lane, journal, Supervisor()),
+        sections=(
+            Section({"sink": "sql: many runs per transaction"}),
+            server,
+            liveness,
+            Wiring(tmp_path).runs,
+            lane,
+            journal,
+            Supervisor(),
+        ),
         pipeline=lambda now: {
             "queue_depth": 0,
             "spilled": False,
