@@ -20,7 +20,7 @@ from tests.support.waiting import wait_for
 TS0 = 1_700_000_000_000
 # Stands in for an MLflow whose schema head the writer was not tested with (installing another
 # MLflow version in the test run is not practical): the tested set no longer holds the head.
-UNTESTED = "import tracker_daemon.sqlwriter as w\nw.TESTED_REVISIONS = frozenset({'0123456789ab'})"
+UNTESTED = "import tracker_daemon.sqlschema as s\ns.TESTED_REVISIONS = frozenset({'0123456789ab'})"
 
 
 def journal_mode(db: Path) -> str:
