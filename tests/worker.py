@@ -61,6 +61,8 @@ def main() -> None:
             path.unlink()
     result.update(sent=sent, per_call_ns=costs)
     out.write_text(json.dumps(result))
+    if spec.get("hold_before_end"):  # stay alive, run open, until the test says "go" again
+        sys.stdin.readline()
     end = spec.get("end", "FINISHED")
     if end == "exit":
         return  # the client's exit handler must flush and end the run

@@ -312,7 +312,8 @@ def test_sigterm_under_load_exits_zero_and_restart_loses_nothing(
     """SIGTERM while 4 workers stream: the daemon stops receiving, drains for at most
     drain_timeout_s, exits 0; after the restart the rest (journal + resends) lands exactly once.
     Two workers start first and build a backlog; the SIGTERM follows as soon as the other two
-    have their runs, so it lands while they log."""
+    have their runs, so it lands while they log. Every worker holds its run open after logging
+    until the restarted daemon is up (a fast sink may commit a whole worker before the SIGTERM)."""
     drain_s = 5
     steps = 8_000
     total = 4 * steps * len(KEYS)
@@ -326,6 +327,7 @@ def test_sigterm_under_load_exits_zero_and_restart_loses_nothing(
                 "keys": KEYS,
                 "steps": steps,
                 "wait_stdin": True,
+                "hold_before_end": True,
                 "flush_timeout": float(WORKER_END_TIMEOUT),
             }
             procs.append(start_worker(d.address, spec, out))
@@ -355,6 +357,8 @@ def test_sigterm_under_load_exits_zero_and_restart_loses_nothing(
         if int(stopped[2]) + int(stopped[3]) < int(stopped[1]):  # the rest stayed journaled
             assert "event=drain_incomplete" in log_text, log_text[-5000:]
         d.start()
+        for proc in procs:
+            release(proc)  # now end the runs
         stderr = finish_workers(procs, timeout=120)
         after = d.status()
     assert all("Traceback" not in e and GAVE_UP not in e for e in stderr), stderr
