@@ -37,7 +37,7 @@ bench: setup
 	$(BIN)/tracker-daemon bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info client/*.egg-info
+	rm -rf $(VENV) .venv-mlflow2 .venv-mlflow2.lock .pytest_cache .mypy_cache .ruff_cache build *.egg-info client/*.egg-info
 
 # Installs the systemd system service (as root): the unit with ExecStart= set to this venv's
 # tracker-daemon, the sysusers file (then systemd-sysusers), /etc/tracker-daemon/config.toml if

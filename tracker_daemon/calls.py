@@ -4,6 +4,10 @@ Only methods that MLflow's own ``AbstractStore`` classes define can be called (t
 model-registry store); anything else is refused with ``ENDPOINT_NOT_FOUND``. Arguments and results
 are encoded with :mod:`tracker_client.entities` (MLflow protobuf inside msgpack; no pickle).
 Blocking: the daemon runs :meth:`StoreCalls.invoke` in a worker thread.
+
+``mlflow2.<name>`` (target ``tracking``) is a method of MLflow 2.x's store API whose signature or
+result changed in MLflow 3, called by a worker on MLflow 2 (tracing's v2 API): mlflow2.py
+translates it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any
 
 from tracker_client.entities import decode_value, encode_value
 
+from . import mlflow2
 from .errors import PermanentSinkError, RetryableSinkError, SinkError
 from .sink import Sink, classify
 
@@ -62,6 +67,7 @@ class StoreCalls:
 
     @staticmethod
     def is_read(method: str) -> bool:
+        method = mlflow2.method_of(method) or method
         if method.startswith(_WRITE_PREFIXES):
             return False
         return method.startswith(READ_PREFIXES) or method in _READS
@@ -81,6 +87,8 @@ class StoreCalls:
             raise PermanentSinkError(
                 "INVALID_PARAMETER_VALUE", f"call target {target!r}: must be tracking or registry"
             )
+        if target == "tracking" and mlflow2.method_of(method) in mlflow2.METHODS:
+            return
         if method not in allowed:
             raise PermanentSinkError(
                 "ENDPOINT_NOT_FOUND",
@@ -97,6 +105,10 @@ class StoreCalls:
                 raise PermanentSinkError(
                     "INVALID_PARAMETER_VALUE", "call: args must be an array and kwargs a map"
                 )
+            v2 = mlflow2.method_of(method)
+            if v2 is not None:
+                result = mlflow2.invoke(self._target(target), v2, a, kw)
+                return result, mlflow2.encode_result(result)
             result = getattr(self._target(target), method)(*a, **kw)
             return result, encode_value(result)
         except Exception as exc:

@@ -6,11 +6,16 @@ one that fails is logged and counted, never the end of the daemon). ``flush``, `
 
 A request that finds the queue full (``CONTROL_QUEUE`` waiting to start) is answered at once with
 ``REQUEST_LIMIT_EXCEEDED``; the client may retry it.
+
+Every ``call`` is counted and timed by kind (read / write) in :attr:`Control.stats`
+(call_stats.py: its own part of the status document); a call answered with an error is also a
+failure there, and one (throttled) ``event=call_failed`` log line.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -20,6 +25,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from tracker_client import protocol as p
 from tracker_client.entities import encode_value
 
+from .call_stats import CallStats
 from .errors import SinkError
 from .ledger import Ledger
 from .run_service import RunService, Write, creation_key
@@ -69,6 +75,7 @@ class Control:
         self.barrier_timeout_s = barrier_timeout_s
         self._last_sink_error = last_sink_error
         self.refused = 0  # requests answered REQUEST_LIMIT_EXCEEDED (queue full)
+        self.stats = CallStats()  # calls by kind: counts, failures, latency
         self._in: MemoryObjectSendStream[tuple[bytes, ControlRequest]]
         self._out: MemoryObjectReceiveStream[tuple[bytes, ControlRequest]]
         self._in, self._out = anyio.create_memory_object_stream[tuple[bytes, ControlRequest]](queue)
@@ -79,7 +86,7 @@ class Control:
             self._in.send_nowait((identity, msg))
         except anyio.WouldBlock:
             self.refused += 1
-            return p.ErrorReply(
+            reply = p.ErrorReply(
                 msg.req,
                 "REQUEST_LIMIT_EXCEEDED",
                 f"pending requests: the daemon already holds "
@@ -87,6 +94,11 @@ class Control:
                 "requests waiting to start (its limit); this one was not performed: try again "
                 "shortly",
             )
+            if isinstance(msg, p.Call):
+                kind = self._kind(msg.method)
+                self.stats.done(kind, None)
+                self.stats.failed(kind, msg.client_id, msg.method, reply.code, reply.message)
+            return reply
         if isinstance(msg, p.StartRun):
             self.runs.reserve(msg)
         return None
@@ -149,14 +161,34 @@ class Control:
             failures.append(p.Failure(None, exc.code, f"ending run {msg.run_id}: {exc.message}"))
         await self._send(identity, p.Done(msg.req, tuple(failures)))
 
+    def _kind(self, method: str) -> str:
+        calls = self._calls()
+        return "read" if calls is not None and calls.is_read(method) else "write"
+
     async def _on_call(self, identity: bytes, msg: p.Call) -> None:
+        """A call, counted and timed (a failure also logged) before its answer is sent: a caller
+        that has its answer finds it in the status document."""
+        kind = self._kind(msg.method)
+        started = time.monotonic()
+        try:
+            reply = await self._call(msg)
+        except Exception as exc:  # (the supervisor logs it; the caller gets no answer)
+            self.stats.done(kind, time.monotonic() - started)
+            reason = f"{type(exc).__name__}: {exc}"
+            self.stats.failed(kind, msg.client_id, msg.method, "INTERNAL_ERROR", reason)
+            raise
+        self.stats.done(kind, time.monotonic() - started)
+        if isinstance(reply, p.ErrorReply):
+            self.stats.failed(kind, msg.client_id, msg.method, reply.code, reply.message)
+        await self._send(identity, reply)
+
+    async def _call(self, msg: p.Call) -> p.Result | p.ErrorReply:
         """An MLflow store method for the tracker:// plugin, after this client's earlier
-        records are committed (read-your-writes)."""
+        records are committed (read-your-writes): the answer."""
         calls = self._calls()
         assert calls is not None
         if not await self._barrier(msg.client_id, msg.seq):
-            await self._send(identity, p.ErrorReply(msg.req, "timeout", self.late(msg.seq)))
-            return
+            return p.ErrorReply(msg.req, "timeout", self.late(msg.seq))
         failures = self.ledger.take_failures(msg.client_id)
         invoke = functools.partial(calls.invoke, msg.target, msg.method, msg.args, msg.kwargs)
         try:
@@ -178,7 +210,6 @@ class Control:
         except SinkError as exc:
             for f in failures:  # not delivered: keep them for the next barrier
                 self.ledger.fail(msg.client_id, f.record.run_id if f.record else None, f)
-            await self._send(identity, p.ErrorReply(msg.req, exc.code, exc.message))
-            return
+            return p.ErrorReply(msg.req, exc.code, exc.message)
         await self.runs.after_call(msg, result)
-        await self._send(identity, p.Result(msg.req, value, tuple(failures)))
+        return p.Result(msg.req, value, tuple(failures))

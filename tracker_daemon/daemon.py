@@ -262,7 +262,7 @@ class Daemon:
             static,
             self.counters,
             clients=self.table.status,
-            sections=(*sections, self.supervisor),
+            sections=(*sections, self.control.stats, self.supervisor),
             pipeline=self._pipeline_status,
             limits=limits,
             rejections=self.server.limit_rejections,

@@ -135,6 +135,7 @@ def metric_families(s: dict[str, Any]) -> Iterator[Metric]:
     latency.add_metric(["0.5"], float(lat.get("p50", 0.0)) / 1000)
     latency.add_metric(["0.99"], float(lat.get("p99", 0.0)) / 1000)
     yield latency
+    yield from _call_families(s.get("calls", {}))
     rejections = CounterMetricFamily(
         PREFIX + "limit_rejections",
         "Messages refused because a limit was reached, by limit (its config key).",
@@ -149,6 +150,32 @@ def metric_families(s: dict[str, Any]) -> Iterator[Metric]:
     for limit, n in sorted(s.get("limits", {}).items()):
         limits.add_metric([limit], float(n))
     yield limits
+
+
+def _call_families(calls: dict[str, Any]) -> Iterator[Metric]:
+    """The ``calls`` section (call_stats.py): plugin store calls by kind (read / write)."""
+    total = CounterMetricFamily(
+        PREFIX + "calls", "Store calls of the tracker:// plugin answered, by kind.", labels=["kind"]
+    )
+    failures = CounterMetricFamily(
+        PREFIX + "call_failures",
+        "Store calls of the tracker:// plugin answered with an error, by kind.",
+        labels=["kind"],
+    )
+    latency = GaugeMetricFamily(
+        PREFIX + "call_latency_seconds",
+        "Latency of the last 2048 store calls of each kind (barrier included), by quantile.",
+        labels=["kind", "quantile"],
+    )
+    for kind, k in sorted(calls.items()):
+        total.add_metric([kind], float(k.get("calls", 0)))
+        failures.add_metric([kind], float(k.get("failures", 0)))
+        lat = k.get("latency_ms", {})
+        latency.add_metric([kind, "0.5"], float(lat.get("p50", 0.0)) / 1000)
+        latency.add_metric([kind, "0.99"], float(lat.get("p99", 0.0)) / 1000)
+    yield total
+    yield failures
+    yield latency
 
 
 class StatusCollector(Collector):

@@ -191,6 +191,19 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover
 
 
+def _calls(calls: dict[str, Any]) -> str:
+    """One line for the ``calls`` section (call_stats.py): per kind, calls, failures, latency."""
+    parts = []
+    for kind in ("read", "write"):
+        k = calls.get(kind, {})
+        lat = k.get("latency_ms", {})
+        parts.append(
+            f"{kind} {k.get('calls', 0)} ({k.get('failures', 0)} failed, "
+            f"p50 {lat.get('p50', 0.0)} ms p99 {lat.get('p99', 0.0)} ms)"
+        )
+    return "  ".join(parts)
+
+
 def format_status(s: dict[str, Any]) -> str:
     """A human-readable table of a status document."""
     lat = s.get("sink_latency_ms", {})
@@ -221,6 +234,7 @@ def format_status(s: dict[str, Any]) -> str:
             f"p50 {lat.get('p50')} ms  p99 {lat.get('p99')} ms  "
             f"({s.get('batches')} batches, {s.get('sink_retries')} retries)",
         ),
+        ("calls", _calls(s.get("calls", {}))),
         (
             "journal",
             f"{_bytes(s.get('journal_bytes', 0))} in {s.get('journal_segments')} segment(s), "

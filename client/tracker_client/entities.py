@@ -13,6 +13,9 @@ Values are msgpack documents; MLflow entities travel as MLflow's own protobuf by
   ext type 5 ``["module:QualName", instance __dict__]``, restored without calling ``__init__``;
 * a set or frozenset: ext type 6 ``[frozen, items]`` (an array would come back as a list).
 
+A span still being recorded (``LiveSpan``, which tracing passes to ``log_spans``) travels as the
+immutable ``Span`` it becomes (its own ``from_dict`` refuses to rebuild it).
+
 Decoding only ever touches *classes*: a name must resolve, by exact module and qualified name, to a
 class defined in an ``mlflow.`` module (ext 5: in ``mlflow.entities``), of the kind its ext type
 needs (an Enum, a class with ``from_proto``, a dataclass or ``from_dict`` class). Anything else —
@@ -82,6 +85,8 @@ def _prepare(value: Any) -> Any:
 
 def _default(obj: Any) -> Any:
     module = type(obj).__module__
+    if module.startswith("mlflow.") and callable(getattr(obj, "to_immutable_span", None)):
+        obj = obj.to_immutable_span()  # a LiveSpan cannot be rebuilt (its from_dict refuses)
     if isinstance(obj, enum.Enum) and module.startswith("mlflow."):
         return msgpack.ExtType(EXT_ENUM, _pack([_qualname(obj), obj.value]))
     if (

@@ -6,6 +6,11 @@ non-blocking: they become records on the process's connection, exactly like
 ``call`` to the daemon, which runs it on the real backend store after everything this process sent
 before it is committed (read-your-writes). Errors come back as ``MlflowException`` with MLflow's
 error code; failures of earlier non-blocking writes are raised at the next call (the barrier).
+
+On MLflow 2.x (its tracing API takes ``start_trace(experiment_id, ...)``), the store methods whose
+signature or result changed in MLflow 3 (:data:`MLFLOW2_METHODS`: tracing's v2 API) are called
+as ``mlflow2.<name>``, which the daemon (on MLflow 3) translates: the traces of an MLflow 2 worker
+are stored like any other.
 """
 
 from __future__ import annotations
@@ -27,7 +32,23 @@ from .errors import DaemonError, DaemonUnavailable
 from .mlflow_plugin import address_of
 from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT
 
-__all__ = ["TrackerRegistryStore", "TrackerStore"]
+__all__ = ["MLFLOW2_METHODS", "TrackerRegistryStore", "TrackerStore"]
+
+# Tracking-store methods that MLflow 2.x defines differently from MLflow 3 (the daemon's
+# tracker_daemon/mlflow2.py translates them); sent as "mlflow2.<name>" by an MLflow 2 worker.
+MLFLOW2_METHODS = frozenset(
+    {
+        "start_trace",
+        "end_trace",
+        "get_trace_info",
+        "search_traces",
+        "set_trace_tag",
+        "delete_trace_tag",
+        "delete_traces",
+    }
+)
+# This process's MLflow has the 2.x tracing API (start_trace takes an experiment id).
+_MLFLOW2 = "experiment_id" in inspect.signature(_TrackingBase.start_trace).parameters
 
 _trackers: dict[str, Tracker] = {}
 _lock = threading.Lock()
@@ -106,8 +127,12 @@ def _mlflow_error(code: str, message: str) -> MlflowException:
 
 
 def _forwarder(target: str, name: str, sig: inspect.Signature) -> Callable[..., Any]:
+    wire = (
+        f"mlflow2.{name}" if _MLFLOW2 and target == "tracking" and name in MLFLOW2_METHODS else name
+    )
+
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return _call(self._tracker, target, name, args, kwargs)
+        return _call(self._tracker, target, wire, args, kwargs)
 
     method.__name__ = name
     method.__qualname__ = name

@@ -199,3 +199,37 @@ async def test_a_full_queue_is_refused_at_once(tmp_path: Path) -> None:
     harness.control.close()
     refused = p.StartRun(4, "c1", offline_id="offline-q")
     assert harness.w.runs.starts_new_run(refused)  # a refused start reserves nothing
+
+
+async def test_calls_are_counted_timed_and_failures_logged(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "tracker_daemon.calls")
+    h.control.submit(ID, p.Call(20, "c1", 0, "tracking", "get_experiment", b"a", b"k"))
+    h.control.submit(ID, p.Call(21, "c1", 0, "tracking", "set_tag", b"a", b"k"))
+    h.control.submit(ID, p.Call(22, "c1", 0, "tracking", "nope", b"", b""))  # refused: a write
+    await h.replies(3)
+    h.barrier_ok = False
+    h.control.submit(ID, p.Call(23, "c1", 4, "tracking", "get_run", b"", b""))  # barrier timeout
+    await h.replies(4)
+    assert h.control.stats.count("read") == (2, 1)
+    assert h.control.stats.count("write") == (2, 1)
+    assert [r.getMessage().split(" reason=")[0] for r in caplog.records] == [
+        "event=call_failed kind=write method=nope code=ENDPOINT_NOT_FOUND",
+        "event=call_failed kind=read method=get_run code=timeout",
+    ]
+    doc = h.control.stats.status()["calls"]
+    assert doc["read"]["latency_ms"]["p99"] >= doc["read"]["latency_ms"]["p50"] > 0
+
+
+async def test_a_call_refused_by_a_full_queue_is_a_failed_call(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, queue=1)  # its loop is not running: nothing leaves the queue
+    assert harness.control.submit(ID, p.Flush(1, "c1", 1)) is None
+    reply = harness.control.submit(ID, p.Call(2, "c1", 0, "tracking", "get_run", b"", b""))
+    assert isinstance(reply, p.ErrorReply) and reply.code == "REQUEST_LIMIT_EXCEEDED"
+    assert harness.control.stats.count("read") == (1, 1)
+    assert harness.control.stats.status()["calls"]["read"]["latency_ms"] == {
+        "p50": 0.0,
+        "p99": 0.0,
+    }
+    harness.control.close()
