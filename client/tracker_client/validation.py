@@ -37,11 +37,13 @@ __all__ = [
     "MAX_DATASET_DIGEST_LENGTH",
     "MAX_DATASET_NAME_LENGTH",
     "MAX_EXPERIMENT_NAME_LENGTH",
+    "MAX_EXPERIMENT_TAG_VALUE_LENGTH",
     "MAX_KEY_LENGTH",
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_TAG_VALUE_LENGTH",
     "check_artifact_path",
     "check_experiment_name",
+    "check_experiment_tag",
     "check_key",
     "check_metric",
     "check_metric_extras",
@@ -56,6 +58,7 @@ MAX_KEY_LENGTH: Final = 250
 MAX_PARAM_VALUE_LENGTH: Final = 6000
 MAX_TAG_VALUE_LENGTH: Final = 8000
 MAX_EXPERIMENT_NAME_LENGTH: Final = 500
+MAX_EXPERIMENT_TAG_VALUE_LENGTH: Final = 20000  # MLflow 3; MLflow 2 allowed 5000
 MAX_DATASET_NAME_LENGTH: Final = 500
 MAX_DATASET_DIGEST_LENGTH: Final = 36
 
@@ -299,6 +302,19 @@ def check_tag(key: object, value: object) -> tuple[str, str]:
     """
     k = check_key(key, "tag key")
     return k, _check_value("tag", k, value, MAX_TAG_VALUE_LENGTH)
+
+
+def check_experiment_tag(key: object, value: object) -> tuple[str, str]:
+    """Validate an experiment tag (MLflow's ``_validate_experiment_tag``): a key like a run
+    tag's, the value converted with ``str()``, at most 20000 characters (never truncated)."""
+    k = check_key(key, "experiment tag key")
+    text = value if type(value) is str else str(value)
+    if len(text) > MAX_EXPERIMENT_TAG_VALUE_LENGTH:
+        raise ValueError(
+            f"experiment tag {k!r}: value is {len(text)} characters; MLflow's limit is "
+            f"{MAX_EXPERIMENT_TAG_VALUE_LENGTH}"
+        )
+    return k, text
 
 
 def check_experiment_name(name: object) -> str:
