@@ -60,6 +60,7 @@ def test_public_api() -> None:
             "check_experiment_tag",
             "check_run_id",
             "check_artifact_path",
+            "artifact_path_problem",
             "check_status",
             "record_problem",
         ]
