@@ -88,3 +88,41 @@ def test_an_artifact_failure_is_reported_under_its_run_and_its_slot_removed(
         "'.artifact.uploading.' are MLflow's"
     )
     assert slots == []  # the daemon removed the refused slot of this client
+
+
+@pytest.mark.timeout(60)
+def test_experiments_against_a_real_mlflow_store(tmp_path: Path) -> None:
+    """tracker_daemon.experiments on MLflow's SQLite store (no daemon): names are matched
+    exactly (quotes, no LIKE wildcards), the latest live run wins, locations and tags."""
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    from tracker_daemon.errors import PermanentSinkError
+    from tracker_daemon.experiments import Experiments
+
+    store = _get_store(f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path / "art"))
+    ex = Experiments(lambda: store)
+    eid = ex.get_or_create("e", str(tmp_path / "loc"))
+    assert ex.get_or_create("e", "/elsewhere") == eid  # exists: keeps its location
+    assert store.get_experiment(eid).artifact_location == str(tmp_path / "loc")
+    ex.set_tags(eid, {"a": "1", "b": "2"})
+    ex.set_tags(eid, {"a": "3"})
+    assert store.get_experiment(eid).tags == {"a": "3", "b": "2"}
+
+    def run(name: str, start: int) -> str:
+        return str(store.create_run(eid, "u", start, [], name).info.run_id)
+
+    names = ["it's", 'say "hi"', "a%b_c"]
+    ids = {name: run(name, 10) for name in names}
+    for name in names:
+        assert ex.latest_run_named(eid, name) == ids[name]
+    assert ex.latest_run_named(eid, "a_b_c") is None and ex.latest_run_named(eid, "it") is None
+    old, new = run("n", 100), run("n", 200)
+    assert ex.latest_run_named(eid, "n") == new
+    store.delete_run(new)
+    assert ex.latest_run_named(eid, "n") == old  # a deleted run is not resumed
+    with pytest.raises(PermanentSinkError, match="both ' and"):
+        ex.latest_run_named(eid, 'it\'s "x"')
+    store.delete_experiment(eid)
+    with pytest.raises(PermanentSinkError, match="is deleted") as info:
+        ex.get_or_create("e", None)
+    assert info.value.code == "INVALID_PARAMETER_VALUE"
