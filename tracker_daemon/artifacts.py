@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import anyio
 
 from tracker_client import protocol as p
-from tracker_client.validation import check_artifact_path
+from tracker_client.validation import artifact_path_problem
 
 from .batcher import Origin
 from .errors import PermanentSinkError, RetryableSinkError, SinkError
@@ -45,9 +45,10 @@ _Done = Callable[[Origin, str, "p.Failure | None"], None]
 
 
 def label(msg: p.LogArtifact) -> str:
-    """``artifact '<artifact_path or name>'``, the prefix of every artifact failure."""
+    """``artifact '<artifact_path or name>'``, the prefix of every artifact failure: the name
+    as it is (no quoting or escaping), cut to 200 characters (client/PROTOCOL.md, section 8)."""
     name = msg.artifact_path or os.path.basename(str(msg.staged_path)) or str(msg.staged_path)
-    return f"artifact {name[:200]!r}"
+    return f"artifact '{name[:200]}'"
 
 
 @dataclass(slots=True)
@@ -146,10 +147,10 @@ class ArtifactLane:
         except StagingRefused as exc:  # not this client's slot: touch nothing
             await self._finish(job, self._failure(msg, "INVALID_PARAMETER_VALUE", str(exc)))
             return
-        try:
-            check_artifact_path(msg.artifact_path)  # MLflow's rule, exactly
-        except (TypeError, ValueError) as exc:
-            await self._finish(job, self._failure(msg, "INVALID_PARAMETER_VALUE", str(exc)), ref)
+        problem = artifact_path_problem(msg.artifact_path) if msg.artifact_path else None
+        if problem is not None:  # MLflow's rule, exactly
+            reason = f"refused artifact_path: {problem}"
+            await self._finish(job, self._failure(msg, "INVALID_PARAMETER_VALUE", reason), ref)
             return
         try:
             uri = await self._uri_of(msg.run_id)

@@ -44,6 +44,7 @@ from .committer import Committer
 from .config import Config, load_server_curve, metrics_host_port, redact_uri
 from .control import Control
 from .diskspace import DiskProblems
+from .experiments import Experiments
 from .feeder import Feeder
 from .intake import DataPath, Intake, Welcome
 from .journal import Journal, Position
@@ -151,6 +152,7 @@ class Daemon:
         self.runs = RunService(
             self.runbook,
             self.sink,
+            experiments=Experiments(lambda: self.sink.store),
             write=self.backend.write,
             owner_of=self.table.clients.get,
             owner_gone=lambda info: self.orphans.client_exited(info),

@@ -1,4 +1,5 @@
-"""The run lifecycle on the event loop: start (create or resume), end, the experiment cache, the
+"""The run lifecycle on the event loop: start (create, resume by id, or find-or-create by name
+in an experiment created with its tags and artifact location), end, the experiment cache, the
 ids of offline runs (reserved when their ``start_run`` arrives, resolved to the MLflow run they
 became), the run bookkeeping of plugin calls, and each run's artifact location.
 
@@ -19,11 +20,20 @@ import anyio
 from tracker_client import protocol as p
 
 from .clients import ClientInfo
-from .errors import RunGone, SinkError
+from .errors import PermanentSinkError, RunGone, SinkError
+from .experiments import RESUME_BY_NAME
 from .runs import RunBook
 from .sink import RunHandle
 
-__all__ = ["OFFLINE_PREFIX", "RESOLVE_WAIT_S", "RunService", "RunSink", "creation_key"]
+__all__ = [
+    "OFFLINE_PREFIX",
+    "RESOLVE_WAIT_S",
+    "ExperimentCalls",
+    "RunService",
+    "RunSink",
+    "check_start",
+    "creation_key",
+]
 
 log = logging.getLogger("tracker_daemon")
 T = TypeVar("T")
@@ -71,12 +81,42 @@ class RunSink(Protocol):
     def run_info(self, run_id: str) -> RunHandle: ...
 
 
+class ExperimentCalls(Protocol):
+    """The blocking calls of ``start_run``'s experiment and by-name options (experiments.py)."""
+
+    def get_or_create(self, name: str, artifact_location: str | None) -> str: ...
+    def set_tags(self, experiment_id: str, tags: dict[str, str]) -> None: ...
+    def latest_run_named(self, experiment_id: str, run_name: str) -> str | None: ...
+
+
+def check_start(msg: p.StartRun) -> None:
+    """Refuse option combinations the daemon cannot perform (INVALID_PARAMETER_VALUE)."""
+    if msg.run_id is not None:
+        return  # resuming by id ignores the experiment and naming options
+    if msg.resume not in (None, RESUME_BY_NAME):
+        raise PermanentSinkError(
+            "INVALID_PARAMETER_VALUE",
+            f"start_run.resume: {msg.resume[:100]!r} is not nil or {RESUME_BY_NAME!r}",
+        )
+    if msg.resume is not None and not msg.run_name:
+        raise PermanentSinkError(
+            "INVALID_PARAMETER_VALUE", "start_run.resume 'by_name' needs a run_name"
+        )
+    if msg.artifact_location is not None and msg.experiment_name is None:
+        raise PermanentSinkError(
+            "INVALID_PARAMETER_VALUE",
+            "start_run.artifact_location needs an experiment_name (it is used when the daemon "
+            "creates that experiment)",
+        )
+
+
 class RunService:
     def __init__(
         self,
         runbook: RunBook,
         sink: RunSink,
         *,
+        experiments: ExperimentCalls,
         write: Write,
         owner_of: Callable[[str], ClientInfo | None],
         owner_gone: Callable[[ClientInfo], None],
@@ -86,6 +126,7 @@ class RunService:
     ) -> None:
         self.runbook = runbook
         self.sink = sink
+        self.experiments = experiments
         self._write = write
         self._owner_of = owner_of  # the client table's entry of a client id
         self._owner_gone = owner_gone  # its process exited: end its runs later
@@ -95,6 +136,7 @@ class RunService:
         self._experiments: dict[str, str] = {}  # name -> id
         self._creating: dict[str, anyio.Event] = {}  # offline id -> set once handled
         self._creation_failed: dict[str, SinkError] = {}
+        self._by_name = anyio.Lock()  # one find-or-create by name at a time
 
     # ------------------------------------------------------------------ queries (pure)
 
@@ -164,17 +206,47 @@ class RunService:
     # ------------------------------------------------------------------ lifecycle
 
     async def experiment_id(self, msg: p.StartRun) -> str:
+        """The run's experiment (got or created by name), with ``experiment_tags`` set."""
         if msg.experiment_id is not None:
-            return msg.experiment_id
-        if msg.experiment_name is None:
-            return "0"  # MLflow's Default experiment
-        cached = self._experiments.get(msg.experiment_name)
-        if cached is None:
-            cached = await self._write(
-                self.sink.get_or_create_experiment, msg.experiment_name, retry_for=5.0
-            )
-            self._experiments[msg.experiment_name] = cached
-        return cached
+            exp_id = msg.experiment_id
+        elif msg.experiment_name is None:
+            exp_id = "0"  # MLflow's Default experiment
+        else:
+            name = msg.experiment_name
+            cached = self._experiments.get(name)
+            if cached is None and msg.artifact_location is not None:
+                cached = await self._write(
+                    self.experiments.get_or_create, name, msg.artifact_location, retry_for=5.0
+                )
+            elif cached is None:
+                cached = await self._write(self.sink.get_or_create_experiment, name, retry_for=5.0)
+            self._experiments[name] = exp_id = cached
+        if msg.experiment_tags:
+            tags = dict(msg.experiment_tags)
+            await self._write(self.experiments.set_tags, exp_id, tags, retry_for=5.0)
+        return exp_id
+
+    async def _create_or_find(self, msg: p.StartRun) -> RunHandle:
+        exp_id = await self.experiment_id(msg)
+        if msg.resume == RESUME_BY_NAME and msg.run_name:
+            async with self._by_name:  # two finders of one name must not both create
+                found = await self._write(
+                    self.experiments.latest_run_named, exp_id, msg.run_name, retry_for=5.0
+                )
+                if found is not None:
+                    return await self._write(self.sink.resume_run, found, retry_for=5.0)
+                return await self._create(msg, exp_id)
+        return await self._create(msg, exp_id)
+
+    async def _create(self, msg: p.StartRun, exp_id: str) -> RunHandle:
+        start = msg.start_time or time.time_ns() // 1_000_000
+        tags = dict(msg.tags)
+        if msg.offline_id:
+            tags["tracker.offline_id"] = msg.offline_id
+        parent = await self.resolve(msg.parent_run_id) if msg.parent_run_id else None
+        return await self._write(
+            self.sink.create_run, exp_id, start, tags, msg.run_name, parent, retry_for=5.0
+        )
 
     async def start(self, msg: p.StartRun) -> RunHandle:
         """Create or resume the run (once per creation key), record its owner. Raises
@@ -187,15 +259,8 @@ class RunService:
             elif msg.run_id is not None:
                 handle = await self._write(self.sink.resume_run, msg.run_id, retry_for=5.0)
             else:
-                exp_id = await self.experiment_id(msg)
-                start = msg.start_time or time.time_ns() // 1_000_000
-                tags = dict(msg.tags)
-                if msg.offline_id:
-                    tags["tracker.offline_id"] = msg.offline_id
-                parent = await self.resolve(msg.parent_run_id) if msg.parent_run_id else None
-                handle = await self._write(
-                    self.sink.create_run, exp_id, start, tags, msg.run_name, parent, retry_for=5.0
-                )
+                check_start(msg)
+                handle = await self._create_or_find(msg)
                 if key:
                     await anyio.to_thread.run_sync(self.runbook.record_creation, key, handle)
         except SinkError as exc:

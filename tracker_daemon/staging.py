@@ -14,6 +14,7 @@ nothing. Deleting is by fd as well: only a slot that is a real directory at the 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import stat
@@ -35,6 +36,8 @@ __all__ = [
     "local_root",
     "parse_staged",
 ]
+
+log = logging.getLogger("tracker_daemon")
 
 PARTIAL_PREFIX = ".artifact.uploading."  # MLflow's LocalArtifactRepository temp file prefix
 MAX_DEPTH = 64  # directory levels inside a staged directory (each level holds an fd while walked)
@@ -249,7 +252,17 @@ class StagingArea:
                 st = os.stat(ref.slot, dir_fd=cdir, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
                     return False
-                shutil.rmtree(ref.slot, dir_fd=cdir)  # symlink-safe: walks by fd, no following
+                try:  # symlink-safe: walks by fd, no following
+                    shutil.rmtree(ref.slot, dir_fd=cdir)
+                except OSError as exc:
+                    log.warning(
+                        "event=slot_not_removed client=%s slot=%s reason=%r hint=%s",
+                        ref.client_id,
+                        ref.slot[:64],
+                        str(exc),
+                        "the_slot_and_its_directories_need_group_rwx_(2770)",
+                    )
+                    return False
                 return True
         except (StagingRefused, OSError):
             return False

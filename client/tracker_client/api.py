@@ -160,12 +160,28 @@ class Tracker:
         tags: Mapping[str, Any] | None = None,
         run_id: str | None = None,
         parent_run_id: str | None = None,
+        experiment_tags: Mapping[str, Any] | None = None,
+        artifact_location: str | None = None,
+        resume_by_name: bool = False,
         timeout: float = CONNECT_TIMEOUT,
     ) -> Run:
         """Create a run (in experiment ``experiment`` by name, get-or-create, or ``experiment_id``),
-        or resume ``run_id``. ``parent_run_id`` makes it a nested run. Waits for the daemon."""
+        or resume ``run_id``. ``parent_run_id`` makes it a nested run. Waits for the daemon.
+
+        ``experiment_tags`` are set on the experiment (replacing values); ``artifact_location``
+        is used when the daemon creates the experiment ``experiment`` (an existing one keeps its
+        own). ``resume_by_name``: resume the latest run named ``run_name`` in the experiment if
+        there is one (its tags and parent are left as they are), else create it."""
         if experiment is not None:
             experiment = v.check_experiment_name(experiment)
+        if artifact_location is not None:
+            if not isinstance(artifact_location, str) or not artifact_location:
+                raise TypeError("artifact_location must be a non-empty string")
+            if experiment is None:
+                raise ValueError("artifact_location needs an experiment name (experiment=...)")
+        if resume_by_name and (not run_name or run_id is not None):
+            raise ValueError("resume_by_name needs a run_name (and no run_id)")
+        exp_tags = dict(v.check_experiment_tag(k, x) for k, x in (experiment_tags or {}).items())
         if experiment_id is not None and not isinstance(experiment_id, str):
             raise TypeError(f"experiment_id must be a string, got {type(experiment_id).__name__}")
         if run_id is not None:
@@ -193,6 +209,9 @@ class Tracker:
                 all_tags,
                 start,
                 offline_id,
+                exp_tags,
+                artifact_location,
+                "by_name" if resume_by_name else None,
             )
 
         fut = self._transport.request_async(make)

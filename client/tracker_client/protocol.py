@@ -259,6 +259,10 @@ class StartRun:
     tags: dict[str, str] = field(default_factory=dict)
     start_time: int = 0
     offline_id: str | None = None  # the placeholder id a client used while no daemon answered
+    # set on the experiment (created or not); artifact_location only when the daemon creates it
+    experiment_tags: dict[str, str] = field(default_factory=dict)
+    artifact_location: str | None = None
+    resume: str | None = None  # "by_name": resume the latest run named run_name, else create it
 
 
 @dataclass(frozen=True, slots=True)

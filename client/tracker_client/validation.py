@@ -37,11 +37,14 @@ __all__ = [
     "MAX_DATASET_DIGEST_LENGTH",
     "MAX_DATASET_NAME_LENGTH",
     "MAX_EXPERIMENT_NAME_LENGTH",
+    "MAX_EXPERIMENT_TAG_VALUE_LENGTH",
     "MAX_KEY_LENGTH",
     "MAX_PARAM_VALUE_LENGTH",
     "MAX_TAG_VALUE_LENGTH",
+    "artifact_path_problem",
     "check_artifact_path",
     "check_experiment_name",
+    "check_experiment_tag",
     "check_key",
     "check_metric",
     "check_metric_extras",
@@ -56,6 +59,7 @@ MAX_KEY_LENGTH: Final = 250
 MAX_PARAM_VALUE_LENGTH: Final = 6000
 MAX_TAG_VALUE_LENGTH: Final = 8000
 MAX_EXPERIMENT_NAME_LENGTH: Final = 500
+MAX_EXPERIMENT_TAG_VALUE_LENGTH: Final = 20000  # MLflow 3; MLflow 2 allowed 5000
 MAX_DATASET_NAME_LENGTH: Final = 500
 MAX_DATASET_DIGEST_LENGTH: Final = 36
 
@@ -301,6 +305,19 @@ def check_tag(key: object, value: object) -> tuple[str, str]:
     return k, _check_value("tag", k, value, MAX_TAG_VALUE_LENGTH)
 
 
+def check_experiment_tag(key: object, value: object) -> tuple[str, str]:
+    """Validate an experiment tag (MLflow's ``_validate_experiment_tag``): a key like a run
+    tag's, the value converted with ``str()``, at most 20000 characters (never truncated)."""
+    k = check_key(key, "experiment tag key")
+    text = value if type(value) is str else str(value)
+    if len(text) > MAX_EXPERIMENT_TAG_VALUE_LENGTH:
+        raise ValueError(
+            f"experiment tag {k!r}: value is {len(text)} characters; MLflow's limit is "
+            f"{MAX_EXPERIMENT_TAG_VALUE_LENGTH}"
+        )
+    return k, text
+
+
 def check_experiment_name(name: object) -> str:
     """Validate an experiment name: a non-empty ``str`` of at most 500 characters."""
     if not isinstance(name, str):
@@ -333,6 +350,29 @@ def check_run_id(run_id: object) -> str:
     return run_id
 
 
+def artifact_path_problem(path: str) -> str | None:
+    """What MLflow's ``verify_artifact_path`` (``path_not_unique``) finds wrong with a non-empty
+    ``artifact_path``, as a phrase without the path ("must not contain a '..' component"), or
+    None when it is valid."""
+    if "\x00" in path:
+        return "contains a NUL character"
+    if path.startswith("/"):
+        return "must be relative to the run's artifact root, not absolute"
+    if ".." in path.split("/"):
+        return "must not contain a '..' component"
+    norm = posixpath.normpath(path)
+    if norm == ".":
+        return "names the run's artifact root; pass None instead"
+    if norm != path:
+        return (
+            "must be a normalised relative path (no empty, '.' or '..' component, no trailing "
+            f"'/'); MLflow refuses it, write {_short(norm)}"
+        )
+    if norm.startswith(".."):  # MLflow's path_not_unique rejects '..a' and '...' too
+        return "MLflow does not allow paths starting with '..'"
+    return None
+
+
 def check_artifact_path(path: object) -> str | None:
     """Validate the destination directory of an artifact inside the run's artifact root,
     exactly as MLflow's ``verify_artifact_path`` will (``path_not_unique``).
@@ -349,29 +389,9 @@ def check_artifact_path(path: object) -> str | None:
         raise TypeError(f"artifact_path: expected a str or None, got {_tname(path)}")
     if not path:
         return None
-    if "\x00" in path:
-        raise ValueError(f"artifact_path {_short(path)}: contains a NUL character")
-    if path.startswith("/"):
-        raise ValueError(
-            f"artifact_path {_short(path)}: must be relative to the run's artifact root, "
-            "not absolute"
-        )
-    if ".." in path.split("/"):
-        raise ValueError(f"artifact_path {_short(path)}: must not contain a '..' component")
-    norm = posixpath.normpath(path)
-    if norm == ".":
-        raise ValueError(
-            f"artifact_path {_short(path)}: names the run's artifact root; pass None instead"
-        )
-    if norm != path:
-        raise ValueError(
-            f"artifact_path {_short(path)}: must be a normalised relative path (no empty, '.' "
-            f"or '..' component, no trailing '/'); MLflow refuses it, write {_short(norm)}"
-        )
-    if norm.startswith(".."):  # MLflow's path_not_unique rejects '..a' and '...' too
-        raise ValueError(
-            f"artifact_path {_short(path)}: MLflow does not allow paths starting with '..'"
-        )
+    problem = artifact_path_problem(path)
+    if problem is not None:
+        raise ValueError(f"artifact_path {_short(path)}: {problem}")
     return path
 
 

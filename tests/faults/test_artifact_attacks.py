@@ -313,7 +313,7 @@ def test_poison_artifact_path_fails_alone(tmp_path: Path) -> None:
                 done = recv_reply(sock, "flush")
         assert isinstance(done, p.Done)
         assert [(f.code, f.message.split(":")[0]) for f in done.failures] == [
-            ("INVALID_PARAMETER_VALUE", f"artifact {poison!r}") for poison in poisons
+            ("INVALID_PARAMETER_VALUE", f"artifact '{poison}'") for poison in poisons
         ]
         assert all("must be a normalised relative path" in f.message for f in done.failures)
         assert run_files(d, grun.run_id) == {"models/model.txt": b"good model"}

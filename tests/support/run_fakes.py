@@ -73,6 +73,28 @@ class FakeSink:
         return [args for n, args in self.calls if n == name]
 
 
+class FakeExperiments:
+    """experiments.Experiments: experiments ``exp-<name>``; ``named`` maps (experiment, run
+    name) to the run ``latest_run_named`` finds."""
+
+    def __init__(self, sink: FakeSink) -> None:
+        self.sink = sink  # calls are recorded in the sink's log
+        self.named: dict[tuple[str, str], str] = {}
+        self.tags: dict[str, dict[str, str]] = {}
+
+    def get_or_create(self, name: str, artifact_location: str | None) -> str:
+        self.sink.calls.append(("experiments.get_or_create", (name, artifact_location)))
+        return f"exp-{name}"
+
+    def set_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        self.sink.calls.append(("experiments.set_tags", (experiment_id, tags)))
+        self.tags.setdefault(experiment_id, {}).update(tags)
+
+    def latest_run_named(self, experiment_id: str, run_name: str) -> str | None:
+        self.sink.calls.append(("experiments.latest_run_named", (experiment_id, run_name)))
+        return self.named.get((experiment_id, run_name))
+
+
 class FakeWrite:
     """The daemon's ``write``: here it calls ``fn`` at once and records its name and retry_for."""
 
@@ -91,6 +113,7 @@ class Wiring:
 
     def __init__(self, tmp_path: Path, **kw: Any) -> None:
         self.sink = FakeSink()
+        self.experiments = FakeExperiments(self.sink)
         self.write = FakeWrite()
         self.clients: dict[str, ClientInfo] = {}
         self.gone: list[str] = []
@@ -101,6 +124,7 @@ class Wiring:
         self.runs = RunService(
             self.runbook,
             self.sink,
+            experiments=self.experiments,
             write=self.write,
             owner_of=self.clients.get,
             owner_gone=lambda info: self.gone.append(info.client_id),

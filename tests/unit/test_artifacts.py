@@ -299,7 +299,7 @@ def test_lane_retries_out_of_line_and_gives_up(area: StagingArea, tmp_path: Path
         poison, good, bad = (d[1] for d in done)
         assert good is None
         assert poison is not None and poison.code == "INVALID_PARAMETER_VALUE"
-        assert poison.message.startswith("artifact 'a//b': artifact_path 'a//b': must be")
+        assert poison.message.startswith("artifact 'a//b': refused artifact_path: must be")
         assert bad is not None and bad.code == "TEMPORARILY_UNAVAILABLE"
         assert bad.message.startswith("artifact 'x': gave up after ")
         assert "backend down" in bad.message
@@ -315,6 +315,9 @@ def test_lane_retries_out_of_line_and_gives_up(area: StagingArea, tmp_path: Path
 def test_label() -> None:
     assert label(p.LogArtifact("c", 1, "r", "/s/c/x/model.pt", None)) == "artifact 'model.pt'"
     assert label(p.LogArtifact("c", 1, "r", "/s/c/x/model.pt", "ckpt")) == "artifact 'ckpt'"
+    # one spelling whatever the name holds: no Python repr quoting or escaping
+    assert label(p.LogArtifact("c", 1, "r", "/s/c/x/it's é", None)) == "artifact 'it's é'"
+    assert label(p.LogArtifact("c", 1, "r", "/s/c/x/m", "d" * 300)) == f"artifact '{'d' * 200}'"
 
 
 def test_lane_missing_slots_and_contained_errors(area: StagingArea, tmp_path: Path) -> None:

@@ -110,6 +110,18 @@ EXPECTED: dict[str, Message] = {
         start_time=1700000000500,
     ),
     "start_run_resume": StartRun(req=9, client_id=CID, run_id=RUN, start_time=1700000200000),
+    "start_run_by_name": StartRun(
+        req=13,
+        client_id=CID,
+        experiment_name="resnet50",
+        run_name="nightly",
+        tags={"team": "vision"},
+        start_time=1700000300000,
+        offline_id="offline-7b52009b64fd0a2a49e6d8a939753077",
+        experiment_tags={"owner": "vision"},
+        artifact_location="/data/mlartifacts/resnet50",
+        resume="by_name",
+    ),
     "run": RunStarted(
         req=2,
         run_id=RUN,
@@ -319,7 +331,7 @@ DATA_FRAME = encode(EXPECTED["data"])
 
 
 def test_spec_contains_every_vector() -> None:
-    assert len(VALID_VECTORS) == len(EXPECTED) == 25
+    assert len(VALID_VECTORS) == len(EXPECTED) == 26
     assert set(VALID_VECTORS) == set(EXPECTED)
     assert len(INVALID_VECTORS) == 8
     assert {type(m) for m in EXPECTED.values()} == ALL_CLASSES  # all 15 kinds
@@ -807,6 +819,22 @@ WRONG_TYPES: dict[str, tuple[bytes, str]] = {
         _frame("start_run", {**_body(EXPECTED["start_run"]), "offline_id": OFFLINE.encode()}),
         "start_run.offline_id",
     ),
+    "start-run-experiment-tags-nil": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "experiment_tags": None}),
+        "start_run.experiment_tags",
+    ),
+    "start-run-experiment-tags-int-value": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "experiment_tags": {"a": 1}}),
+        "start_run.experiment_tags",
+    ),
+    "start-run-artifact-location-int": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "artifact_location": 7}),
+        "start_run.artifact_location",
+    ),
+    "start-run-resume-bool": (
+        _frame("start_run", {**_body(EXPECTED["start_run"]), "resume": True}),
+        "start_run.resume",
+    ),
     "welcome-spool-dir-nil": (
         _frame("welcome", {**_body(EXPECTED["welcome"]), "spool_dir": None}),
         "welcome.spool_dir",
@@ -884,11 +912,15 @@ def test_body_with_bin_and_str_unknown_keys() -> None:
         ("start_run", "client_id"),
         ("start_run", "offline_id"),
         ("start_run_nested", "offline_id"),
+        ("start_run", "experiment_tags"),
+        ("start_run", "artifact_location"),
+        ("start_run_by_name", "resume"),
         ("welcome", "spool_dir"),
     ],
 )
 def test_message_without_new_field_is_rejected(name: str, field: str) -> None:
-    """Peers built before ``client_id`` / ``offline_id`` / ``spool_dir`` are rejected."""
+    """Peers built before ``client_id`` / ``offline_id`` / ``spool_dir`` / the experiment and
+    by-name fields of ``start_run`` are rejected."""
     body = _body(EXPECTED[name])
     del body[field]
     kind = _kind(EXPECTED[name])

@@ -162,3 +162,74 @@ async def test_artifact_uri_of_a_known_run_and_of_one_started_elsewhere(tmp_path
     assert await w.runs.artifact_uri("other") == "file:///elsewhere/other"
     assert await w.runs.artifact_uri("other") == "file:///elsewhere/other"
     assert w.sink.named("run_info") == [("other",)]  # read once, then remembered
+
+
+async def test_experiment_tags_and_location_are_used_for_the_experiment(tmp_path: Path) -> None:
+    w = Wiring(tmp_path)
+    msg = p.StartRun(
+        req=1,
+        client_id="c1",
+        experiment_name="e",
+        experiment_tags={"owner": "vision"},
+        artifact_location="/data/art/e",
+    )
+    handle = await w.runs.start(msg)
+    assert handle.experiment_id == "exp-e"
+    assert w.sink.named("experiments.get_or_create") == [("e", "/data/art/e")]
+    assert w.sink.named("get_or_create_experiment") == []  # the location needs the other path
+    assert w.experiments.tags == {"exp-e": {"owner": "vision"}}
+    # by id: the tags are set on that experiment, no experiment is created
+    await w.runs.start(
+        p.StartRun(req=2, client_id="c1", experiment_id="7", experiment_tags={"a": "b"})
+    )
+    assert w.experiments.tags["7"] == {"a": "b"}
+    assert w.sink.named("create_run")[1][0] == "7"
+    assert ("set_tags", 5.0) in w.write.log and ("get_or_create", 5.0) in w.write.log
+
+
+async def test_resume_by_name_resumes_the_latest_run_of_that_name(tmp_path: Path) -> None:
+    w = Wiring(tmp_path)
+    w.experiments.named[("exp-e", "nightly")] = "r-old"
+    w.sink.params["r-old"] = {"lr": "0.1"}
+    msg = p.StartRun(
+        req=1,
+        client_id="c1",
+        experiment_name="e",
+        run_name="nightly",
+        resume="by_name",
+        offline_id="offline-n1",
+    )
+    handle = await w.runs.start(msg)
+    assert handle.run_id == "r-old" and w.sink.named("create_run") == []
+    assert w.sink.named("resume_run") == [("r-old",)] and w.seeded == [("r-old", {"lr": "0.1"})]
+    assert await w.runs.resolve("offline-n1") == "r-old"  # the offline id maps to it
+    assert "c1" in w.runbook.open["r-old"].owners
+    assert await w.runs.start(msg) == handle  # replayed: answered from the run book
+    assert w.sink.named("experiments.latest_run_named") == [("exp-e", "nightly")]
+
+
+async def test_resume_by_name_creates_the_run_when_there_is_none(tmp_path: Path) -> None:
+    w = Wiring(tmp_path)
+    msg = p.StartRun(req=1, client_id="c1", experiment_id="3", run_name="fresh", resume="by_name")
+    handle = await w.runs.start(msg)
+    assert handle.run_id == "run-1" and w.sink.named("resume_run") == []
+    assert w.sink.named("create_run")[0][3] == "fresh"
+    assert w.sink.named("experiments.latest_run_named") == [("3", "fresh")]
+
+
+@pytest.mark.parametrize(
+    ("msg", "fragment"),
+    [
+        (p.StartRun(req=1, client_id="c1", resume="by_name"), "needs a run_name"),
+        (p.StartRun(req=1, client_id="c1", run_name="x", resume="latest"), "is not nil or"),
+        (p.StartRun(req=1, client_id="c1", artifact_location="/a"), "needs an experiment_name"),
+    ],
+)
+async def test_start_options_that_cannot_be_performed_are_refused(
+    tmp_path: Path, msg: p.StartRun, fragment: str
+) -> None:
+    w = Wiring(tmp_path)
+    with pytest.raises(PermanentSinkError, match=fragment) as e:
+        await w.runs.start(msg)
+    assert e.value.code == "INVALID_PARAMETER_VALUE"
+    assert w.sink.calls == []  # refused before any MLflow call

@@ -48,6 +48,7 @@ def test_public_api() -> None:
             "MAX_PARAM_VALUE_LENGTH",
             "MAX_TAG_VALUE_LENGTH",
             "MAX_EXPERIMENT_NAME_LENGTH",
+            "MAX_EXPERIMENT_TAG_VALUE_LENGTH",
             "MAX_DATASET_NAME_LENGTH",
             "MAX_DATASET_DIGEST_LENGTH",
             "check_key",
@@ -56,8 +57,10 @@ def test_public_api() -> None:
             "check_param",
             "check_tag",
             "check_experiment_name",
+            "check_experiment_tag",
             "check_run_id",
             "check_artifact_path",
+            "artifact_path_problem",
             "check_status",
             "record_problem",
         ]
@@ -67,6 +70,7 @@ def test_public_api() -> None:
 
 
 def test_limits_match_mlflow() -> None:
+    assert v.MAX_EXPERIMENT_TAG_VALUE_LENGTH == mv.MAX_EXPERIMENT_TAG_VAL_LENGTH == 20000
     assert v.MAX_KEY_LENGTH == mv.MAX_ENTITY_KEY_LENGTH == 250
     assert v.MAX_PARAM_VALUE_LENGTH == mv.MAX_PARAM_VAL_LENGTH == 6000
     assert v.MAX_TAG_VALUE_LENGTH == mv.MAX_TAG_VAL_LENGTH == 8000
@@ -781,3 +785,12 @@ def test_run_ids_agree_with_mlflow(run_id: str) -> None:
 def test_experiment_names_agree_with_mlflow(name: object) -> None:
     expected = _mlflow_ok(mv._validate_experiment_name, name)
     assert _ours_ok(v.check_experiment_name, name) is expected
+
+
+def test_experiment_tags_follow_mlflows_rules() -> None:
+    assert v.check_experiment_tag("owner", 7) == ("owner", "7")
+    assert v.check_experiment_tag("k", "x" * 20000) == ("k", "x" * 20000)
+    with pytest.raises(ValueError, match="experiment tag 'k': value is 20001 characters"):
+        v.check_experiment_tag("k", "x" * 20001)  # never truncated: MLflow raises too
+    with pytest.raises(ValueError, match="experiment tag key"):
+        v.check_experiment_tag("a//b", "x")
