@@ -33,6 +33,7 @@ from .bounds import (
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_RECORDS",
+    "OPTIONAL_FIELDS",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Ack",
@@ -408,6 +409,11 @@ def _schema_of(cls: type[Any]) -> dict[str, str]:
 
 
 _SCHEMA: Final[dict[type[Any], dict[str, str]]] = {cls: _schema_of(cls) for cls in _KINDS.values()}
+# Fields added to version 1 after spool files and clients without them existed: an encoder always
+# sends them, a decoder takes a missing one as its default (so older spools still import).
+OPTIONAL_FIELDS: Final[dict[type[Any], frozenset[str]]] = {
+    StartRun: frozenset({"experiment_tags", "artifact_location", "resume"}),
+}
 
 
 def _tname(v: object) -> str:
@@ -617,10 +623,15 @@ def _decode_envelope(obj: object) -> Message:
         raise ProtocolError(
             "bad_field", f"{kind}: unknown field(s) {', '.join(map(repr, unknown))}"
         )
-    missing = [name for name in schema if name not in body]
+    optional = OPTIONAL_FIELDS.get(cls, frozenset())
+    missing = [name for name in schema if name not in body and name not in optional]
     if missing:
         raise ProtocolError(
             "bad_field", f"{kind}: missing field(s) {', '.join(map(repr, missing))}"
         )
-    values = {name: _check(rule, body[name], f"{kind}.{name}") for name, rule in schema.items()}
+    values = {
+        name: _check(rule, body[name], f"{kind}.{name}")
+        for name, rule in schema.items()
+        if name in body
+    }
     return cls(**values)  # type: ignore[no-any-return]
