@@ -116,9 +116,10 @@ def child_raw(spec: dict[str, Any]) -> None:
     """The raw ceiling: the throughput workload written with plain ``sqlite3`` into a fresh
     MLflow-schema database. MLflow's SqlAlchemyStore creates the schema, the experiment and the
     runs and is closed; then ``executemany`` of the metrics rows plus the ``latest_metrics``
-    upsert (one row per (run, key) of each transaction), one transaction per 16,000 rows, rows
-    interleaved across runs as the daemon's lanes see them. Timed: the transactions only (the
-    rows are built before; WAL + synchronous=NORMAL when ``wal``, as the daemon's default)."""
+    upsert (one row per (run, key) of each transaction), one transaction per 16,000 rows
+    (``txn_rows``), rows interleaved across runs as the daemon's lanes see them. Timed: the
+    transactions only (the rows are built before); WAL + synchronous=NORMAL when ``wal``, as
+    the daemon's default."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     store = SqlAlchemyStore(f"sqlite:///{spec['db']}", spec["artifacts"])  # type: ignore[no-untyped-call]
@@ -141,9 +142,9 @@ def child_raw(spec: dict[str, Any]) -> None:
     if spec["wal"]:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
-    txns, t0 = 0, time.perf_counter()
-    for i in range(0, len(rows), RAW_TXN_ROWS):
-        chunk, latest = rows[i : i + RAW_TXN_ROWS], dict[tuple[str, str], tuple[Any, ...]]()
+    size, txns, t0 = spec.get("txn_rows", RAW_TXN_ROWS), 0, time.perf_counter()
+    for i in range(0, len(rows), size):
+        chunk, latest = rows[i : i + size], dict[tuple[str, str], tuple[Any, ...]]()
         for row in chunk:
             old = latest.get((row[3], row[0]))
             if old is None or (row[4], row[2], row[1]) > (old[4], old[2], old[1]):

@@ -60,7 +60,9 @@ def scenario_throughput(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
     with daemon(ctx, rep_dir) as d:
         main = run_load(ctx, [d], a.workers, a.metrics, a.keys, "throughput", rep, "daemon")
     with daemon(ctx, rep_dir, state="state-mlflow", sink="mlflow") as d:
-        ml = run_load(ctx, [d], a.workers, a.metrics, a.keys, "throughput", rep, "--sink mlflow")
+        ml = run_load(
+            ctx, [d], a.workers, a.metrics, a.keys, "throughput", rep, "daemon --sink mlflow"
+        )
     raw = run_raw(ctx, rep_dir, a.workers, a.metrics, rep)
     ceil, ceil_ms = run_ceiling(ctx, ctx.store(rep_dir, "ceiling.db"), a.workers, a.metrics, rep)
     spec = {
