@@ -32,6 +32,7 @@ DEFAULTS = {  # option: (default, --quick)
     "duration": (10.0, 2.0),
     "burst": (100_000, 10_000),
     "rest_metrics": (1_000, 50),
+    "rest_seconds": (20.0, 1.0),
     "backlog": (5_000_000, 300_000),
     "producers": (4, 2),
 }
@@ -65,7 +66,8 @@ def add_parser(sub: Any) -> None:
         ("rate", float, "latency: offered metrics/s (0: half the ceiling)"),
         ("duration", float, "latency: seconds of load"),
         ("burst", int, "drain: metrics"),
-        ("rest_metrics", int, "rest: steps per worker of the full-rate write"),
+        ("rest_metrics", int, "rest: steps per worker of the full-rate write, at least"),
+        ("rest_seconds", float, "rest: seconds idle; the write is sized to last as long"),
         ("backlog", int, "memory: records held"),
         ("producers", int, "memory: processes"),
     ):

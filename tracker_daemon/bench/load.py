@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .harness import BenchDaemon, BenchError, Ctx, count_metrics, send_line
@@ -46,8 +47,12 @@ def run_load(
     scen: str,
     rep: int,
     what: str,
+    on_go: Callable[[], object] | None = None,
+    on_done: Callable[[], object] | None = None,
 ) -> Load:
-    """``workers`` producers on each daemon; ``what`` names the checks it records."""
+    """``workers`` producers on each daemon; ``what`` names the checks it records. ``on_go`` is
+    called just before the producers start logging, ``on_done`` as soon as the last one's
+    flush returned (everything committed): the write window, e.g. for a reader's figures."""
     procs, exp = ctx.procs, ctx.experiment(scen)
     spec = {"experiment": exp, "steps": steps, "keys": keys, "then": "flush"}
     prods = [
@@ -58,9 +63,13 @@ def run_load(
     runs = [json.loads(procs.read_line(w, 120, "producer"))["run_id"] for _, w in prods]
     pids, before = [d.proc.pid for d in daemons], [d.status()["committed"] for d in daemons]
     cpu0, main0 = sum(cpu_ticks(p) for p in pids), sum(cpu_ticks(p, p) for p in pids)
+    if on_go is not None:
+        on_go()
     for _, w in prods:
         send_line(w)
     res = [procs.finish(w, 1800, "producer") for _, w in prods]
+    if on_done is not None:
+        on_done()
     statuses = []
     for d, base in zip(daemons, before, strict=True):
         mine = sum(r["sent"] for (owner, _), r in zip(prods, res, strict=True) if owner is d)

@@ -14,6 +14,7 @@ postgres  a private PostgreSQL (``servers.postgres``): 2 daemons x ``--workers``
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -60,10 +61,22 @@ def rest_mode(ctx: Ctx, rep: int, sub: Path, mode: str, wal: str) -> dict[str, f
             procs.read_line(poller, 60, "rest poller")
             time.sleep(1.0)  # warm-up reads (the server's first requests), thrown away
             mark(procs, poller)
-            time.sleep(a.duration)  # idle: nothing writes
+            time.sleep(a.rest_seconds)  # idle: nothing writes
             idle = mark(procs, poller)
-            load = run_load(ctx, [d], a.workers, a.rest_metrics, a.keys, "rest", rep, mode)
-            busy = mark(procs, poller)
+            marks: list[dict[str, Any]] = []  # [reads while the producers start, while writing]
+            load = run_load(
+                ctx,
+                [d],
+                a.workers,
+                rest_steps(ctx),
+                a.keys,
+                "rest",
+                rep,
+                mode,
+                on_go=lambda: marks.append(mark(procs, poller)),
+                on_done=lambda: marks.append(mark(procs, poller)),
+            )
+            busy = marks[1]
             send_line(poller, "exit")
             poller.wait(60)
     if len(idle["lat_ns"]) < 2 or not busy["lat_ns"]:
@@ -79,6 +92,15 @@ def rest_mode(ctx: Ctx, rep: int, sub: Path, mode: str, wal: str) -> dict[str, f
         "errors": float(idle["errors"] + busy["errors"]),
         "daemon_metrics_per_s": load.rate,
     }
+
+
+def rest_steps(ctx: Ctx) -> int:
+    """Steps per producer: ``--rest-metrics``, or more when the default daemon's committed/s
+    measured by ``throughput`` says the write would last less than ``--rest-seconds``."""
+    a = ctx.args
+    rates = ctx.results.get("throughput", {}).get("figures", {})
+    rate = float(rates.get("daemon_metrics_per_s", {}).get("median", 0.0))
+    return max(int(a.rest_metrics), math.ceil(rate * a.rest_seconds / (a.workers * a.keys)))
 
 
 def mark(procs: Procs, poller: Any) -> dict[str, Any]:
