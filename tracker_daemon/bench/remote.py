@@ -100,7 +100,8 @@ def rest_steps(ctx: Ctx) -> int:
     a = ctx.args
     rates = ctx.results.get("throughput", {}).get("figures", {})
     rate = float(rates.get("daemon_metrics_per_s", {}).get("median", 0.0))
-    return max(int(a.rest_metrics), math.ceil(rate * a.rest_seconds / (a.workers * a.keys)))
+    seconds, per_step = float(a.rest_seconds), int(a.workers) * int(a.keys)
+    return max(int(a.rest_metrics), math.ceil(rate * seconds / per_step))
 
 
 def mark(procs: Procs, poller: Any) -> dict[str, Any]:
