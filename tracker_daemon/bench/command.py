@@ -63,7 +63,7 @@ def add_parser(sub: Any) -> None:
         ("metrics", int, "throughput: steps per worker"),
         ("keys", int, "throughput: keys/step"),
         ("cap", float, "throughput: time cap (s) of the ceiling and direct runs"),
-        ("rate", float, "latency: offered metrics/s (0: half the ceiling)"),
+        ("rate", float, "latency: offered metrics/s (0: half the default daemon's committed/s)"),
         ("duration", float, "latency: seconds of load"),
         ("burst", int, "drain: metrics"),
         ("rest_metrics", int, "rest: steps per worker of the full-rate write, at least"),
