@@ -98,6 +98,107 @@ def child_ceiling(spec: dict[str, Any]) -> None:
     say({"sent": sent, "calls": calls, "seconds": time.perf_counter() - t0, "runs": runs})
 
 
+RAW_TXN_ROWS = 16_000
+RAW_METRICS = (
+    "INSERT OR IGNORE INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+RAW_LATEST = (  # MLflow's order: the newest by (step, timestamp, value) is the latest
+    "INSERT INTO latest_metrics (key, value, timestamp, run_uuid, step, is_nan) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key, run_uuid) DO UPDATE SET "
+    "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step, "
+    "is_nan = excluded.is_nan WHERE (excluded.step, excluded.timestamp, excluded.value) > "
+    "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
+)
+
+
+def child_raw(spec: dict[str, Any]) -> None:
+    """The raw ceiling: the throughput workload written with plain ``sqlite3`` into a fresh
+    MLflow-schema database. MLflow's SqlAlchemyStore creates the schema, the experiment and the
+    runs and is closed; then ``executemany`` of the metrics rows plus the ``latest_metrics``
+    upsert (one row per (run, key) of each transaction), one transaction per 16,000 rows
+    (``txn_rows``), rows interleaved across runs as the daemon's lanes see them. Timed: the
+    transactions only (the rows are built before); WAL + synchronous=NORMAL when ``wal``, as
+    the daemon's default."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(f"sqlite:///{spec['db']}", spec["artifacts"])  # type: ignore[no-untyped-call]
+    exp = store.create_experiment(spec["experiment"])  # type: ignore[no-untyped-call]
+    runs = []
+    for i in range(spec["runs"]):
+        run = store.create_run(exp, "bench", TS0, [], f"raw-{i}")  # type: ignore[no-untyped-call]
+        runs.append(run.info.run_id)
+    store.engine.dispose()
+    keys, steps = [f"k{i}" for i in range(spec["keys"])], spec["steps"]
+    per = max(1, 1000 // len(keys))
+    rows = [
+        (k, s * 0.5, TS0 + s, run_id, s, 0)
+        for s0 in range(0, steps, per)
+        for run_id in runs
+        for s in range(s0, min(steps, s0 + per))
+        for k in keys
+    ]
+    con = sqlite3.connect(spec["db"], isolation_level=None, timeout=60)
+    if spec["wal"]:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+    size, txns, t0 = spec.get("txn_rows", RAW_TXN_ROWS), 0, time.perf_counter()
+    for i in range(0, len(rows), size):
+        chunk, latest = rows[i : i + size], dict[tuple[str, str], tuple[Any, ...]]()
+        for row in chunk:
+            old = latest.get((row[3], row[0]))
+            if old is None or (row[4], row[2], row[1]) > (old[4], old[2], old[1]):
+                latest[(row[3], row[0])] = row
+        con.execute("BEGIN")
+        con.executemany(RAW_METRICS, chunk)
+        con.executemany(RAW_LATEST, list(latest.values()))
+        con.execute("COMMIT")
+        txns += 1
+    seconds = time.perf_counter() - t0
+    con.close()
+    say({"sent": len(rows), "seconds": seconds, "transactions": txns, "runs": runs})
+
+
+def child_rest_poll(spec: dict[str, Any]) -> None:
+    """Read one run through ``mlflow server``'s REST API every ``period`` s (runs/get and
+    metrics/get-history on one keep-alive connection); the wall time of each read, in ns. A
+    "mark" line on stdin prints the reads since the last mark and their errors; EOF or any
+    other line ends it."""
+    import http.client
+    import select
+    from urllib.parse import urlsplit
+
+    url, run_id, key = urlsplit(spec["url"]), spec["run_id"], spec["key"]
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    paths = (
+        f"/api/2.0/mlflow/runs/get?run_id={run_id}",
+        f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key={key}",
+    )
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    lat, errors, due = list[int](), 0, time.monotonic()
+    say("ready")
+    while True:
+        if select.select([sys.stdin], [], [], max(0.0, due - time.monotonic()))[0]:
+            if sys.stdin.readline().strip() != "mark":
+                return
+            say({"lat_ns": lat, "errors": errors})
+            lat, errors = [], 0
+            continue
+        t0 = time.monotonic_ns()
+        for path in paths:
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                resp.read()
+                errors += resp.status != 200
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=60)
+                errors += 1
+        lat.append(time.monotonic_ns() - t0)
+        due = max(due + spec["period"], time.monotonic())
+
+
 def child_direct(spec: dict[str, Any]) -> None:
     """N forked workers (MLflow imported once, before the forks) call mlflow.log_metric."""
     os.environ["MLFLOW_TRACKING_URI"] = spec["uri"]
@@ -206,7 +307,9 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "client": child_client,
     "producer": child_producer,
     "ceiling": child_ceiling,
+    "raw": child_raw,
     "direct": child_direct,
+    "rest_poll": child_rest_poll,
     "poll": child_poll,
     "lock": child_lock,
     "count": child_count,

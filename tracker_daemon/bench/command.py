@@ -18,8 +18,8 @@ import tracker_client
 
 from .. import __version__
 from . import __doc__ as DESCRIPTION
-from .harness import BenchError, Ctx, Procs
-from .report import summarize, table
+from .harness import BenchError, Ctx, Procs, Skipped
+from .report import summarize, table, verdicts
 from .scenarios import RUNNERS, SCENARIOS
 
 DEFAULTS = {  # option: (default, --quick)
@@ -30,7 +30,9 @@ DEFAULTS = {  # option: (default, --quick)
     "cap": (20.0, 5.0),
     "rate": (0.0, 500.0),
     "duration": (10.0, 2.0),
-    "burst": (10_000, 10_000),
+    "burst": (100_000, 10_000),
+    "rest_metrics": (1_000, 50),
+    "rest_seconds": (20.0, 1.0),
     "backlog": (5_000_000, 300_000),
     "producers": (4, 2),
 }
@@ -61,13 +63,17 @@ def add_parser(sub: Any) -> None:
         ("metrics", int, "throughput: steps per worker"),
         ("keys", int, "throughput: keys/step"),
         ("cap", float, "throughput: time cap (s) of the ceiling and direct runs"),
-        ("rate", float, "latency: offered metrics/s (0: half the ceiling)"),
+        ("rate", float, "latency: offered metrics/s (0: half the default daemon's committed/s)"),
         ("duration", float, "latency: seconds of load"),
         ("burst", int, "drain: metrics"),
+        ("rest_metrics", int, "rest: steps per worker of the full-rate write, at least"),
+        ("rest_seconds", float, "rest: seconds idle; the write is sized to last as long"),
         ("backlog", int, "memory: records held"),
         ("producers", int, "memory: processes"),
     ):
-        ap.add_argument(f"--{name}", type=kind, help=f"{text} (default {DEFAULTS[name][0]:g})")
+        ap.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {DEFAULTS[name][0]:g})"
+        )
     ap.add_argument("--memory-drain", action="store_true", help="memory: also time the drain")
     ap.set_defaults(func=run_bench)
 
@@ -101,6 +107,9 @@ def run_bench(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                         flush=True,
                     )
+            except Skipped as exc:
+                res["skipped"] = str(exc)
+                print(f"bench: {scen}: skipped: {exc}", file=sys.stderr, flush=True)
             except (BenchError, tracker_client.TrackerError, OSError, KeyError) as exc:
                 res["error"] = f"{type(exc).__name__}: {exc}"
             finally:
@@ -127,6 +136,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "elapsed_s": time.monotonic() - started,
         "scenarios": ctx.results,
     }
+    doc["targets"] = verdicts(doc)
     doc["ok"] = all(
         not r.get("error") and all(c["ok"] for c in r.get("checks", []))
         for r in ctx.results.values()

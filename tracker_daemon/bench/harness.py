@@ -30,6 +30,11 @@ class BenchError(RuntimeError):
     pass
 
 
+class Skipped(Exception):
+    """A scenario that cannot run here (e.g. no PostgreSQL): reported with its reason, not an
+    error."""
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -134,12 +139,20 @@ class BenchDaemon:
 
 @contextmanager
 def daemon(
-    ctx: Ctx, rep_dir: Path, backend: str | None = None, graceful: bool = True
+    ctx: Ctx,
+    rep_dir: Path,
+    backend: str | None = None,
+    graceful: bool = True,
+    state: str = "state",
+    sink: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[BenchDaemon]:
-    """``tracker-daemon run`` on ``rep_dir/state``; stopped at the end: SIGTERM (no drain), or
-    SIGKILL when not ``graceful`` or on an error (its state is thrown away anyway)."""
+    """``tracker-daemon run`` on ``rep_dir/state`` (``--sink sink`` if given, ``env`` added to
+    its environment); stopped at the end: SIGTERM (no drain), or SIGKILL when not ``graceful``
+    or on an error (its state is thrown away anyway)."""
     backend = backend or ctx.args.backend_store_uri
-    state, sock_dir = rep_dir / "state", Path(tempfile.mkdtemp(prefix="tdb-", dir="/tmp"))
+    sock_dir = Path(tempfile.mkdtemp(prefix="tdb-", dir="/tmp"))
+    state_dir = rep_dir / state
     address = f"ipc://{sock_dir / 'd.sock'}"  # AF_UNIX paths are short: not under rep_dir
     cmd = [
         sys.executable,
@@ -147,15 +160,17 @@ def daemon(
         "tracker_daemon.cli",
         "run",
         "--state-dir",
-        str(state),
+        str(state_dir),
         "--address",
         address,
         "--log-level",
         "WARNING",
     ]
     cmd += ["--backend-store-uri", backend] if backend else []
-    env = clean_env({"TRACKER_DAEMON_DRAIN_TIMEOUT_S": "0"})  # all is verified before the stop
-    proc = ctx.procs.spawn(cmd, env, "daemon", pipe=False)
+    cmd += ["--sink", sink] if sink else []
+    # all is verified before the stop: no drain
+    full_env = clean_env({"TRACKER_DAEMON_DRAIN_TIMEOUT_S": "0", **(env or {})})
+    proc = ctx.procs.spawn(cmd, full_env, "daemon", pipe=False)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -167,7 +182,7 @@ def daemon(
             except tracker_client.DaemonUnavailable:
                 if time.monotonic() > deadline:
                     raise BenchError(f"daemon not ready:\n{ctx.procs.log(proc)}") from None
-        yield BenchDaemon(proc, address, backend or f"sqlite:///{state / 'mlflow.db'}")
+        yield BenchDaemon(proc, address, backend or f"sqlite:///{state_dir / 'mlflow.db'}")
     except BaseException:
         graceful = False
         raise
@@ -213,6 +228,11 @@ class Ctx:
     def store(self, rep_dir: Path, name: str) -> str:
         """A fresh store for the ceiling / direct baselines (or the user's backend)."""
         return self.args.backend_store_uri or f"sqlite:///{rep_dir / name}"
+
+    def note(self, scen: str, text: str) -> None:
+        notes = self.results.setdefault(scen, {}).setdefault("notes", [])
+        if text not in notes:
+            notes.append(text)
 
     def check(self, scen: str, rep: int, what: str, sent: int, got: int, method: str) -> None:
         self.results.setdefault(scen, {}).setdefault("checks", []).append(

@@ -1,5 +1,5 @@
-"""The five scenarios; each repeat returns its figures (see ``report.FIGURES``) and records its
-committed == sent checks in the context."""
+"""The seven scenarios (rest and postgres live in ``remote``); each repeat returns its figures
+(see ``report.FIGURES``) and records its committed == sent checks in the context."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ from pathlib import Path
 import tracker_client
 
 from .harness import TS0, BenchError, Ctx, clean_env, count_metrics, daemon, send_line
+from .load import run_load
 from .procfs import CLK_TCK, cpu_ticks, proc_kb
+from .remote import scenario_postgres, scenario_rest
 from .report import pct
 
-SCENARIOS = ("client", "throughput", "latency", "drain", "memory")
+SCENARIOS = ("client", "throughput", "latency", "drain", "memory", "rest", "postgres")
 
 
 def best_wall(cmd: list[str], env: dict[str, str], tries: int = 3) -> float:
@@ -51,34 +53,17 @@ def scenario_client(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
 
 
 def scenario_throughput(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
+    """The default daemon, the daemon with ``--sink mlflow`` (MLflow's log_batch), the raw
+    sqlite3 ceiling, MLflow's log_batch ceiling and direct mlflow.log_metric: same workload."""
     a, procs = ctx.args, ctx.procs
     keys = [f"k{i}" for i in range(a.keys)]
-    exp = ctx.experiment("throughput")
     with daemon(ctx, rep_dir) as d:
-        workers = [
-            procs.child(
-                "producer",
-                {
-                    "address": d.address,
-                    "experiment": exp,
-                    "steps": a.metrics,
-                    "keys": a.keys,
-                    "then": "flush",
-                },
-            )
-            for _ in range(a.workers)
-        ]
-        runs = [json.loads(procs.read_line(w, 120, "worker"))["run_id"] for w in workers]
-        cpu0 = cpu_ticks(d.proc.pid, d.proc.pid)
-        for w in workers:
-            send_line(w)
-        res = [procs.finish(w, 1800, "worker") for w in workers]
-        cpu1 = cpu_ticks(d.proc.pid, d.proc.pid)
-        status = d.status()
-        sent = sum(r["sent"] for r in res)
-        ctx.check("throughput", rep, "daemon", sent, *count_metrics(ctx, d.backend, runs, keys))
-        ctx.check("throughput", rep, "daemon", sent, status["committed"], "status.committed")
-    wall = (max(r["done_ns"] for r in res) - min(r["first_ns"] for r in res)) / 1e9
+        main = run_load(ctx, [d], a.workers, a.metrics, a.keys, "throughput", rep, "daemon")
+    with daemon(ctx, rep_dir, state="state-mlflow", sink="mlflow") as d:
+        ml = run_load(
+            ctx, [d], a.workers, a.metrics, a.keys, "throughput", rep, "daemon --sink mlflow"
+        )
+    raw = run_raw(ctx, rep_dir, a.workers, a.metrics, rep)
     ceil, ceil_ms = run_ceiling(ctx, ctx.store(rep_dir, "ceiling.db"), a.workers, a.metrics, rep)
     spec = {
         "uri": ctx.store(rep_dir, "direct.db"),
@@ -96,20 +81,46 @@ def scenario_throughput(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
         direct["sent"],
         *count_metrics(ctx, spec["uri"], direct["runs"], keys),
     )
-    rate, direct_rate = sent / wall, direct["sent"] / direct["seconds"]
+    rate, direct_rate = main.rate, direct["sent"] / direct["seconds"]
     return {
         "daemon_metrics_per_s": rate,
+        "mlflow_sink_metrics_per_s": ml.rate,
+        "raw_metrics_per_s": raw,
         "ceiling_metrics_per_s": ceil,
         "direct_metrics_per_s": direct_rate,
         "direct_errors": direct["errors"],
+        "daemon_vs_raw": rate / raw,
+        "daemon_vs_mlflow_sink": rate / ml.rate,
+        "mlflow_sink_vs_raw": ml.rate / raw,
         "daemon_vs_ceiling": rate / ceil,
         "daemon_vs_direct": rate / max(direct_rate, 1e-9),
-        "worker_loop_s": max(r["logged_ns"] - r["first_ns"] for r in res) / 1e9,
-        "sink_batch_p50_ms": status["sink_latency_ms"]["p50"],
-        "metrics_per_batch": sent / max(1, status["batches"]),
+        "cpu_us_per_record": main.cpu_us_per_record,
+        "mlflow_sink_cpu_us_per_record": ml.cpu_us_per_record,
+        "worker_loop_s": main.worker_loop_s,
+        "sink_batch_p50_ms": main.sink_p50_ms,
+        "metrics_per_batch": main.sent / max(1, main.batches),
         "ceiling_batch_ms": ceil_ms,
-        "main_cpu_us_per_record": (cpu1 - cpu0) / CLK_TCK * 1e6 / sent,
+        "main_cpu_us_per_record": main.main_cpu_s * 1e6 / main.sent,
     }
+
+
+def run_raw(ctx: Ctx, rep_dir: Path, runs: int, steps: int, rep: int) -> float:
+    """Metrics/s of the raw sqlite3 ceiling (``children.child_raw``) on a fresh SQLite file."""
+    db = rep_dir / "raw.db"
+    spec = {
+        "db": str(db),
+        "artifacts": str(rep_dir / "raw-artifacts"),
+        "experiment": ctx.experiment("raw"),
+        "runs": runs,
+        "steps": steps,
+        "keys": ctx.args.keys,
+        "wal": True,
+    }
+    res = ctx.procs.finish(ctx.procs.child("raw", spec), 1800, "raw")
+    keys = [f"k{i}" for i in range(ctx.args.keys)]
+    got = count_metrics(ctx, f"sqlite:///{db}", res["runs"], keys)
+    ctx.check("throughput", rep, "raw", res["sent"], *got)
+    return float(res["sent"]) / float(res["seconds"])
 
 
 def run_ceiling(ctx: Ctx, uri: str, runs: int, steps: int, rep: int) -> tuple[float, float]:
@@ -136,11 +147,14 @@ def run_ceiling(ctx: Ctx, uri: str, runs: int, steps: int, rep: int) -> tuple[fl
 
 def scenario_latency(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
     a = ctx.args
-    if not ctx.rate:  # half the ceiling: as measured by the throughput scenario, else estimated
-        tput = ctx.results.get("throughput", {}).get("figures", {})
-        ceil = tput.get("ceiling_metrics_per_s", {}).get("values") or [
-            run_ceiling(ctx, ctx.store(rep_dir, "estimate.db"), 1, 2000, 0)[0]
-        ]
+    if not ctx.rate:  # half the default daemon's committed/s: from the throughput scenario, else
+        tput = ctx.results.get("throughput", {}).get("figures", {})  # one load like it, now
+        ceil = tput.get("daemon_metrics_per_s", {}).get("values")
+        if not ceil and not a.rate:
+            with daemon(ctx, rep_dir, state="state-estimate") as d:
+                ceil = [
+                    run_load(ctx, [d], a.workers, a.metrics, a.keys, "latency", 0, "estimate").rate
+                ]
         ctx.rate = a.rate or statistics.median(ceil) / 2
     n = max(1, int(ctx.rate * a.duration))
     with daemon(ctx, rep_dir) as d:
@@ -281,4 +295,6 @@ RUNNERS: dict[str, Callable[[Ctx, int, Path], dict[str, float]]] = {
     "latency": scenario_latency,
     "drain": scenario_drain,
     "memory": scenario_memory,
+    "rest": scenario_rest,
+    "postgres": scenario_postgres,
 }
