@@ -258,3 +258,14 @@ def test_schema_guard(store: Any, tmp_path: Path) -> None:
     problem = schema_problem(empty)
     assert problem is not None and "alembic_version" in problem and "\n" not in problem
     empty.dispose()
+
+
+def test_on_a_missing_run_an_invalid_record_fails_with_its_own_error(store: Any) -> None:
+    """log_batch validates the records before it looks the run up: bisected down, an invalid
+    record reports its validation error, the others the run's."""
+    missing = "e" * 32
+    out = SqlWriter(store.engine).write([(missing, [m("k", 1.0), Param("", "bad*key", "1")])])
+    gone = mlflow_error(store.log_batch, missing, [MlflowMetric("k", 1.0, 100, 0)], [], [])
+    bad = mlflow_error(store.log_batch, missing, [], [MlflowParam("bad*key", "1")], [])
+    assert out == [{0: gone, 1: bad}]
+    assert bad[1].startswith("Invalid value") and gone[0] == "RESOURCE_DOES_NOT_EXIST"
