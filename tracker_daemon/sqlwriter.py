@@ -150,9 +150,12 @@ class SqlWriter:
         if not run_ids:
             return outcomes
         with self._engine.connect() as conn:
-            if self._sqlite:
+            conn.begin()
+            driver: Any = conn.connection.driver_connection
+            if self._sqlite and not driver.in_transaction:
                 # pysqlite would BEGIN only at the first write, after the reads: take the write
                 # lock first so what is decided from the reads still holds when it is written.
+                # (An engine whose "begin" event already emits BEGIN is left to it.)
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 self._apply(conn, entries, list(run_ids), outcomes)
