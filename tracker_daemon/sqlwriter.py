@@ -18,7 +18,8 @@ the same work for a list of entries ``(run_id, records)`` with a handful of stat
 
 The statements are SQLAlchemy Core built from MLflow's table objects
 (``mlflow.store.tracking.dbmodels.models``); nothing here writes DDL. The metrics insert, the
-one statement per record, is compiled once to the driver's SQL and given tuples. Every conflict
+one statement per record, is compiled once to the driver's SQL and given tuples (executemany) or,
+on PostgreSQL, one array per column (``INSERT ... SELECT FROM unnest(...)``). Every conflict
 is decided before anything is written, so one bad record never rolls back another run's rows.
 Metrics with a ``model_id`` are not written here (``ValueError``): the caller routes them to
 MLflow's ``log_batch``. Database errors propagate as SQLAlchemy exceptions, rolled back.
@@ -72,6 +73,19 @@ def _insert_or_ignore(engine: sa.Engine, table: sa.Table) -> Any:
     raise ValueError(f"the SQL writer does not support the {name} dialect")
 
 
+def _pg_insert_arrays() -> Any:
+    """PostgreSQL: one INSERT ... SELECT FROM unnest(one array per column) ON CONFLICT DO NOTHING
+    for all the rows (about half the client CPU of an executemany, and faster)."""
+    from sqlalchemy.dialects import postgresql
+
+    arrays = [
+        sa.bindparam(f"a_{c}", type_=postgresql.ARRAY(_METRICS.c[c].type)) for c in _METRIC_COLUMNS
+    ]
+    rows = sa.func.unnest(*arrays).table_valued(*_METRIC_COLUMNS).render_derived()
+    select = sa.select(*(rows.c[c] for c in _METRIC_COLUMNS))
+    return postgresql.insert(_METRICS).from_select(_METRIC_COLUMNS, select).on_conflict_do_nothing()
+
+
 class SqlWriter:
     """Blocking; each :meth:`write` uses its own connection and transaction, so calls from
     several threads are safe (the database serialises them)."""
@@ -97,9 +111,12 @@ class SqlWriter:
         self._select_tags = sa.select(_TAGS.c.run_uuid, _TAGS.c.key).where(
             _TAGS.c.run_uuid.in_(ids), _TAGS.c.key.in_(keys)
         )
-        # The hot statement: compiled once to the driver's SQL; rows go to the DBAPI's
-        # executemany as tuples in _METRIC_COLUMNS order (dicts for a named paramstyle).
-        compiled = _insert_or_ignore(engine, _METRICS).compile(dialect=engine.dialect)
+        # The hot statement: compiled once to the driver's SQL. Rows go to the DBAPI as tuples in
+        # _METRIC_COLUMNS order (executemany; dicts for a named paramstyle), or on PostgreSQL as
+        # one array per column.
+        self._arrays = engine.dialect.name == "postgresql"
+        stmt = _pg_insert_arrays() if self._arrays else _insert_or_ignore(engine, _METRICS)
+        compiled = stmt.compile(dialect=engine.dialect)
         self._insert_metrics_sql = str(compiled)
         order = list(compiled.positiontup or ()) if engine.dialect.positional else None
         if order is not None and order != list(_METRIC_COLUMNS):
@@ -228,8 +245,11 @@ class SqlWriter:
 
     def _flush(self, conn: sa.Connection, tx: Decisions) -> None:
         if tx.metric_rows:
-            rows: Sequence[Any] = tx.metric_rows
-            if self._named_params:
+            rows: Any = tx.metric_rows
+            if self._arrays:
+                columns = zip(*rows, strict=True)
+                rows = {f"a_{c}": list(v) for c, v in zip(_METRIC_COLUMNS, columns, strict=True)}
+            elif self._named_params:
                 rows = [dict(zip(_METRIC_COLUMNS, row, strict=True)) for row in rows]
             conn.exec_driver_sql(self._insert_metrics_sql, rows)
         if tx.latest_dirty:

@@ -9,7 +9,8 @@ applied twice, each time to a fresh MLflow database:
     (``committer.Committer.commit``: a failing batch is bisected until the failing records are
     isolated; an error about the run itself fails the whole batch without splitting), errors
     classified by the daemon's own ``sink.classify``;
-(b) through ``SqlWriter.write``, several runs' batches per transaction.
+(b) through ``SqlWriter.write``, several runs' batches per transaction (and then once more: a
+    replay of every transaction must change nothing).
 
 Both must leave identical rows in metrics, latest_metrics, params, tags and runs (run ids mapped
 by creation order) and report the same failures per record (code and message). On SQLite and
@@ -173,7 +174,12 @@ def apply(work: Workload, store: Any, through_writer: bool) -> tuple[dict[str, A
             ]
         for got in per_batch:
             failures.append(sorted((i, code, _named(msg, names)) for i, (code, msg) in got.items()))
-    return table_rows(store.engine, names), failures
+    rows = table_rows(store.engine, names)
+    if through_writer:  # a replay of every committed transaction (after a crash) changes nothing
+        for batches in work.transactions:
+            writer.write([(MISSING if b.run < 0 else ids[b.run], b.records) for b in batches])
+        assert table_rows(store.engine, names) == rows, f"seed {SEED}: the replay changed rows"
+    return rows, failures
 
 
 def _named(message: str, names: dict[str, str]) -> str:
