@@ -189,9 +189,13 @@ def _named(message: str, names: dict[str, str]) -> str:
 
 
 def check(work: Workload, mlflow_store: Any, writer_store: Any) -> None:
-    theirs, their_failures = apply(work, mlflow_store, through_writer=False)
-    ours, our_failures = apply(work, writer_store, through_writer=True)
     hint = f"seed {SEED} (TRACKER_TEST_SEED)"
+    try:
+        theirs, their_failures = apply(work, mlflow_store, through_writer=False)
+        ours, our_failures = apply(work, writer_store, through_writer=True)
+    except BaseException as exc:
+        exc.add_note(hint)
+        raise
     assert sum(map(len, their_failures)) > 0, f"{hint}: a workload without failures tests little"
     assert sum(len(v) for v in theirs.values()) > 500, hint
     for table in theirs:
