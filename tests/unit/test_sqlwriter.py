@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from tests.support.mlflow_tables import sqlite_store, sqlite_template, table_rows
 from tests.support.store import sqlite_locked
-from tracker_client.protocol import Metric, Param, Tag
+from tracker_client.protocol import Metric, Param, Record, Tag
 from tracker_daemon.sqlwriter import TESTED_REVISIONS, RunFailed, SqlWriter, schema_problem
 
 MAX = 1.7976931348623157e308
@@ -79,7 +79,7 @@ def test_metrics_nan_and_inf_are_stored_as_mlflow_does(store: Any) -> None:
 
 def test_duplicates_and_a_replayed_transaction_are_no_ops(store: Any) -> None:
     a, b = new_run(store, "a"), new_run(store, "b")
-    entries = [
+    entries: list[tuple[str, list[Record]]] = [
         (a, [m("x", 1.0), m("x", 1.0), m("x", math.nan), m("x", math.nan), Param("", "p", "v")]),
         (b, [m("x", 2.0, step=1), Tag(PROVISIONAL, "t", "1")]),
         (a, [m("x", 1.0), m("x", 3.0, step=2)]),
@@ -208,7 +208,7 @@ def test_missing_and_deleted_runs_fail_whole_next_to_a_committed_run(store: Any)
             (gone, [m("k", 1.0)]),
         ]
     )
-    batch = ([MlflowMetric("k", 1.0, 100, 0)], [], [])
+    batch: tuple[list[Any], ...] = ([MlflowMetric("k", 1.0, 100, 0)], [], [])
     assert out == [
         RunFailed(*mlflow_error(store.log_batch, missing, *batch)),
         None,
