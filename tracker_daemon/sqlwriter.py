@@ -6,48 +6,32 @@ the same work for a list of entries ``(run_id, records)`` with a handful of stat
 
     validate (pure: model_id -> ValueError, run id format)
     BEGIN (SQLite: BEGIN IMMEDIATE, so the reads below and the writes are one atomic step)
-    SELECT runs          WHERE run_uuid IN (...)                      missing / deleted -> RunFailed
-    SELECT params        WHERE run_uuid IN (...)                      (when the entries hold params)
+    SELECT runs           WHERE run_uuid IN (...)                     missing / deleted -> RunFailed
+    SELECT params         WHERE run_uuid IN (...)                     (when the entries hold params)
     SELECT latest_metrics WHERE run_uuid IN (...) AND key IN (...)
-                         ORDER BY run_uuid, key FOR UPDATE            (when they hold metrics)
-    SELECT tags (keys)   WHERE run_uuid IN (...) AND key IN (...)     (when they hold tags)
-    decide every record in memory, in entry order (conflicts fail one record, not the transaction)
+                          ORDER BY run_uuid, key FOR UPDATE           (when they hold metrics)
+    SELECT tags (keys)    WHERE run_uuid IN (...) AND key IN (...)    (when they hold tags)
+    decide every record in memory, in entry order (sqlrules.py: a conflict fails one record)
     INSERT metrics (insert-or-ignore) / INSERT+UPDATE latest_metrics / INSERT params /
-    INSERT+UPDATE tags / UPDATE runs.name           -- executemany, statements built once
+    INSERT+UPDATE tags / UPDATE runs.name          -- executemany, statements built once
     COMMIT
 
 The statements are SQLAlchemy Core built from MLflow's table objects
-(``mlflow.store.tracking.dbmodels.models``); nothing here writes DDL. The rules, record for
-record, are those of ``sqlalchemy_store.py`` (``log_batch``, ``_log_params``,
-``_log_metrics_once``, ``_update_latest_metrics_if_necessary``, ``_set_tags``/``set_tag``/
-``update_run_info``), as the committer applies them (a failing batch bisected down to its failing
-records; a run-level failure fails every record of the entry):
-
-* metrics: NaN stored as value 0 with ``is_nan``; +/-inf as +/-1.7976931348623157e308; a metric
-  equal on the primary key to a stored one is a no-op (a replay after a crash neither fails nor
-  doubles); ``latest_metrics`` keeps per (run, key) the greatest (step, timestamp, value) with the
-  sanitized value, strictly greater replaces, in arrival order.
-* params: MLflow's ``_validate_param`` (truncation included), then insert-once; the same value
-  again is a no-op, another value fails that record with ``_log_params``' message.
-* tags: MLflow's ``_validate_tag``; within an entry the last value of a key wins (as the batch
-  the committer hands to ``log_batch``); upsert; ``mlflow.runName`` with a non-empty value also
-  sets ``runs.name`` (``update_run_info``), an empty one changes nothing.
-
-Validation messages use the paths MLflow reports for a batch of one record (``params[0].key``),
-which is what the committer's bisection reports. Metrics with a ``model_id`` are not written here
-(``ValueError``): the caller routes them to MLflow's ``log_batch``.
-Database errors propagate as SQLAlchemy exceptions; the transaction is rolled back.
+(``mlflow.store.tracking.dbmodels.models``); nothing here writes DDL. The metrics insert, the
+one statement per record, is compiled once to the driver's SQL and given tuples (executemany) or,
+on PostgreSQL, one array per column (``INSERT ... SELECT FROM unnest(...)``). Every conflict
+is decided before anything is written, so one bad record never rolls back another run's rows.
+Metrics with a ``model_id`` are not written here (``ValueError``): the caller routes them to
+MLflow's ``log_batch``. Database errors propagate as SQLAlchemy exceptions, rolled back.
+:mod:`sqlschema` guards which schema revision the writer may run on.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, Final
 
 import sqlalchemy as sa
-from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.dbmodels.models import (
     SqlLatestMetric,
     SqlMetric,
@@ -55,22 +39,14 @@ from mlflow.store.tracking.dbmodels.models import (
     SqlRun,
     SqlTag,
 )
-from mlflow.utils.validation import (
-    _validate_metric,
-    _validate_param,
-    _validate_run_id,
-    _validate_tag,
-)
 
-from tracker_client.protocol import Metric, Param, Record, Tag
+from tracker_client.protocol import Metric, Record, Tag
 
+from .sqlrules import Decisions, Outcome, RunFailed, bad_run_id, run_failure
 from .sqlschema import TESTED_REVISIONS, schema_problem
 
 __all__ = ["TESTED_REVISIONS", "Outcome", "RunFailed", "SqlWriter", "schema_problem"]
 
-_RUN_NAME_TAG: Final = "mlflow.runName"
-_MAX_FLOAT: Final = 1.7976931348623157e308
-_INF: Final = math.inf
 _IN_CHUNK: Final = 500  # keys per IN (...) list, like MLflow's batches of 500
 
 _RUNS: Final[sa.Table] = SqlRun.__table__
@@ -80,28 +56,6 @@ _PARAMS: Final[sa.Table] = SqlParam.__table__
 _TAGS: Final[sa.Table] = SqlTag.__table__
 # The order of a metric row tuple (the table's column order; checked against the compiled insert).
 _METRIC_COLUMNS: Final = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
-
-
-@dataclass(frozen=True, slots=True)
-class RunFailed:
-    """Every record of the entry failed: the run is missing, deleted or its id is malformed.
-    ``code`` and ``message`` are MLflow's (``_get_run`` / ``_check_run_is_active``)."""
-
-    code: str
-    message: str
-
-
-Outcome: TypeAlias = RunFailed | dict[int, tuple[str, str]] | None
-"""None: every record committed; RunFailed: none did; a dict: index into the entry's records ->
-(code, message) of each record that failed (the others committed)."""
-
-_Failure: TypeAlias = tuple[str, str]
-_Key: TypeAlias = tuple[str, str]  # (run_uuid, key)
-
-
-def _mlflow_failure(exc: MlflowException) -> _Failure:
-    message = exc.message if isinstance(exc.message, str) else str(exc.message)
-    return str(exc.error_code), message
 
 
 def _insert_or_ignore(engine: sa.Engine, table: sa.Table) -> Any:
@@ -119,31 +73,17 @@ def _insert_or_ignore(engine: sa.Engine, table: sa.Table) -> Any:
     raise ValueError(f"the SQL writer does not support the {name} dialect")
 
 
-class _Tx:
-    """What one transaction read and decided: the state the records are applied to, in order."""
+def _pg_insert_arrays() -> Any:
+    """PostgreSQL: one INSERT ... SELECT FROM unnest(one array per column) ON CONFLICT DO NOTHING
+    for all the rows (about half the client CPU of an executemany, and faster)."""
+    from sqlalchemy.dialects import postgresql
 
-    __slots__ = (
-        "latest",
-        "latest_dirty",
-        "latest_stored",
-        "metric_rows",
-        "param_rows",
-        "params",
-        "run_names",
-        "tags",
-        "tags_stored",
-    )
-
-    def __init__(self) -> None:
-        self.params: dict[_Key, str] = {}
-        self.param_rows: list[dict[str, Any]] = []
-        self.metric_rows: list[tuple[str, float, int, int, bool, str]] = []  # _METRIC_COLUMNS
-        self.latest: dict[_Key, tuple[int, int, float, bool]] = {}  # step, timestamp, value, nan
-        self.latest_stored: set[_Key] = set()
-        self.latest_dirty: dict[_Key, None] = {}
-        self.tags: dict[_Key, str] = {}
-        self.tags_stored: set[_Key] = set()
-        self.run_names: dict[str, str] = {}
+    arrays = [
+        sa.bindparam(f"a_{c}", type_=postgresql.ARRAY(_METRICS.c[c].type)) for c in _METRIC_COLUMNS
+    ]
+    rows = sa.func.unnest(*arrays).table_valued(*_METRIC_COLUMNS).render_derived()
+    select = sa.select(*(rows.c[c] for c in _METRIC_COLUMNS))
+    return postgresql.insert(_METRICS).from_select(_METRIC_COLUMNS, select).on_conflict_do_nothing()
 
 
 class SqlWriter:
@@ -171,9 +111,12 @@ class SqlWriter:
         self._select_tags = sa.select(_TAGS.c.run_uuid, _TAGS.c.key).where(
             _TAGS.c.run_uuid.in_(ids), _TAGS.c.key.in_(keys)
         )
-        # The hot statement: compiled once to the driver's SQL; rows go to the DBAPI's
-        # executemany as tuples in _METRIC_COLUMNS order (dicts for a named paramstyle).
-        compiled = _insert_or_ignore(engine, _METRICS).compile(dialect=engine.dialect)
+        # The hot statement: compiled once to the driver's SQL. Rows go to the DBAPI as tuples in
+        # _METRIC_COLUMNS order (executemany; dicts for a named paramstyle), or on PostgreSQL as
+        # one array per column.
+        self._arrays = engine.dialect.name == "postgresql"
+        stmt = _pg_insert_arrays() if self._arrays else _insert_or_ignore(engine, _METRICS)
+        compiled = stmt.compile(dialect=engine.dialect)
         self._insert_metrics_sql = str(compiled)
         order = list(compiled.positiontup or ()) if engine.dialect.positional else None
         if order is not None and order != list(_METRIC_COLUMNS):
@@ -218,18 +161,18 @@ class SqlWriter:
                     raise ValueError(
                         f"metric {rec.key!r} has a model_id: route it to MLflow's log_batch"
                     )
-            try:
-                _validate_run_id(run_id)  # type: ignore[no-untyped-call]
-            except MlflowException as exc:
-                outcomes[n] = RunFailed(*_mlflow_failure(exc))
-                continue
-            run_ids[run_id] = None
+            outcomes[n] = bad_run_id(run_id)
+            if outcomes[n] is None:
+                run_ids[run_id] = None
         if not run_ids:
             return outcomes
         with self._engine.connect() as conn:
-            if self._sqlite:
+            conn.begin()
+            driver: Any = conn.connection.driver_connection
+            if self._sqlite and not driver.in_transaction:
                 # pysqlite would BEGIN only at the first write, after the reads: take the write
                 # lock first so what is decided from the reads still holds when it is written.
+                # (An engine whose "begin" event already emits BEGIN is left to it.)
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 self._apply(conn, entries, list(run_ids), outcomes)
@@ -256,17 +199,8 @@ class SqlWriter:
         for n, (run_id, records) in enumerate(entries):
             if outcomes[n] is not None:
                 continue
-            stage = stages.get(run_id)
-            if stage is None:
-                outcomes[n] = RunFailed(
-                    "RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found"
-                )
-            elif stage != "active":
-                outcomes[n] = RunFailed(
-                    "INVALID_PARAMETER_VALUE",
-                    f"The run {run_id} must be in the 'active' state. Current state is {stage}.",
-                )
-            else:
+            outcomes[n] = run_failure(run_id, stages.get(run_id), records, self._metric_keys_ok)
+            if outcomes[n] is None:
                 live[run_id] = None
                 for rec in records:
                     t = type(rec)
@@ -278,18 +212,18 @@ class SqlWriter:
                         has_params = True
         if not live:
             return
-        tx = _Tx()
+        tx = Decisions(self._metric_keys_ok)
         self._read(conn, tx, list(live), has_params, sorted(metric_keys), sorted(tag_keys))
         for n, (run_id, records) in enumerate(entries):
             if outcomes[n] is None:
-                failures = self._decide(tx, run_id, records)
+                failures = tx.entry(run_id, records)
                 outcomes[n] = failures or None
         self._flush(conn, tx)
 
     def _read(
         self,
         conn: sa.Connection,
-        tx: _Tx,
+        tx: Decisions,
         runs: list[str],
         has_params: bool,
         metric_keys: list[str],
@@ -307,103 +241,15 @@ class SqlWriter:
             args = {"ids": runs, "keys": tag_keys[i : i + _IN_CHUNK]}
             tx.tags_stored.update((run, key) for run, key in conn.execute(self._select_tags, args))
 
-    # ------------------------------------------------------------------ deciding (pure)
-
-    def _decide(self, tx: _Tx, run_id: str, records: Sequence[Record]) -> dict[int, _Failure]:
-        failures: dict[int, _Failure] = {}
-        last_tag: dict[str, int] = {}  # key -> index of its last record (order of first appearance)
-        ok_keys = self._metric_keys_ok
-        metric_rows = tx.metric_rows
-        latest = tx.latest
-        dirty = tx.latest_dirty
-        for i, rec in enumerate(records):
-            if isinstance(rec, Metric):
-                key, value, ts, step = rec.key, rec.value, rec.timestamp, rec.step
-                if not (
-                    key in ok_keys
-                    and type(value) is float
-                    and type(ts) is int
-                    and ts >= 0
-                    and type(step) is int
-                ):
-                    problem = self._metric_problem(rec)
-                    if problem is not None:
-                        failures[i] = problem
-                        continue
-                    value = float(value)
-                is_nan = False
-                if value != value:
-                    is_nan, value = True, 0.0
-                elif value == _INF:
-                    value = _MAX_FLOAT
-                elif value == -_INF:
-                    value = -_MAX_FLOAT
-                metric_rows.append((key, value, ts, step, is_nan, run_id))
-                lk = (run_id, key)
-                cur = latest.get(lk)
-                if cur is None or (step, ts, value) > (cur[0], cur[1], cur[2]):
-                    latest[lk] = (step, ts, value, is_nan)
-                    dirty[lk] = None
-            elif isinstance(rec, Param):
-                problem = self._param(tx, run_id, rec)
-                if problem is not None:
-                    failures[i] = problem
-            else:
-                last_tag[rec.key] = i
-        for i in last_tag.values():
-            problem = self._tag(tx, run_id, records[i])
-            if problem is not None:
-                failures[i] = problem
-        return failures
-
-    def _metric_problem(self, rec: Metric) -> _Failure | None:
-        try:
-            _validate_metric(rec.key, rec.value, rec.timestamp, rec.step, path="metrics[0]")  # type: ignore[no-untyped-call]
-        except MlflowException as exc:
-            return _mlflow_failure(exc)
-        self._metric_keys_ok.add(rec.key)
-        return None
-
-    @staticmethod
-    def _param(tx: _Tx, run_id: str, rec: Param) -> _Failure | None:
-        try:
-            param = _validate_param(rec.key, rec.value, path="params[0]")  # type: ignore[no-untyped-call]
-        except MlflowException as exc:
-            return _mlflow_failure(exc)
-        key, value = param.key, param.value
-        old = tx.params.get((run_id, key))
-        if old is None:
-            tx.params[(run_id, key)] = value
-            tx.param_rows.append({"run_uuid": run_id, "key": key, "value": value})
-            return None
-        if old == value:
-            return None
-        non_matching = [{"key": key, "old_value": old, "new_value": value}]
-        return (
-            "INVALID_PARAMETER_VALUE",
-            "Changing param values is not allowed. Params were already"
-            f" logged='{non_matching}' for run ID='{run_id}'.",
-        )
-
-    @staticmethod
-    def _tag(tx: _Tx, run_id: str, rec: Record) -> _Failure | None:
-        try:
-            tag = _validate_tag(rec.key, rec.value, path="tags[0]")  # type: ignore[no-untyped-call]
-        except MlflowException as exc:
-            return _mlflow_failure(exc)
-        if tag.key == _RUN_NAME_TAG:
-            if not tag.value:  # update_run_info(run_name="") changes nothing
-                return None
-            tx.run_names[run_id] = tag.value
-        tx.tags[(run_id, tag.key)] = tag.value
-        return None
-
     # ------------------------------------------------------------------ writing
 
-    def _flush(self, conn: sa.Connection, tx: _Tx) -> None:
+    def _flush(self, conn: sa.Connection, tx: Decisions) -> None:
         if tx.metric_rows:
-            rows: Sequence[Any] = tx.metric_rows
-            if self._named_params:
+            rows: Any = tx.metric_rows
+            if self._arrays:
+                columns = zip(*rows, strict=True)
+                rows = {f"a_{c}": list(v) for c, v in zip(_METRIC_COLUMNS, columns, strict=True)}
+            elif self._named_params:
                 rows = [dict(zip(_METRIC_COLUMNS, row, strict=True)) for row in rows]
             conn.exec_driver_sql(self._insert_metrics_sql, rows)
         if tx.latest_dirty:

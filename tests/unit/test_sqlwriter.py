@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from tests.support.mlflow_tables import sqlite_store, sqlite_template, table_rows
 from tests.support.store import sqlite_locked
-from tracker_client.protocol import Metric, Param, Tag
+from tracker_client.protocol import Metric, Param, Record, Tag
 from tracker_daemon.sqlwriter import TESTED_REVISIONS, RunFailed, SqlWriter, schema_problem
 
 MAX = 1.7976931348623157e308
@@ -79,7 +79,7 @@ def test_metrics_nan_and_inf_are_stored_as_mlflow_does(store: Any) -> None:
 
 def test_duplicates_and_a_replayed_transaction_are_no_ops(store: Any) -> None:
     a, b = new_run(store, "a"), new_run(store, "b")
-    entries = [
+    entries: list[tuple[str, list[Record]]] = [
         (a, [m("x", 1.0), m("x", 1.0), m("x", math.nan), m("x", math.nan), Param("", "p", "v")]),
         (b, [m("x", 2.0, step=1), Tag(PROVISIONAL, "t", "1")]),
         (a, [m("x", 1.0), m("x", 3.0, step=2)]),
@@ -208,7 +208,7 @@ def test_missing_and_deleted_runs_fail_whole_next_to_a_committed_run(store: Any)
             (gone, [m("k", 1.0)]),
         ]
     )
-    batch = ([MlflowMetric("k", 1.0, 100, 0)], [], [])
+    batch: tuple[list[Any], ...] = ([MlflowMetric("k", 1.0, 100, 0)], [], [])
     assert out == [
         RunFailed(*mlflow_error(store.log_batch, missing, *batch)),
         None,
@@ -258,3 +258,71 @@ def test_schema_guard(store: Any, tmp_path: Path) -> None:
     problem = schema_problem(empty)
     assert problem is not None and "alembic_version" in problem and "\n" not in problem
     empty.dispose()
+
+
+def test_on_a_missing_run_an_invalid_record_fails_with_its_own_error(store: Any) -> None:
+    """log_batch validates the records before it looks the run up: bisected down, an invalid
+    record reports its validation error, the others the run's."""
+    missing = "e" * 32
+    out = SqlWriter(store.engine).write([(missing, [m("k", 1.0), Param("", "bad*key", "1")])])
+    gone = mlflow_error(store.log_batch, missing, [MlflowMetric("k", 1.0, 100, 0)], [], [])
+    bad = mlflow_error(store.log_batch, missing, [], [MlflowParam("bad*key", "1")], [])
+    assert out == [{0: gone, 1: bad}]
+    assert bad[1].startswith("Invalid value") and gone[0] == "RESOURCE_DOES_NOT_EXIST"
+
+
+def test_an_engine_that_begins_its_own_sqlite_transactions(store: Any, tmp_path: Path) -> None:
+    """SQLAlchemy's recipe for pysqlite (driver autocommit, BEGIN from the "begin" event), as a
+    daemon may configure for WAL: the writer neither begins twice nor leaves it open."""
+    run = new_run(store)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    begun: list[str] = []
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        begun.append("begin")
+
+    writer = SqlWriter(engine)
+    assert writer.write([(run, [m("k", 1.0), Param("", "p", "1")])]) == [None]
+    assert writer.write([(run, [m("k", 2.0, step=1)])]) == [None]
+    assert begun == ["begin", "begin"]
+    got = rows(store, run)  # another connection sees both commits
+    assert len(got["metrics"]) == 2 and got["params"] == [("p", "run0", "1")]
+    engine.dispose()
+
+
+def test_one_transaction_one_select_per_table_and_executemany(store: Any) -> None:
+    runs = [new_run(store, f"r{i}") for i in range(4)]
+    statements: list[tuple[str, str, bool]] = []  # (verb, table, executemany)
+
+    @sa.event.listens_for(store.engine, "before_cursor_execute")
+    def _seen(conn: Any, cursor: Any, sql: str, params: Any, context: Any, many: bool) -> None:
+        words = sql.replace('"', "").split()
+        verb = " ".join(words[:2]) if words[0] == "BEGIN" else words[0]
+        after = {"SELECT": "FROM", "INSERT": "INTO", "UPDATE": "UPDATE"}.get(verb)
+        statements.append((verb, words[words.index(after) + 1] if after else "", many))
+
+    entries = [
+        (r, [m(f"k{j % 3}", float(j), step=j) for j in range(50)] + [Param("", "p", "1")])
+        for r in runs
+    ] + [(runs[0], [Tag("", "t", "1"), Tag("", "mlflow.runName", "renamed")])]
+    assert SqlWriter(store.engine).write(entries) == [None] * 5
+    sa.event.remove(store.engine, "before_cursor_execute", _seen)
+    assert statements == [
+        ("BEGIN IMMEDIATE", "", False),
+        ("SELECT", "runs", False),
+        ("SELECT", "params", False),
+        ("SELECT", "latest_metrics", False),
+        ("SELECT", "tags", False),
+        ("INSERT", "metrics", True),  # 200 rows: one executemany
+        ("INSERT", "latest_metrics", True),  # 12 new (run, key) rows
+        ("INSERT", "params", True),
+        ("INSERT", "tags", False),  # t is new
+        ("UPDATE", "tags", False),  # mlflow.runName exists since create_run
+        ("UPDATE", "runs", False),
+    ]

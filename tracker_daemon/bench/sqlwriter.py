@@ -1,6 +1,7 @@
 """Micro-benchmark: the SQL writer against MLflow's ``log_batch`` on SQLite (same machine, run).
 
     python -m tracker_daemon.bench.sqlwriter [--transactions 10] [--runs 16] [--per-run 1000]
+                                             [--postgres postgresql://user@host:port/db]
 
 Each transaction is ``runs`` entries of ``per-run`` metrics (10 keys, increasing steps). The SQL
 writer commits a transaction with one ``write``; MLflow gets the same entries as one
@@ -61,11 +62,11 @@ def _raw_row(m: Metric, run_id: str) -> tuple[str, float, int, int, int, str]:
     return (m.key, m.value, m.timestamp, m.step, 0, run_id)
 
 
-def _store(root: Path, runs: int) -> tuple[Any, list[str]]:
+def _store(root: Path, runs: int, uri: str | None = None) -> tuple[Any, list[str]]:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     store: Any = SqlAlchemyStore  # untyped
-    store = store(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
+    store = store(uri or f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
     ids = [store.create_run("0", "bench", 0, [], f"r{i}").info.run_id for i in range(runs)]
     return store, ids
 
@@ -82,6 +83,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     ap.add_argument("--transactions", type=int, default=10)
     ap.add_argument("--runs", type=int, default=16)
     ap.add_argument("--per-run", type=int, default=1000)
+    ap.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="also measure on PostgreSQL: a database URL whose user may CREATE DATABASE "
+        "(two scratch databases are created and dropped); CPU is this process only",
+    )
     args = ap.parse_args(argv)
     from mlflow.entities import Metric as MlflowMetric
 
@@ -129,8 +136,57 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         "writer_vs_log_batch_rows_per_s": m_wall / w_wall,
         "writer_vs_raw_rows_per_s": r_wall / w_wall,
     }
+    if args.postgres:
+        result |= _postgres(args.postgres, args.transactions, args.runs, args.per_run)
     print(json.dumps({k: round(v, 2) for k, v in result.items()}, indent=2))
     return result
+
+
+def _postgres(url: str, transactions: int, runs: int, per_run: int) -> dict[str, float]:
+    import os
+
+    import sqlalchemy as sa
+    from mlflow.entities import Metric as MlflowMetric
+
+    from tracker_daemon.sqlwriter import SqlWriter
+
+    records = transactions * runs * per_run
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    names = [f"sqlw_bench_{kind}_{os.getpid()}" for kind in ("writer", "mlflow")]
+    out: dict[str, float] = {}
+    try:
+        with admin.connect() as conn:
+            for name in names:
+                conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        with tempfile.TemporaryDirectory(prefix="sqlw-bench-") as tmp:
+            base = url.rsplit("/", 1)[0]
+            store, ids = _store(Path(tmp), runs, f"{base}/{names[0]}")
+            writer = SqlWriter(store.engine)
+            cpu, wall = _measure(writer.write, _workload(ids, transactions, per_run))
+            store.engine.dispose()
+            out["pg_writer_cpu_us_per_record"] = cpu / records * 1e6
+            out["pg_writer_rows_per_s"] = records / wall
+            store, ids = _store(Path(tmp), runs, f"{base}/{names[1]}")
+
+            def log_batches(entries: list[tuple[str, list[Metric]]]) -> None:
+                for run_id, metrics in entries:
+                    store.log_batch(
+                        run_id,
+                        [MlflowMetric(m.key, m.value, m.timestamp, m.step) for m in metrics],
+                        [],
+                        [],
+                    )
+
+            cpu, wall = _measure(log_batches, _workload(ids, transactions, per_run))
+            store.engine.dispose()
+            out["pg_log_batch_cpu_us_per_record"] = cpu / records * 1e6
+            out["pg_log_batch_rows_per_s"] = records / wall
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,237 @@
+"""MLflow's ``log_batch`` rules, decided in memory for the SQL writer (sqlwriter.py). Pure.
+
+:class:`Decisions` holds what one transaction read from the database (params, latest_metrics,
+which tags exist) and what it will write; :meth:`Decisions.entry` applies one entry's records to
+it, in arrival order, the way ``sqlalchemy_store.py`` does (``_log_params``,
+``_log_metrics_once``, ``_update_latest_metrics_if_necessary``, ``_set_tags``/``set_tag``/
+``update_run_info``) and as the committer applies them (a failing batch bisected down to its
+failing records):
+
+* metrics: MLflow's ``_validate_metric`` (the key check cached per key); NaN stored as value 0
+  with ``is_nan``, +/-inf as +/-1.7976931348623157e308; ``latest_metrics`` keeps per (run, key)
+  the greatest (step, timestamp, sanitized value), strictly greater replaces. Duplicates on the
+  primary key are left to the insert-or-ignore (a stored point is always <= the latest row, so
+  it never changes it).
+* params: ``_validate_param`` (truncation included), then insert-once: the same value again is
+  a no-op, another value fails that record with ``_log_params``' message for one param.
+* tags: ``_validate_tag`` for every record; the last valid value of a key in an entry wins;
+  ``mlflow.runName`` with a non-empty value also sets ``runs.name`` (``update_run_info``), an
+  empty one changes nothing.
+
+Validation messages carry the paths MLflow reports for a batch of one record (``params[0].key``),
+which is what the committer's bisection reports. :func:`run_failure` gives ``_get_run``'s and
+``_check_run_is_active``'s errors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import (
+    _validate_metric,
+    _validate_param,
+    _validate_run_id,
+    _validate_tag,
+)
+
+from tracker_client.protocol import Metric, Param, Record
+
+__all__ = ["Decisions", "Failure", "Key", "Outcome", "RunFailed", "bad_run_id", "run_failure"]
+
+RUN_NAME_TAG: Final = "mlflow.runName"
+_MAX_FLOAT: Final = 1.7976931348623157e308
+_INF: Final = math.inf
+_MAX_CACHED_KEYS: Final = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RunFailed:
+    """Every record of the entry failed: the run is missing, deleted or its id is malformed.
+    ``code`` and ``message`` are MLflow's (``_get_run`` / ``_check_run_is_active``)."""
+
+    code: str
+    message: str
+
+
+Outcome: TypeAlias = RunFailed | dict[int, tuple[str, str]] | None
+"""None: every record committed; RunFailed: none did; a dict: index into the entry's records ->
+(code, message) of each record that failed (the others committed)."""
+
+Failure: TypeAlias = tuple[str, str]
+Key: TypeAlias = tuple[str, str]  # (run_uuid, key)
+
+
+def _mlflow_failure(exc: MlflowException) -> Failure:
+    message = exc.message if isinstance(exc.message, str) else str(exc.message)
+    return str(exc.error_code), message
+
+
+def bad_run_id(run_id: str) -> RunFailed | None:
+    """log_batch's ``_validate_run_id``."""
+    try:
+        _validate_run_id(run_id)  # type: ignore[no-untyped-call]
+    except MlflowException as exc:
+        return RunFailed(*_mlflow_failure(exc))
+    return None
+
+
+def run_failure(
+    run_id: str, lifecycle_stage: str | None, records: Sequence[Record], metric_keys_ok: set[str]
+) -> Outcome:
+    """None for an active run. Else ``_get_run``'s error (``lifecycle_stage`` None: no such run)
+    or ``_check_run_is_active``'s for every record, except that ``log_batch`` validates the
+    records before it looks at the run: an invalid record fails with its own error."""
+    if lifecycle_stage is None:
+        failed = RunFailed("RESOURCE_DOES_NOT_EXIST", f"Run with id={run_id} not found")
+    elif lifecycle_stage != "active":
+        failed = RunFailed(
+            "INVALID_PARAMETER_VALUE",
+            f"The run {run_id} must be in the 'active' state. Current state is {lifecycle_stage}.",
+        )
+    else:
+        return None
+    invalid = {}
+    for i, rec in enumerate(records):
+        if isinstance(rec, Metric):
+            problem = _metric_problem(rec, metric_keys_ok)
+        elif isinstance(rec, Param):
+            problem = _param_problem(rec)[0]
+        else:
+            problem = _tag(rec, {})
+        if problem is not None:
+            invalid[i] = problem
+    if not invalid:
+        return failed
+    return {i: invalid.get(i, (failed.code, failed.message)) for i in range(len(records))}
+
+
+class Decisions:
+    """What one transaction read and decided: the state its records are applied to, in order."""
+
+    __slots__ = (
+        "latest",
+        "latest_dirty",
+        "latest_stored",
+        "metric_keys_ok",
+        "metric_rows",
+        "param_rows",
+        "params",
+        "run_names",
+        "tags",
+        "tags_stored",
+    )
+
+    def __init__(self, metric_keys_ok: set[str]) -> None:
+        self.params: dict[Key, str] = {}
+        self.param_rows: list[dict[str, Any]] = []
+        self.metric_rows: list[tuple[str, float, int, int, bool, str]] = []  # table's column order
+        self.latest: dict[Key, tuple[int, int, float, bool]] = {}  # step, timestamp, value, nan
+        self.latest_stored: set[Key] = set()
+        self.latest_dirty: dict[Key, None] = {}
+        self.tags: dict[Key, str] = {}
+        self.tags_stored: set[Key] = set()
+        self.run_names: dict[str, str] = {}
+        self.metric_keys_ok = metric_keys_ok  # metric names MLflow's rules accepted (shared)
+
+    def entry(self, run_id: str, records: Sequence[Record]) -> dict[int, Failure]:
+        """Apply one entry of a live run; the failed records by index."""
+        failures: dict[int, Failure] = {}
+        last_tag: dict[str, str] = {}  # key -> the last valid value of the entry
+        ok_keys = self.metric_keys_ok
+        metric_rows = self.metric_rows
+        latest = self.latest
+        dirty = self.latest_dirty
+        for i, rec in enumerate(records):
+            if isinstance(rec, Metric):
+                key, value, ts, step = rec.key, rec.value, rec.timestamp, rec.step
+                if not (
+                    key in ok_keys
+                    and type(value) is float
+                    and type(ts) is int
+                    and ts >= 0
+                    and type(step) is int
+                ):
+                    problem = _metric_problem(rec, ok_keys)
+                    if problem is not None:
+                        failures[i] = problem
+                        continue
+                    value = float(value)
+                is_nan = False
+                if value != value:
+                    is_nan, value = True, 0.0
+                elif value == _INF:
+                    value = _MAX_FLOAT
+                elif value == -_INF:
+                    value = -_MAX_FLOAT
+                metric_rows.append((key, value, ts, step, is_nan, run_id))
+                lk = (run_id, key)
+                cur = latest.get(lk)
+                if cur is None or (step, ts, value) > (cur[0], cur[1], cur[2]):
+                    latest[lk] = (step, ts, value, is_nan)
+                    dirty[lk] = None
+            elif isinstance(rec, Param):
+                problem = self._param(run_id, rec)
+                if problem is not None:
+                    failures[i] = problem
+            else:
+                problem = _tag(rec, last_tag)
+                if problem is not None:
+                    failures[i] = problem
+        for tag_key, tag_value in last_tag.items():
+            if tag_key == RUN_NAME_TAG:
+                if not tag_value:  # update_run_info(run_name="") changes nothing
+                    continue
+                self.run_names[run_id] = tag_value
+            self.tags[(run_id, tag_key)] = tag_value
+        return failures
+
+    def _param(self, run_id: str, rec: Param) -> Failure | None:
+        problem, key, value = _param_problem(rec)
+        if problem is not None:
+            return problem
+        old = self.params.get((run_id, key))
+        if old is None:
+            self.params[(run_id, key)] = value
+            self.param_rows.append({"run_uuid": run_id, "key": key, "value": value})
+            return None
+        if old == value:
+            return None
+        non_matching = [{"key": key, "old_value": old, "new_value": value}]
+        return (
+            "INVALID_PARAMETER_VALUE",
+            "Changing param values is not allowed. Params were already"
+            f" logged='{non_matching}' for run ID='{run_id}'.",
+        )
+
+
+def _tag(rec: Record, last: dict[str, str]) -> Failure | None:
+    try:
+        tag = _validate_tag(rec.key, rec.value, path="tags[0]")  # type: ignore[no-untyped-call]
+    except MlflowException as exc:
+        return _mlflow_failure(exc)
+    last[tag.key] = tag.value
+    return None
+
+
+def _metric_problem(rec: Metric, keys_ok: set[str]) -> Failure | None:
+    try:
+        _validate_metric(rec.key, rec.value, rec.timestamp, rec.step, path="metrics[0]")  # type: ignore[no-untyped-call]
+    except MlflowException as exc:
+        return _mlflow_failure(exc)
+    if len(keys_ok) >= _MAX_CACHED_KEYS:
+        keys_ok.clear()
+    keys_ok.add(rec.key)
+    return None
+
+
+def _param_problem(rec: Param) -> tuple[Failure | None, str, str]:
+    """(error, key, value as MLflow stores it: truncated)."""
+    try:
+        param = _validate_param(rec.key, rec.value, path="params[0]")  # type: ignore[no-untyped-call]
+    except MlflowException as exc:
+        return _mlflow_failure(exc), rec.key, rec.value
+    return None, param.key, param.value
