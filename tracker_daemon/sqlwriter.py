@@ -28,6 +28,7 @@ MLflow's ``log_batch``. Database errors propagate as SQLAlchemy exceptions, roll
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -56,6 +57,7 @@ _PARAMS: Final[sa.Table] = SqlParam.__table__
 _TAGS: Final[sa.Table] = SqlTag.__table__
 # The order of a metric row tuple (the table's column order; checked against the compiled insert).
 _METRIC_COLUMNS: Final = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
+_pk_order: Final = operator.itemgetter(0, 2, 3, 5, 1, 4)  # a metric row's primary key, in order
 
 
 def _insert_or_ignore(engine: sa.Engine, table: sa.Table) -> Any:
@@ -245,7 +247,10 @@ class SqlWriter:
 
     def _flush(self, conn: sa.Connection, tx: Decisions) -> None:
         if tx.metric_rows:
-            rows: Any = tx.metric_rows
+            # in primary-key order (key, timestamp, step, run_uuid, value, is_nan): the B-tree is
+            # then filled page by page instead of at random places (the rows are identical on a
+            # duplicate key, so the order changes nothing else)
+            rows: Any = sorted(tx.metric_rows, key=_pk_order)
             if self._arrays:
                 columns = zip(*rows, strict=True)
                 rows = {f"a_{c}": list(v) for c, v in zip(_METRIC_COLUMNS, columns, strict=True)}
