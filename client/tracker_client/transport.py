@@ -41,10 +41,10 @@ from .address import no_answer
 from .curve import apply_curve, curve_from_env, curve_hint
 from .errors import DaemonError, DaemonUnavailable
 from .outbox import POLICIES, RECORDS_PER_FRAME, Call, FrameMaker, MakeMessage, Outbox
-from .session import Answered, JournalFull, Refused, Session, Welcomed
+from .session import Accepted, Answered, JournalFull, Refused, Session, Welcomed
 from .spill import Spiller
 
-__all__ = ["POLICIES", "Transport"]
+__all__ = ["POLICIES", "Request", "Transport"]
 
 _log = logging.getLogger("tracker_client")
 
@@ -52,6 +52,15 @@ FAILURE_LIMIT = 100  # unexpected errors in a row after which the I/O thread giv
 
 
 _LIVE: weakref.WeakSet[Transport] = weakref.WeakSet()
+
+
+class Request(Future[p.DaemonMessage]):
+    """A request's future; ``accepted`` is set when the daemon answers ``accepted`` (it holds
+    an ``end_run`` durably: the process may exit, the daemon applies it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted = threading.Event()
 
 
 class Transport:
@@ -140,8 +149,8 @@ class Transport:
         fut.cancel()  # if still queued, the frame maker skips it
         self.session.abandon(fut)
 
-    def request_async(self, make: MakeMessage) -> Future[p.DaemonMessage]:
-        fut: Future[p.DaemonMessage] = Future()
+    def request_async(self, make: MakeMessage) -> Request:
+        fut = Request()
         self.outbox.put_control(Call(make, fut, sequenced=False))
         return fut
 
@@ -393,6 +402,9 @@ class Transport:
                 if isinstance(event, Answered):
                     if event.future is not None:
                         event.future.set_result(event.reply)
+                elif isinstance(event, Accepted):
+                    if isinstance(event.future, Request):
+                        event.future.accepted.set()
                 elif isinstance(event, Welcomed):
                     self._welcomed(sock, event)
                 elif isinstance(event, Refused):
