@@ -23,10 +23,12 @@ Every loop is supervised: one failing task never ends the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,8 +92,7 @@ class Daemon:
             self.curve = CurveSetup(public, secret, Path(cfg.curve_allowed_clients_dir))
         self.sink = Sink(cfg.backend_uri, cfg.artifact_root)
         self.calls: StoreCalls | None = None  # created once MLflow is loaded
-        # --until-idle serves only its own spool imports, on a private socket
-        self.address = f"ipc://{state / 'import.sock'}" if until_idle else cfg.bind_address
+        self.address = _import_address(state) if until_idle else cfg.bind_address
         self.server = Server(
             self.address, self.max_frame, self.curve, max_records=cfg.max_records_per_frame
         )
@@ -367,6 +368,9 @@ class Daemon:
                     self.metrics = None
                 await anyio.to_thread.run_sync(self._shutdown_files)
             self.server.close()
+            if self.until_idle and not self.address.startswith(f"ipc://{cfg.state_path}"):
+                with contextlib.suppress(OSError):  # the private tempdir of its socket
+                    Path(self.address[len("ipc://") :]).parent.rmdir()
             self.lock.release()
             log.info(
                 "event=stopped received=%d committed=%d failed=%d left_in_journal=%d",
@@ -557,6 +561,15 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """The status document (``tracker-daemon status``, Prometheus); see status.py."""
         return self.reporter.document(time.monotonic(), time.time())
+
+
+def _import_address(state: Path) -> str:
+    """--until-idle serves only its own spool imports, on a private socket: in the state dir,
+    or in a private temporary dir when that path is too long for AF_UNIX (107 bytes)."""
+    sock = state / "import.sock"
+    if len(str(sock)) > 100:
+        sock = Path(tempfile.mkdtemp(prefix="tracker-daemon-")) / "import.sock"
+    return f"ipc://{sock}"
 
 
 def run_daemon(cfg: Config, *, until_idle: bool = False) -> None:
