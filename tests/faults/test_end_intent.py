@@ -172,3 +172,31 @@ def test_until_idle_applies_held_and_spooled_ends(tmp_path: Path) -> None:
         assert spools(d) == []
         assert_as_asked(d.backend_uri, {**outs, **late})
         assert not (d.state_dir / "import.sock").exists()
+
+
+@pytest.mark.timeout(120)
+def test_until_idle_imports_the_spool_of_a_run_that_never_met_a_daemon(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    out = tmp_path / "offline.json"
+    spec = {"experiment": "end-intent", "keys": KEYS, "steps": STEPS, "end": "FAILED"}
+    env = {"TRACKER_SPOOL_DIR": str(state / "spool"), "TRACKER_CONNECT_TIMEOUT": "0.5"}
+    nowhere = f"ipc://{tmp_path / 'nobody.sock'}"
+    finish_workers([start_worker(nowhere, spec, out, env)], 60)
+    res = outcome(out)
+    assert res["run_id"].startswith("offline-") and res["ended"] is False  # kept, spooled
+    assert len(list((state / "spool").glob("*.spool"))) == 1
+    drained = daemon_cli("run", "--until-idle", "--state-dir", str(state), "--address", nowhere)
+    assert drained.returncode == 0, drained.stderr
+    assert "event=spool_imported" in drained.stderr
+    assert list((state / "spool").glob("*.spool")) == []
+    backend = f"sqlite:///{state / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=backend)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("end-intent").experiment_id],
+        f"tags.`tracker.offline_id` = '{res['run_id']}'",
+    )
+    assert run.info.status == "FAILED"  # as asked, not the orphan status
+    assert "tracker.end_reason" not in run.data.tags
+    for key in KEYS:
+        sent = [(int(s), float(v), int(t)) for s, v, t in res["sent"][key]]
+        assert Counter(points(backend, run.info.run_id, key)) == Counter(sent)
