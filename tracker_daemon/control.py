@@ -151,7 +151,7 @@ class Control:
         ending = self.endings.receive(msg)  # the one submit took (None: applied already)
         if ending is not None:
             await ending.durable.wait()
-            if self.ledger.received_upto(msg.client_id) >= msg.seq:
+            if ending.saved and self.ledger.received_upto(msg.client_id) >= msg.seq:
                 await self._send(identity, p.Accepted(msg.req))  # the process may exit now
             with anyio.move_on_after(self.barrier_timeout_s):
                 await ending.done.wait()

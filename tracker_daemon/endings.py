@@ -13,7 +13,8 @@ committed. While an END is held its run is never treated as an orphan (orphans.p
 :meth:`Endings.holds`). When the END's client is gone and the messages it announced never came
 (:meth:`client_gone`, or :meth:`nothing_more` at the end of ``run --until-idle``), the END waits
 only for what was received. Ending the run is retried by the backend (retryable errors); an END
-that fails for good is logged and reported in its ``done``.
+that fails for good is logged and reported in its ``done``. On a full disk runs.log keeps the END
+in memory (saved later, runs.py): it is applied, but not acknowledged, so the client keeps it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Ending:
     """One END the daemon holds (mutable: its progress)."""
 
     intent: EndIntent
-    durable: anyio.Event = field(default_factory=anyio.Event)  # journaled: may be acknowledged
+    durable: anyio.Event = field(default_factory=anyio.Event)  # journaling was attempted
+    saved: bool = False  # in runs.log (False on a full disk: then it is not acknowledged)
     done: anyio.Event = field(default_factory=anyio.Event)  # the status is set (or failed)
     failure: p.Failure | None = None  # setting the status failed for good
     upto: int | None = None  # wait only for messages up to here (its client is gone)
@@ -121,6 +123,7 @@ class Endings:
     def _hold(self, intent: EndIntent, *, durable: bool) -> Ending:
         ending = Ending(intent)
         if durable:
+            ending.saved = True
             ending.durable.set()
         self._by_run[intent.run_id] = ending
         self._in.send_nowait(ending)
@@ -175,6 +178,7 @@ class Endings:
         intent = ending.intent
         if not ending.durable.is_set():
             await anyio.to_thread.run_sync(self.runbook.record_ending, intent)
+            ending.saved = not self.runbook.unsaved  # a full disk: kept in memory only
             await self._synced()  # the records it waits for are as durable as the END
             ending.durable.set()
         await self._wait_for_records(ending)

@@ -173,6 +173,8 @@ class Orphans:
                     [p.Tag(run_id, "tracker.end_reason", reason)],
                     retry_for=30.0,
                 )
+                if self.endings.holds(run_id):  # an END arrived meanwhile: it decides
+                    continue
                 await self.runs.end(run_id, self.orphan_status, time.time_ns() // 1_000_000)
                 self.counters.orphaned_runs += 1
                 log.warning(

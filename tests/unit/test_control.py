@@ -295,3 +295,12 @@ async def test_a_full_queue_is_refused_at_once(tmp_path: Path) -> None:
     harness.endings.close()
     refused = p.StartRun(4, "c1", offline_id="offline-q")
     assert harness.w.runs.starts_new_run(refused)  # a refused start reserves nothing
+
+
+async def test_an_end_run_runs_log_cannot_save_is_applied_but_not_accepted(tmp_path: Path) -> None:
+    async with running(tmp_path) as h:
+        h.received("c1", 1)
+        h.w.runbook.unsaved = True  # runs.log could not be written (a full disk): memory only
+        h.control.submit(ID, p.EndRun(4, "c1", 1, "r1", "FINISHED", 7))
+        assert await h.replies(1) == [p.Done(4, ())]  # no accepted: the client keeps it
+        assert h.w.sink.named("end_run") == [("r1", "FINISHED", 7)]
