@@ -331,7 +331,7 @@ class Transport:
             self._receive(sock)
         if self.session.resend_at:  # journal_full: resend the data once its delay is over
             for frame in self.session.resend_due(time.monotonic()):
-                sock.send(frame, copy=False)
+                _send(sock, frame)
 
     def _warn_once(self, key: str, msg: str, *args: object) -> None:
         if key not in self._warned:
@@ -368,7 +368,7 @@ class Transport:
             if frames is None:
                 return sent
             for frame in frames:
-                sock.send(frame, copy=False)
+                _send(sock, frame)
             sent += len(frames)
         maker = self.outbox.maker
         while self._window_open():
@@ -376,11 +376,14 @@ class Transport:
             if unit is None:
                 break
             try:
-                sock.send(unit.frame, copy=False)
+                _send(sock, unit.frame)
             except zmq.ZMQError as exc:  # not expected with SNDHWM 0; keep the frame queued
                 maker.give_back(unit)
                 self._warn_once("send", "tracker-client: sending to the daemon: %s", exc)
                 break
+            except BaseException:  # a bug: the frame stays queued (spooled at exit), not lost
+                maker.give_back(unit)
+                raise
             session.placed(unit, in_flight=True)
             sent += 1
         if self.outbox.space_waiters:
@@ -424,8 +427,17 @@ class Transport:
         self.max_frame = min(self.max_frame, welcome.max_frame)
         self.outbox.maker.max_bytes = self.max_frame
         for frame in event.resend:
-            sock.send(frame, copy=False)
+            _send(sock, frame)
         self.welcomed.set()
+
+
+def _send(sock: zmq.Socket[bytes], frame: bytes) -> None:
+    """Send without copying; at interpreter exit pyzmq's zero-copy machinery (its gc thread) is
+    already stopped and refuses large frames (RuntimeError, before anything is sent): copy."""
+    try:
+        sock.send(frame, copy=False)
+    except RuntimeError:
+        sock.send(frame, copy=True)
 
 
 def _version() -> str:
