@@ -61,9 +61,7 @@ class Config:
     batch_max_age_ms: int = 50
     sink_concurrency: int = 0  # 0: 1 for SQLite (one writer), 4 for other backends
     sink: str = "auto"  # "sql": the SQL writer; "mlflow": MLflow's log_batch; "auto": see sqlwriter
-    sqlite_wal: bool = (
-        True  # a SQLite store is switched to WAL mode (readers never block the writer)
-    )
+    sqlite_wal: bool = True  # a SQLite store is switched to WAL mode (readers never block the writer)
     barrier_timeout_s: float = 600.0
     retry_max_backoff_s: float = 30.0
     durability: str = "fsync"  # "fsync": ack after the journal is fsynced; "os": after write()
