@@ -36,6 +36,9 @@ from .transport import Transport
 __all__ = ["Run", "RunLink", "Tracker", "connect", "default_tags", "query_status"]
 
 EXIT_TIMEOUT = float(os.environ.get("TRACKER_EXIT_TIMEOUT", "10"))
+# After EXIT_TIMEOUT, how long the exit handler still lets the I/O thread finish writing the
+# spool (local disk only): the interpreter would otherwise freeze it mid-write (a torn spool).
+EXIT_SPOOL_GRACE_S = 5.0
 
 # Strong references: a Tracker whose variables are gone must still end its runs and flush (or
 # spool) at exit. close() removes it.
@@ -356,7 +359,8 @@ class Tracker:
 
     def _at_exit(self) -> None:
         """End open runs FINISHED and flush, within EXIT_TIMEOUT; whatever the daemon has not
-        taken by then (or at once, when no daemon is connected) is written to the spool.
+        taken by then (or at once, when no daemon is connected) is written to the spool (given
+        up to EXIT_SPOOL_GRACE_S more to finish).
         Never raises, never hangs."""
         deadline = time.monotonic() + EXIT_TIMEOUT
         connected = self._transport.connected
@@ -373,7 +377,8 @@ class Tracker:
             sys.stderr.write(f"tracker-client: at exit: {exc}\n")
         finally:
             transport = self._transport
-            transport.close(max(0.1, deadline - time.monotonic()))  # spools the rest
+            # spools the rest; the wait ends as soon as the I/O thread has
+            transport.close(max(EXIT_SPOOL_GRACE_S, deadline - time.monotonic()))
             _TRACKERS.discard(self)
             lost, failure = transport.take_problems()
             if lost:
