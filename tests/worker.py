@@ -4,8 +4,11 @@ SPEC keys (all optional): experiment, run_name, params {k: v}, tags {k: v}, keys
 steps (int), artifact {"name":..., "content":..., "rewrite": str|None}, end ("FINISHED" |
 "FAILED" | "exit" (no end call) | "raise" (exception inside the run's with-block)),
 wait_stdin (bool: block until a line arrives, to start many workers at one moment),
-resume_run_id, parent_run_id, flush_timeout, pace [every_n_steps, sleep_s] (log at a set rate).
-OUT: {"run_id", "experiment_id", "sent": {key: [[step, value, ts], ...]}, "per_call_ns": [...]}.
+resume_run_id, parent_run_id, flush_timeout, pace [every_n_steps, sleep_s] (log at a set rate),
+wait_after_start / wait_before_end (bool: print "started" / "logged" on stdout, then block until
+a line arrives: after start_run / before ending).
+OUT: {"run_id", "experiment_id", "sent": {key: [[step, value, ts], ...]}, "per_call_ns": [...],
+"ended": what run.end() returned (True: committed; False: held by the daemon or kept)}.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ def main() -> None:
     )
     result = {"run_id": run.run_id, "experiment_id": run.experiment_id, "sent": {}}
     out.write_text(json.dumps(result))  # the run id is known even if we die later
+    if spec.get("wait_after_start"):
+        print("started", flush=True)
+        sys.stdin.readline()
     if spec.get("params"):
         run.log_params(spec["params"])
     keys = spec.get("keys", [])
@@ -64,12 +70,16 @@ def main() -> None:
     if spec.get("hold_before_end"):  # stay alive, run open, until the test says "go" again
         sys.stdin.readline()
     end = spec.get("end", "FINISHED")
+    if spec.get("wait_before_end"):
+        print("logged", flush=True)
+        sys.stdin.readline()
     if end == "exit":
         return  # the client's exit handler must flush and end the run
     if end == "raise":
         with run:
             raise RuntimeError("training diverged")
-    run.end(end, timeout=spec.get("flush_timeout", 120))
+    result["ended"] = run.end(end, timeout=spec.get("flush_timeout", 120))
+    out.write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

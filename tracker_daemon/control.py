@@ -1,8 +1,12 @@
 """The requests that wait: ``start_run``, ``end_run``, ``flush`` and ``call``. Intake hands them
 to :meth:`Control.submit` (synchronous, from the receive loop); they queue in a bounded memory
 stream that :meth:`Control.run` owns, and each runs there as its own contained task (supervise.py:
-one that fails is logged and counted, never the end of the daemon). ``flush``, ``end_run`` and
-``call`` first wait until the client's earlier records are committed (the barrier).
+one that fails is logged and counted, never the end of the daemon). ``flush`` and ``call`` first
+wait until the client's earlier records are committed (the barrier).
+
+``end_run`` is durable intent (endings.py): taken on receipt, answered ``accepted`` once it is
+journaled (and the records it covers are), then ``done`` once the run's status is set. A reply
+``error`` ``timeout`` after the barrier timeout only means the wait was long: the END stays held.
 
 A request that finds the queue full (``CONTROL_QUEUE`` waiting to start) is answered at once with
 ``REQUEST_LIMIT_EXCEEDED``; the client may retry it.
@@ -26,6 +30,7 @@ from tracker_client import protocol as p
 from tracker_client.entities import encode_value
 
 from .call_stats import CallStats
+from .endings import Endings
 from .errors import SinkError
 from .ledger import Ledger
 from .run_service import RunService, Write, creation_key
@@ -54,6 +59,7 @@ class Control:
         runs: RunService,
         ledger: Ledger,
         supervisor: Supervisor,
+        endings: Endings,
         *,
         send: Callable[[bytes, p.DaemonMessage], Awaitable[None]],
         barrier: Callable[[str, int], Awaitable[bool]],
@@ -67,6 +73,7 @@ class Control:
         self.runs = runs
         self.ledger = ledger  # failures taken at a barrier
         self.supervisor = supervisor
+        self.endings = endings
         self._send = send
         self._barrier = barrier
         self._write = write
@@ -101,6 +108,8 @@ class Control:
             return reply
         if isinstance(msg, p.StartRun):
             self.runs.reserve(msg)
+        elif isinstance(msg, p.EndRun):
+            self.endings.receive(msg)  # held from now on: its run is no orphan
         return None
 
     async def run(self) -> None:
@@ -151,14 +160,23 @@ class Control:
         await self._send(identity, p.Done(msg.req, tuple(failures)))
 
     async def _on_end_run(self, identity: bytes, msg: p.EndRun) -> None:
-        if not await self._barrier(msg.client_id, msg.seq):
-            await self._send(identity, p.ErrorReply(msg.req, "timeout", self.late(msg.seq)))
-            return
+        ending = self.endings.receive(msg)  # the one submit took (None: applied already)
+        if ending is not None:
+            await ending.durable.wait()
+            if ending.saved and self.ledger.received_upto(msg.client_id) >= msg.seq:
+                await self._send(identity, p.Accepted(msg.req))  # the process may exit now
+            with anyio.move_on_after(self.barrier_timeout_s):
+                await ending.done.wait()
+            if not ending.done.is_set():
+                message = (
+                    f"{self.late(msg.seq)}; the daemon holds this end_run and sets the run's "
+                    "status once they are committed"
+                )
+                await self._send(identity, p.ErrorReply(msg.req, "timeout", message))
+                return
         failures = self.ledger.take_failures(msg.client_id, msg.run_id)
-        try:
-            await self.runs.end(msg.run_id, msg.status, msg.end_time)
-        except SinkError as exc:
-            failures.append(p.Failure(None, exc.code, f"ending run {msg.run_id}: {exc.message}"))
+        if ending is not None and ending.failure is not None:
+            failures.append(ending.failure)
         await self._send(identity, p.Done(msg.req, tuple(failures)))
 
     def _kind(self, method: str) -> str:

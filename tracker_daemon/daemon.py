@@ -9,20 +9,26 @@ module; this class builds them, starts their loops, and stops them (README, "Arc
                backoff policy) ─► settlement ─► barriers released; journal settled ─► mark
     artifact lane: staged slot checked and copied ─► artifact repository (never blocks metrics)
     clients: each client id bound to the peer that first used it; liveness: one watch per pid;
-             orphans: a dead client's open runs ended once its records are committed
+             orphans: a dead client's spool imported, then its open runs ended once its records
+             are committed — except runs whose end_run the daemon holds (endings: journaled on
+             receipt, applied once the run's records are committed, restored after a restart)
     status: each component's own status(), assembled by status.StatusReporter
 
 On start the journal is replayed from its mark. SIGTERM/SIGINT: stop receiving, commit what is
 buffered (bounded by ``drain_timeout_s``), fsync, write the mark, exit 0; the rest stays in the
-journal for the next start. Every loop is supervised: one failing task never ends the daemon.
+journal for the next start. ``--until-idle`` replays, imports the spools it finds (through a
+private socket in the state dir: it serves no client), commits, applies every END, and exits.
+Every loop is supervised: one failing task never ends the daemon.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +50,7 @@ from .committer import Committer
 from .config import Config, load_server_curve, metrics_host_port, redact_uri
 from .control import Control
 from .diskspace import DiskProblems
+from .endings import Endings
 from .experiments import Experiments
 from .feeder import Feeder
 from .intake import DataPath, Intake, Welcome
@@ -88,8 +95,9 @@ class Daemon:
             cfg.backend_uri, cfg.artifact_root, mode=cfg.sink, sqlite_wal=cfg.sqlite_wal
         )
         self.calls: StoreCalls | None = None  # created once MLflow is loaded
+        self.address = _import_address(state) if until_idle else cfg.bind_address
         self.server = Server(
-            cfg.bind_address, self.max_frame, self.curve, max_records=cfg.max_records_per_frame
+            self.address, self.max_frame, self.curve, max_records=cfg.max_records_per_frame
         )
         self.metrics: Any = None  # a metrics.MetricsServer while serving metrics_address
         self.counters = Counters()
@@ -192,6 +200,15 @@ class Daemon:
     def _build_control(self) -> None:
         """intake (synchronous) ─► limits, control (requests) ─► run service; orphans; imports."""
         cfg = self.cfg
+        self.imports = SpoolImports(self.spool_dir, self.address, self.curve, self.counters)
+        self.endings = Endings(
+            self.runs,
+            self.supervisor,
+            barrier=self.barriers.wait,
+            received_upto=self.ledger.received_upto,
+            synced=self.journal_sync.synced,
+            note_error=self.backend.note_error,
+        )
         self.orphans = Orphans(
             self.table,
             self.runs,
@@ -204,12 +221,15 @@ class Daemon:
             barrier=self.barriers.wait,
             received_upto=self.ledger.received_upto,
             note_error=self.backend.note_error,
+            endings=self.endings,
+            import_spool=self.imports.import_client,
         )
         self.orphans.liveness = self.liveness
         self.control = Control(
             self.runs,
             self.ledger,
             self.supervisor,
+            self.endings,
             send=self.server.send,
             barrier=self.barriers.wait,
             write=self.backend.write,
@@ -241,7 +261,6 @@ class Daemon:
             watcher=self.orphans,
             status=self.status,
         )
-        self.imports = SpoolImports(self.spool_dir, cfg.bind_address, self.curve, self.counters)
 
     def _build_status(self) -> StatusReporter:
         cfg = self.cfg
@@ -259,7 +278,15 @@ class Daemon:
             "max_open_runs_per_client": cfg.max_open_runs_per_client,
             "max_clients": cfg.max_clients,
         }
-        sections = (self.sink, self.server, self.liveness, self.runs, self.artifacts, self.journal)
+        sections = (
+            self.sink,
+            self.server,
+            self.liveness,
+            self.runs,
+            self.endings,
+            self.artifacts,
+            self.journal,
+        )
         return StatusReporter(
             static,
             self.counters,
@@ -310,8 +337,7 @@ class Daemon:
         if self.sink.writer is not None:
             self.committer.write_entries = self.sink.write_entries
         self.calls = StoreCalls(self.sink)
-        if not self.until_idle:
-            self.server.bind()
+        self.server.bind()
 
     async def run(self) -> None:
         await anyio.to_thread.run_sync(self.prepare)
@@ -342,12 +368,16 @@ class Daemon:
         finally:
             self.control.close()
             self.orphans.close()
+            self.endings.close()
             with anyio.CancelScope(shield=True):
                 if self.metrics is not None:
                     await anyio.to_thread.run_sync(self.metrics.close)
                     self.metrics = None
                 await anyio.to_thread.run_sync(self._shutdown_files)
             self.server.close()
+            if self.until_idle and not self.address.startswith(f"ipc://{cfg.state_path}"):
+                with contextlib.suppress(OSError):  # the private tempdir of its socket
+                    Path(self.address[len("ipc://") :]).parent.rmdir()
             self.lock.release()
             log.info(
                 "event=stopped received=%d committed=%d failed=%d left_in_journal=%d",
@@ -363,10 +393,12 @@ class Daemon:
         tasks = self._tg = Tasks(tg, self.supervisor)
         if self.until_idle:
             tasks.loop("drain", self._drain_then_exit, tg)
+            tasks.loop("server", self.server.serve, self.intake.handle)
         else:
             tg.start_soon(self._serve_until_signal, tg)
             tasks.loop("spool_import", self.imports.run)
-            tasks.loop("control", self.control.run)
+        tasks.loop("control", self.control.run)
+        tasks.loop("endings", self.endings.run)
         for lane in range(len(self.batcher)):
             tasks.loop(f"sink_lane_{lane}", self.committer.run_lane, lane)
         tasks.loop("artifacts", self.artifacts.run)
@@ -378,6 +410,7 @@ class Daemon:
         tasks.loop("liveness", self.liveness.run)
         tasks.loop("orphans", self.orphans.run)
         self.feeder.wake.set()
+        self.endings.restore()  # before orphans: a run with a held END is no orphan
         self.orphans.watch_restored_owners()
 
     def _start_metrics(self) -> None:
@@ -434,6 +467,11 @@ class Daemon:
                         draining.cancel_scope.cancel()
 
                 draining.start_soon(stop_on_signal)
+                await self.imports.scan()  # the spools found: their records and their ENDs
+                await self._drain(float("inf"))
+                while self._ending():
+                    self.endings.nothing_more()  # nothing else will arrive
+                    await self.committer.idle.wait(0.2)
                 await self._drain(float("inf"))
                 draining.cancel_scope.cancel()
         log.info("event=idle note=journal_drained")
@@ -461,6 +499,10 @@ class Daemon:
 
     def _busy(self) -> bool:
         return self.committer.busy or bool(self._art_pending) or self.feeder.spilling
+
+    def _ending(self) -> bool:
+        """--until-idle: ENDs still to apply, exited clients still being judged, imports."""
+        return bool(self.endings.pending or self.orphans.judging or self.imports.active)
 
     # ------------------------------------------------------------------ seams between components
 
@@ -526,6 +568,15 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """The status document (``tracker-daemon status``, Prometheus); see status.py."""
         return self.reporter.document(time.monotonic(), time.time())
+
+
+def _import_address(state: Path) -> str:
+    """--until-idle serves only its own spool imports, on a private socket: in the state dir,
+    or in a private temporary dir when that path is too long for AF_UNIX (107 bytes)."""
+    sock = state / "import.sock"
+    if len(str(sock)) > 100:
+        sock = Path(tempfile.mkdtemp(prefix="tracker-daemon-")) / "import.sock"
+    return f"ipc://{sock}"
 
 
 def run_daemon(cfg: Config, *, until_idle: bool = False) -> None:

@@ -54,12 +54,23 @@ class JournalSync:
         self._send = send
         self._after_mark = after_mark
         self.pending_acks: dict[bytes, str] = {}  # peer -> client id, acked after the fsync
+        self._synced: list[anyio.Event] = []  # set after the next group fsync (synced())
         self.sync_wake = Wakeup()
         self.mark_wake = Wakeup()
 
     def ack_later(self, identity: bytes, client_id: str) -> None:
         self.pending_acks[identity] = client_id
         self.sync_wake.set()
+
+    async def synced(self) -> None:
+        """Return once everything appended so far is as durable as an ack promises (after the
+        next group fsync with durability "fsync"; at once with "os")."""
+        if self.durability != "fsync":
+            return
+        event = anyio.Event()
+        self._synced.append(event)
+        self.sync_wake.set()
+        await event.wait()
 
     async def sync_loop(self) -> None:
         """Group fsync: after the first append, wait one interval, fsync once, ack everyone."""
@@ -68,6 +79,7 @@ class JournalSync:
             await anyio.sleep(self.fsync_interval)
             if self.durability == "fsync":
                 started = time.monotonic()
+                waiters, self._synced = self._synced, []
                 try:
                     await anyio.to_thread.run_sync(self.journal.sync)
                 except OSError as exc:
@@ -75,12 +87,15 @@ class JournalSync:
                         raise
                     # not durable: hold the acks back (clients keep the frames) and try again
                     self.disk.failed("journal (fsync)", exc, "acks_held_back_until_fsync_works")
+                    self._synced[:0] = waiters
                     await anyio.sleep(DISK_RETRY_S)
                     self.sync_wake.set()
                     continue
                 self.disk.ok("journal (fsync)")
                 self.counters.fsyncs += 1
                 self.counters.fsync_seconds += time.monotonic() - started
+                for event in waiters:
+                    event.set()
             await self.flush_acks()
 
     async def flush_acks(self) -> None:

@@ -44,6 +44,7 @@ COUNTERS = (
     ("sink_retries", "sink_retries", "Retries of backend writes after transient errors."),
     ("artifacts", "artifacts", "Artifacts uploaded."),
     ("orphaned_runs", "orphaned_runs", "Runs ended by the daemon because their process died."),
+    ("ends_applied", "ends_applied", "end_run requests applied (status set) since the start."),
     ("spools_imported", "spools_imported", "Spool files of dead clients imported."),
     ("fsyncs", "fsyncs", "Journal fsyncs."),
     (
@@ -59,6 +60,11 @@ COUNTERS = (
 GAUGES = (
     ("uptime_seconds", "uptime_s", "Seconds since the daemon started."),
     ("open_runs", "open_runs", "Runs started through the daemon and not yet ended."),
+    (
+        "ends_pending",
+        "ends_pending",
+        "end_run requests held (journaled), waiting for their run's records to be committed.",
+    ),
     ("queue_depth", "queue_depth", "Records buffered in memory, waiting for the backend."),
     ("artifacts_pending", "artifacts_pending", "Artifacts waiting to be uploaded."),
     (

@@ -2,6 +2,10 @@
 exits, ending its clients' open runs — after the records they sent are committed — with
 ``orphan_status`` and a ``tracker.end_reason`` tag.
 
+Orphan detection never overrides a status a client asked for: the dead client's spool (if it
+left one) is imported first, so the ENDs it spooled reach the daemon; a run with an END the
+daemon holds (received, spooled or replayed: endings.py) is left to that END.
+
 Exits are queued (an unbounded stream: one entry per exited client) and handled by
 :meth:`Orphans.run`, each as its own contained task.
 """
@@ -38,6 +42,13 @@ class Watches(Protocol):
     def watch(self, pid: int) -> bool: ...
 
 
+class HeldEnds(Protocol):
+    """endings.Endings, as orphans use it."""
+
+    def holds(self, run_id: str) -> bool: ...
+    def client_gone(self, client_id: str) -> None: ...
+
+
 class TagSink(Protocol):
     def log_batch(
         self, run_id: str, metrics: list[Any], params: list[Any], tags: list[p.Tag]
@@ -59,6 +70,8 @@ class Orphans:
         barrier: Callable[[str, int, float | None], Awaitable[bool]],
         received_upto: Callable[[str], int],
         note_error: Callable[[SinkError], None],
+        endings: HeldEnds,
+        import_spool: Callable[[str], Awaitable[None]],
     ) -> None:
         self.table = table
         self.runs = runs
@@ -71,6 +84,9 @@ class Orphans:
         self._barrier = barrier
         self._received_upto = received_upto
         self._note_error = note_error
+        self.endings = endings
+        self._import_spool = import_spool  # a client's spool, if it left one (spool_imports)
+        self.judging = 0  # exited clients queued or being judged
         self.liveness: Watches | None = None  # set by the daemon (it calls pid_exited)
         self._in: MemoryObjectSendStream[ClientInfo]
         self._out: MemoryObjectReceiveStream[ClientInfo]
@@ -109,6 +125,7 @@ class Orphans:
 
     def client_exited(self, info: ClientInfo) -> None:
         """Queue the end of ``info``'s open runs."""
+        self.judging += 1
         self._in.send_nowait(info)
 
     def close(self) -> None:
@@ -123,14 +140,30 @@ class Orphans:
                 tasks.start_soon(self._client_exited, info)
 
     async def _client_exited(self, info: ClientInfo) -> None:
-        """A local client process is gone: commit what it sent, then end its runs."""
+        try:
+            await self._judge(info)
+        finally:
+            self.judging -= 1
+
+    async def _judge(self, info: ClientInfo) -> None:
+        """A local client process is gone: import its spool, commit what it sent, apply the
+        ENDs it sent, and end its other runs."""
+        await self._import_spool(info.client_id)
         upto = self._received_upto(info.client_id)
         await self._barrier(info.client_id, upto, ORPHAN_BARRIER_S)
+        self.endings.client_gone(info.client_id)
         reason = (
             f"tracker-daemon: client process {info.pid} on {info.host} exited without "
             f"ending this run"
         )
         for run_id in self.runs.runbook.orphaned_by(info.client_id):
+            if self.endings.holds(run_id):
+                log.info(
+                    "event=orphan_not_ended run=%s client=%s note=its_end_run_is_held",
+                    run_id,
+                    info.client_id,
+                )
+                continue
             try:
                 await self._write(
                     self.sink.log_batch,
@@ -140,6 +173,8 @@ class Orphans:
                     [p.Tag(run_id, "tracker.end_reason", reason)],
                     retry_for=30.0,
                 )
+                if self.endings.holds(run_id):  # an END arrived meanwhile: it decides
+                    continue
                 await self.runs.end(run_id, self.orphan_status, time.time_ns() // 1_000_000)
                 self.counters.orphaned_runs += 1
                 log.warning(

@@ -1,6 +1,7 @@
 """Run bookkeeping: which runs are open and who owns them, the persisted record of run creations
-(so a retried or replayed ``start_run`` never creates a second run), and each run's owners
-with their pids (liveness itself is in liveness.py).
+(so a retried or replayed ``start_run`` never creates a second run), each run's owners with
+their pids (liveness itself is in liveness.py), and the ``end_run`` requests the daemon holds
+(journaled on receipt, applied once the run's records are committed: endings.py).
 """
 
 from __future__ import annotations
@@ -20,9 +21,44 @@ from tracker_client.framing import encode_frame, scan
 from .diskspace import DiskProblems
 from .sink import RunHandle
 
-__all__ = ["OpenRun", "RunBook"]
+__all__ = ["EndIntent", "OpenRun", "RunBook"]
 
 log = logging.getLogger("tracker_daemon.runs")
+
+
+@dataclass(frozen=True, slots=True)
+class EndIntent:
+    """An ``end_run`` the daemon holds: set ``run_id`` (as the client named it: an MLflow id or
+    an offline id) to ``status`` once every message of ``client_id`` up to ``seq`` is done.
+    ``key`` (``<client_id>:<req>``) names the request: a resent or replayed copy has the same."""
+
+    key: str
+    client_id: str
+    seq: int
+    run_id: str
+    status: str
+    end_time: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "client_id": self.client_id,
+            "seq": self.seq,
+            "run_id": self.run_id,
+            "status": self.status,
+            "end_time": self.end_time,
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> EndIntent:
+        return cls(
+            str(entry["key"]),
+            str(entry["client_id"]),
+            int(entry["seq"]),
+            str(entry["run_id"]),
+            str(entry["status"]),
+            int(entry["end_time"]),
+        )
 
 
 @dataclass(slots=True)
@@ -34,7 +70,9 @@ class OpenRun:
 class RunBook:
     """Open runs with their owners, and the persisted log ``runs.log`` of run creations (keyed by
     request, so a retried start_run returns the same run) and of runs opened and closed (with the
-    owning client's pid, so a restarted daemon still ends the runs of clients that died).
+    owning client's pid, so a restarted daemon still ends the runs of clients that died), and of
+    ``end_run`` requests held (``ending``) and applied (``ended``: a replayed copy is not applied
+    again).
 
     ``runs.log`` holds JSON entries in the framing of :mod:`tracker_client.framing`; it is
     compacted at load (closed runs dropped; creations kept for ``CREATION_MEMORY_S``).
@@ -55,6 +93,8 @@ class RunBook:
         self.open: dict[str, OpenRun] = {}  # run id -> open run
         self.handles: dict[str, RunHandle] = {}  # run id -> handle (open or not)
         self.owners: dict[str, tuple[int, str]] = {}  # client id -> (pid, host) of owners
+        self.ending: dict[str, EndIntent] = {}  # request key -> end_run held, not applied yet
+        self.ended: dict[str, float] = {}  # request key -> when that end_run was applied
         self._created_at: dict[str, float] = {}
         self._fd = -1
 
@@ -82,6 +122,16 @@ class RunBook:
         if kind == "closed":
             self.open.pop(entry["run_id"], None)
             return
+        if kind == "ending":
+            intent = EndIntent.from_json(entry)
+            self.ending[intent.key] = intent
+            return
+        if kind == "ended":
+            self.ending.pop(entry["key"], None)
+            self.ended[entry["key"]] = float(entry.get("t", time.time()))
+            if entry.get("run_id"):
+                self.open.pop(entry["run_id"], None)
+            return
         handle = RunHandle(
             entry["run_id"], entry["experiment_id"], entry["artifact_uri"], entry["run_name"], {}
         )
@@ -99,6 +149,10 @@ class RunBook:
             {"type": "created", "key": k, "t": self._created_at[k], **_fields(h)}
             for k, h in self.created.items()
             if self._created_at[k] >= horizon
+        ]
+        entries += [{"type": "ending", **i.to_json()} for i in self.ending.values()]
+        entries += [
+            {"type": "ended", "key": k, "t": t} for k, t in self.ended.items() if t >= horizon
         ]
         for run in self.open.values():
             for owner in run.owners:
@@ -183,6 +237,22 @@ class RunBook:
         with self._lock:
             if run_id in self.open:
                 self._append({"type": "closed", "run_id": run_id})
+            self.closed(run_id)
+
+    def record_ending(self, intent: EndIntent) -> None:
+        """Persist (and fsync) an ``end_run`` held — before acknowledging it."""
+        with self._lock:
+            if intent.key in self.ending:
+                return
+            self._append({"type": "ending", **intent.to_json()})
+            self.ending[intent.key] = intent
+
+    def record_ended(self, key: str, run_id: str) -> None:
+        """The ``end_run`` ``key`` was applied: ``run_id`` (its MLflow id) is closed."""
+        with self._lock:
+            self._append({"type": "ended", "key": key, "t": time.time(), "run_id": run_id})
+            self.ending.pop(key, None)
+            self.ended[key] = time.time()
             self.closed(run_id)
 
     def opened(self, handle: RunHandle, owner: str) -> None:

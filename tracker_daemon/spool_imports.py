@@ -3,6 +3,11 @@ live client holds its spool's lock and sends it itself). The daemon imports them
 own socket, as a privileged client (with CURVE, with its own key pair, which it always accepts).
 A spool that fails is tried again with a growing delay; one the daemon refuses for good is not
 retried until it changes (spool_backoff.py; both logged).
+
+Orphan detection imports the spool of a client that just exited before it judges its runs
+(:meth:`SpoolImports.import_client`), and ``run --until-idle`` imports every spool it finds
+(:meth:`SpoolImports.scan`) through a private socket of its own. One import of a file at a time:
+a second caller waits for the import in flight.
 """
 
 from __future__ import annotations
@@ -41,52 +46,83 @@ class SpoolImports:
         self.curve = curve
         self.counters = counters  # spools_imported
         self.stop = threading.Event()  # set when the daemon stops: an import in flight ends
+        self._backoff = SpoolBackoff()
+        self._active: dict[Path, anyio.Event] = {}  # imports in flight
 
     def own_curve_keys(self) -> CurveKeys | None:
         if self.curve is None:
             return None
         return CurveKeys(self.curve.public, self.curve.public, self.curve.secret)
 
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
     async def run(self) -> None:
-        backoff = SpoolBackoff()
         while True:
-            for path in sorted(self.spool_dir.glob(f"*{SPOOL_SUFFIX}")):
-                if not backoff.due(path, time.monotonic()):
-                    continue
-                try:
-                    result = await anyio.to_thread.run_sync(
-                        functools.partial(
-                            import_spool,
-                            path,
-                            self.address,
-                            timeout=600,
-                            stop=self.stop,
-                            curve=self.own_curve_keys(),
-                        ),
-                        abandon_on_cancel=True,
-                    )
-                except SpoolBusy:
-                    continue
-                except (OSError, TimeoutError, p.ProtocolError, ImportRefused) as exc:
-                    permanent = isinstance(exc, ImportRefused)
-                    delay = backoff.failed(path, time.monotonic(), permanent=permanent)
-                    log.error(
-                        "event=spool_import_failed path=%s reason=%r attempts=%d retry=%s",
-                        path,
-                        str(exc),
-                        backoff.attempts(path),
-                        "when the file changes" if permanent else f"in {delay:g} s",
-                    )
-                    continue
-                backoff.forget(path)
-                path.unlink(missing_ok=True)
-                self.counters.spools_imported += 1
-                log.info(
-                    "event=spool_imported path=%s records=%d runs=%s failures=%d reframed=%d",
-                    path,
-                    result.records,
-                    json.dumps(result.runs),
-                    len(result.failures),
-                    result.reframed,
-                )
+            await self.scan()
             await anyio.sleep(SPOOL_SCAN_S)
+
+    async def scan(self) -> None:
+        """Import every spool in the spool dir that is due (one pass)."""
+        for path in sorted(self.spool_dir.glob(f"*{SPOOL_SUFFIX}")):
+            if self._backoff.due(path, time.monotonic()):
+                await self.import_path(path)
+
+    async def import_client(self, client_id: str) -> None:
+        """Import the spool ``client_id`` left, if any (its process has exited)."""
+        path = self.spool_dir / f"{client_id}{SPOOL_SUFFIX}"
+        if path.is_file():
+            await self.import_path(path)
+
+    async def import_path(self, path: Path) -> None:
+        """Import one spool (logged either way; a second caller waits for the first)."""
+        active = self._active.get(path)
+        if active is not None:
+            await active.wait()
+            return
+        done = self._active[path] = anyio.Event()
+        try:
+            await self._import(path)
+        finally:
+            del self._active[path]
+            done.set()
+
+    async def _import(self, path: Path) -> None:
+        backoff = self._backoff
+        try:
+            result = await anyio.to_thread.run_sync(
+                functools.partial(
+                    import_spool,
+                    path,
+                    self.address,
+                    timeout=600,
+                    stop=self.stop,
+                    curve=self.own_curve_keys(),
+                ),
+                abandon_on_cancel=True,
+            )
+        except SpoolBusy:
+            return
+        except (OSError, TimeoutError, p.ProtocolError, ImportRefused) as exc:
+            permanent = isinstance(exc, ImportRefused)
+            delay = backoff.failed(path, time.monotonic(), permanent=permanent)
+            log.error(
+                "event=spool_import_failed path=%s reason=%r attempts=%d retry=%s",
+                path,
+                str(exc),
+                backoff.attempts(path),
+                "when the file changes" if permanent else f"in {delay:g} s",
+            )
+            return
+        backoff.forget(path)
+        await anyio.to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
+        self.counters.spools_imported += 1
+        log.info(
+            "event=spool_imported path=%s records=%d runs=%s failures=%d reframed=%d",
+            path,
+            result.records,
+            json.dumps(result.runs),
+            len(result.failures),
+            result.reframed,
+        )

@@ -223,7 +223,7 @@ def format_status(s: dict[str, Any]) -> str:
         ("address", f"{s.get('address')}  (auth: {s.get('auth', 'none')})"),
         ("metrics", s.get("metrics_address") or "off"),
         ("clients", len(clients)),
-        ("open runs", s.get("open_runs")),
+        ("open runs", f"{s.get('open_runs')}  (ends held {s.get('ends_pending', 0)})"),
         ("received", s.get("received")),
         ("committed", s.get("committed")),
         ("failed", f"{s.get('failed')}  (dead-lettered {s.get('dead_lettered')})"),

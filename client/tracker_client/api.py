@@ -4,7 +4,9 @@ Log calls validate their arguments with MLflow's rules (bad input raises at the 
 append to the transport's bounded buffer and return; they never wait on the daemon. ``start_run``
 is a round trip (it returns MLflow's run id); ``flush`` and ``end`` are barriers that return once
 the daemon has committed everything this process logged before them, or raise
-:class:`~tracker_client.errors.CommitError` listing the records that failed and why.
+:class:`~tracker_client.errors.CommitError` listing the records that failed and why. ``end`` is
+durable intent: once the daemon acknowledges it (``accepted``) the run ends as asked even if this
+process exits at once; its timeout only bounds the wait for the commit (it then returns False).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from .transport import Transport
 __all__ = ["Run", "RunLink", "Tracker", "connect", "default_tags", "query_status"]
 
 EXIT_TIMEOUT = float(os.environ.get("TRACKER_EXIT_TIMEOUT", "10"))
+# After EXIT_TIMEOUT, how long the exit handler still lets the I/O thread finish writing the
+# spool (local disk only): the interpreter would otherwise freeze it mid-write (a torn spool).
+EXIT_SPOOL_GRACE_S = 5.0
 
 # Strong references: a Tracker whose variables are gone must still end its runs and flush (or
 # spool) at exit. close() removes it.
@@ -114,8 +119,8 @@ class _Link:
     def barrier(self, run_id: str | None, timeout: float) -> None:
         self._tracker._barrier(run_id, timeout)
 
-    def end(self, run_id: str, status: str, timeout: float) -> None:
-        self._tracker._end(run_id, status, timeout)
+    def end(self, run_id: str, status: str, timeout: float) -> bool:
+        return self._tracker._end(run_id, status, timeout)
 
     def is_open(self, run_id: str) -> bool:
         return run_id in self._tracker._open_runs
@@ -305,7 +310,10 @@ class Tracker:
             err.add_note(str(CommitError(failures)))
         raise err from cause
 
-    def _end(self, run_id: str, status: str, timeout: float) -> None:
+    def _end(self, run_id: str, status: str, timeout: float) -> bool:
+        """True: committed and ended. False: the daemon holds the END (it answered
+        ``accepted``), or the request is kept for a daemon (offline); the status is set once
+        the run's records are committed. Raises as the Run.end docstring says."""
         cid = self._transport.client_id
         end_time = _now_ms()
 
@@ -323,7 +331,26 @@ class Tracker:
                 self._open_runs.pop(run.run_id, None)
         try:
             reply = fut.result(timeout)
-        except FutureTimeout:
+        except (FutureTimeout, DaemonError) as exc:
+            if fut.accepted.is_set() and (
+                not isinstance(exc, DaemonError) or exc.code == "timeout"
+            ):
+                # the daemon holds the END durably: it sets the status after the commit
+                _log.info(
+                    "tracker-client: run %s: the daemon holds its end (%s) and sets the status "
+                    "once the run's records are committed (not yet after %g s); this process "
+                    "may exit",
+                    run_id,
+                    status,
+                    timeout,
+                )
+                self._raise_problems()
+                return False
+            if isinstance(exc, DaemonUnavailable):
+                self._raise_problems(cause=exc)
+                raise
+            if isinstance(exc, DaemonError):
+                raise
             if self.offline:  # the end_run request stays queued and is spooled at exit
                 _log.warning(
                     "tracker-client: ending run %s: %s; the request is kept and sent when a "
@@ -332,17 +359,15 @@ class Tracker:
                     self._transport.no_answer(timeout),
                 )
                 self._raise_problems()
-                return
-            exc = DaemonUnavailable(self._transport.no_answer(timeout))
-            self._raise_problems(cause=exc)
-            raise exc from None
-        except DaemonUnavailable as exc:
-            self._raise_problems(cause=exc)
-            raise
+                return False
+            unavailable = DaemonUnavailable(self._transport.no_answer(timeout))
+            self._raise_problems(cause=unavailable)
+            raise unavailable from None
         assert isinstance(reply, p.Done)
         self._raise_problems(reply.failures)
         if reply.failures:
             raise CommitError(reply.failures)
+        return True
 
     def _staging_dir(self) -> Path:
         self._transport.wait_welcome(CONNECT_TIMEOUT)
@@ -353,7 +378,8 @@ class Tracker:
 
     def _at_exit(self) -> None:
         """End open runs FINISHED and flush, within EXIT_TIMEOUT; whatever the daemon has not
-        taken by then (or at once, when no daemon is connected) is written to the spool.
+        taken by then (or at once, when no daemon is connected) is written to the spool (given
+        up to EXIT_SPOOL_GRACE_S more to finish).
         Never raises, never hangs."""
         deadline = time.monotonic() + EXIT_TIMEOUT
         connected = self._transport.connected
@@ -370,7 +396,8 @@ class Tracker:
             sys.stderr.write(f"tracker-client: at exit: {exc}\n")
         finally:
             transport = self._transport
-            transport.close(max(0.1, deadline - time.monotonic()))  # spools the rest
+            # spools the rest; the wait ends as soon as the I/O thread has
+            transport.close(max(EXIT_SPOOL_GRACE_S, deadline - time.monotonic()))
             _TRACKERS.discard(self)
             lost, failure = transport.take_problems()
             if lost:

@@ -36,6 +36,7 @@ __all__ = [
     "OPTIONAL_FIELDS",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
+    "Accepted",
     "Ack",
     "Call",
     "ClientMessage",
@@ -329,6 +330,15 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class Accepted:
+    """The daemon holds an ``end_run`` durably (journaled before this reply): it sets the run's
+    status once the records before it are committed, even if the client is gone by then. The
+    request's ``done`` (or ``error``) follows."""
+
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunStarted:
     req: int
     run_id: str
@@ -359,7 +369,9 @@ class ErrorReply:
 ClientMessage: TypeAlias = (
     Hello | Data | LogArtifact | StartRun | EndRun | Flush | StatusRequest | Call
 )
-DaemonMessage: TypeAlias = Welcome | Ack | RunStarted | Done | StatusReply | ErrorReply | Result
+DaemonMessage: TypeAlias = (
+    Welcome | Ack | RunStarted | Done | StatusReply | ErrorReply | Result | Accepted
+)
 Message: TypeAlias = ClientMessage | DaemonMessage
 
 # kind string <-> class; the field order of each dataclass is the documented field list.
@@ -377,6 +389,7 @@ _KINDS: Final[dict[str, type[Any]]] = {
     "ack": Ack,
     "run": RunStarted,
     "done": Done,
+    "accepted": Accepted,
     "status_reply": StatusReply,
     "error": ErrorReply,
 }

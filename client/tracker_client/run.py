@@ -46,7 +46,7 @@ class RunLink(Protocol):
         ...
 
     def barrier(self, run_id: str | None, timeout: float) -> None: ...
-    def end(self, run_id: str, status: str, timeout: float) -> None: ...
+    def end(self, run_id: str, status: str, timeout: float) -> bool: ...
     def is_open(self, run_id: str) -> bool: ...
     def renamed(self, old_id: str, new_id: str) -> None:
         """An offline run got its MLflow id."""
@@ -147,10 +147,23 @@ class Run:
         """Return once everything this process logged is committed; CommitError on failures."""
         self._link.barrier(self.run_id, timeout)
 
-    def end(self, status: str = "FINISHED", timeout: float = BARRIER_TIMEOUT) -> None:
-        """Commit everything logged, then set the run's status (FINISHED, FAILED or KILLED)."""
+    def end(self, status: str = "FINISHED", timeout: float = BARRIER_TIMEOUT) -> bool:
+        """End the run with ``status`` (FINISHED, FAILED or KILLED) once everything logged is
+        committed.
+
+        The daemon journals the request and acknowledges it at once; from then on it sets the
+        status after committing the run's records, even if this process exits right away or
+        the daemon restarts. ``timeout`` only bounds how long this call waits for that commit:
+
+        * True — committed and ended (CommitError if records failed);
+        * False — not committed within ``timeout``: the daemon holds the END (or, with no
+          daemon answering, the request is kept and spooled at exit); the status is set once
+          the records are committed. Logged at INFO; the process may exit.
+
+        Raises DaemonUnavailable when no daemon acknowledged the END within ``timeout`` and the
+        tracker is not offline-capable (the request stays queued and is spooled at exit)."""
         status = v.check_status(status)
-        self._link.end(self.run_id, status, timeout)
+        return self._link.end(self.run_id, status, timeout)
 
     def __enter__(self) -> Run:
         return self

@@ -24,6 +24,7 @@ from .outbox import Unit
 
 __all__ = [
     "JOURNAL_FULL_RETRY_S",
+    "Accepted",
     "Acked",
     "Answered",
     "Event",
@@ -41,6 +42,14 @@ class Acked:
     """Every sequenced frame up to ``upto`` is the daemon's (and forgotten here)."""
 
     upto: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The daemon holds an ``end_run`` durably; its final reply follows. The request is not
+    spooled any more (it is still resent after a reconnect: a copy is harmless)."""
+
+    future: Future[Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +87,7 @@ class Welcomed:
     resend: tuple[bytes, ...]
 
 
-Event: TypeAlias = Acked | Answered | Refused | JournalFull | Welcomed
+Event: TypeAlias = Accepted | Acked | Answered | Refused | JournalFull | Welcomed
 
 
 class Session:
@@ -94,6 +103,7 @@ class Session:
         # a reconnect; a barrier's reply also acks everything up to its seq.
         self.pending: dict[int, tuple[Future[Any] | None, bytes, int]] = {}
         self.unacked: OrderedDict[int, bytes] = OrderedDict()
+        self.accepted: set[int] = set()  # pending requests the daemon holds durably (end_run)
         self.resend_req = -1  # the hello whose welcome triggers a resend
         self.resend_at = 0.0  # journal_full: when to resend the unacked frames (0: not armed)
         self.connected = False  # welcomed on the current connection
@@ -147,13 +157,18 @@ class Session:
     def window_open(self, max_inflight: int) -> bool:
         return len(self.unacked) < max_inflight
 
-    def in_send_order(self, requests: bool = True) -> list[bytes]:
-        """Unacked sequenced frames and (optionally) unanswered requests, in the order they were
-        first sent: a request framed after seq S went between frames S and S+1. (An offline
-        run's start_run must reach the daemon before the records that use its id.)"""
+    def in_send_order(self, requests: bool = True, *, held: bool = True) -> list[bytes]:
+        """Unacked sequenced frames and (optionally) unanswered requests — without those the
+        daemon holds unless ``held`` — in the order they were first sent: a request framed
+        after seq S went between frames S and S+1. (An offline run's start_run must reach the
+        daemon before the records that use its id.)"""
         keyed = [((seq, 0, 0), frame) for seq, frame in self.unacked.items()]
         if requests:
-            keyed += [((seq, 1, req), f) for req, (_, f, seq) in list(self.pending.items())]
+            keyed += [
+                ((seq, 1, req), f)
+                for req, (_, f, seq) in list(self.pending.items())
+                if held or req not in self.accepted
+            ]
         return [frame for _, frame in sorted(keyed, key=lambda kv: kv[0])]
 
     def resend_due(self, now: float) -> list[bytes]:
@@ -168,8 +183,9 @@ class Session:
         """Is there anything a daemon has not taken (unacked frames, or requests other than
         status and flush, which mean nothing to a later daemon)?"""
         return bool(self.unacked) or not all(
-            isinstance(p.decode(f, max_frame=2**31), p.StatusRequest | p.Flush)
-            for _, f, _ in list(self.pending.values())
+            req in self.accepted
+            or isinstance(p.decode(f, max_frame=2**31), p.StatusRequest | p.Flush)
+            for req, (_, f, _) in list(self.pending.items())
         )
 
     # ------------------------------------------------------------------------- what came back
@@ -182,7 +198,14 @@ class Session:
             return self._welcome(msg)
         if isinstance(msg, p.ErrorReply):
             return self._error(msg, now)
+        if isinstance(msg, p.Accepted):
+            held = self.pending.get(msg.req)
+            if held is None:
+                return []
+            self.accepted.add(msg.req)
+            return [Accepted(held[0])]
         if isinstance(msg, p.RunStarted | p.Done | p.StatusReply | p.Result):
+            self.accepted.discard(msg.req)
             entry = self.pending.pop(msg.req, None)
             if entry is None:
                 return []
@@ -201,6 +224,7 @@ class Session:
         for req, entry in list(self.pending.items()):
             if entry[0] is future:
                 self.pending.pop(req, None)
+                self.accepted.discard(req)
 
     def waiting(self) -> list[Future[Any]]:
         """The futures of unanswered requests (to fail when the connection closes)."""
@@ -223,6 +247,8 @@ class Session:
         return [Welcomed(msg, resend)]
 
     def _error(self, msg: p.ErrorReply, now: float) -> list[Event]:
+        if msg.req is not None:
+            self.accepted.discard(msg.req)
         entry = self.pending.pop(msg.req, None) if msg.req is not None else None
         if entry is not None and entry[0] is not None:
             return [Refused(entry[0], msg.code, msg.message, msg.req)]

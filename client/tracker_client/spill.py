@@ -186,7 +186,7 @@ class Spiller:
                 self.spool.close()
                 self.spool = None
             return
-        head = [s.spool_hello(), *s.in_send_order()]
+        head = [s.spool_hello(), *s.in_send_order(held=False)]  # not what the daemon holds
         units = outbox.take_all(s.seq + 1, s.new_req)
         written, saved = self._write_exit_spool(head, unsent_spool, units)
         for unit in units[:written]:

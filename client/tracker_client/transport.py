@@ -41,10 +41,10 @@ from .address import no_answer
 from .curve import apply_curve, curve_from_env, curve_hint
 from .errors import DaemonError, DaemonUnavailable
 from .outbox import POLICIES, RECORDS_PER_FRAME, Call, FrameMaker, MakeMessage, Outbox
-from .session import Answered, JournalFull, Refused, Session, Welcomed
+from .session import Accepted, Answered, JournalFull, Refused, Session, Welcomed
 from .spill import Spiller
 
-__all__ = ["POLICIES", "Transport"]
+__all__ = ["POLICIES", "Request", "Transport"]
 
 _log = logging.getLogger("tracker_client")
 
@@ -52,6 +52,15 @@ FAILURE_LIMIT = 100  # unexpected errors in a row after which the I/O thread giv
 
 
 _LIVE: weakref.WeakSet[Transport] = weakref.WeakSet()
+
+
+class Request(Future[p.DaemonMessage]):
+    """A request's future; ``accepted`` is set when the daemon answers ``accepted`` (it holds
+    an ``end_run`` durably: the process may exit, the daemon applies it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted = threading.Event()
 
 
 class Transport:
@@ -140,8 +149,8 @@ class Transport:
         fut.cancel()  # if still queued, the frame maker skips it
         self.session.abandon(fut)
 
-    def request_async(self, make: MakeMessage) -> Future[p.DaemonMessage]:
-        fut: Future[p.DaemonMessage] = Future()
+    def request_async(self, make: MakeMessage) -> Request:
+        fut = Request()
         self.outbox.put_control(Call(make, fut, sequenced=False))
         return fut
 
@@ -322,7 +331,7 @@ class Transport:
             self._receive(sock)
         if self.session.resend_at:  # journal_full: resend the data once its delay is over
             for frame in self.session.resend_due(time.monotonic()):
-                sock.send(frame, copy=False)
+                _send(sock, frame)
 
     def _warn_once(self, key: str, msg: str, *args: object) -> None:
         if key not in self._warned:
@@ -359,7 +368,7 @@ class Transport:
             if frames is None:
                 return sent
             for frame in frames:
-                sock.send(frame, copy=False)
+                _send(sock, frame)
             sent += len(frames)
         maker = self.outbox.maker
         while self._window_open():
@@ -367,11 +376,14 @@ class Transport:
             if unit is None:
                 break
             try:
-                sock.send(unit.frame, copy=False)
+                _send(sock, unit.frame)
             except zmq.ZMQError as exc:  # not expected with SNDHWM 0; keep the frame queued
                 maker.give_back(unit)
                 self._warn_once("send", "tracker-client: sending to the daemon: %s", exc)
                 break
+            except BaseException:  # a bug: the frame stays queued (spooled at exit), not lost
+                maker.give_back(unit)
+                raise
             session.placed(unit, in_flight=True)
             sent += 1
         if self.outbox.space_waiters:
@@ -393,6 +405,9 @@ class Transport:
                 if isinstance(event, Answered):
                     if event.future is not None:
                         event.future.set_result(event.reply)
+                elif isinstance(event, Accepted):
+                    if isinstance(event.future, Request):
+                        event.future.accepted.set()
                 elif isinstance(event, Welcomed):
                     self._welcomed(sock, event)
                 elif isinstance(event, Refused):
@@ -412,8 +427,17 @@ class Transport:
         self.max_frame = min(self.max_frame, welcome.max_frame)
         self.outbox.maker.max_bytes = self.max_frame
         for frame in event.resend:
-            sock.send(frame, copy=False)
+            _send(sock, frame)
         self.welcomed.set()
+
+
+def _send(sock: zmq.Socket[bytes], frame: bytes) -> None:
+    """Send without copying; at interpreter exit pyzmq's zero-copy machinery (its gc thread) is
+    already stopped and refuses large frames (RuntimeError, before anything is sent): copy."""
+    try:
+        sock.send(frame, copy=False)
+    except RuntimeError:
+        sock.send(frame, copy=True)
 
 
 def _version() -> str:

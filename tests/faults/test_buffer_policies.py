@@ -31,7 +31,8 @@ def test_spool_policy_keeps_everything_while_the_daemon_is_down(tmp_path: Path) 
         wait_for(lambda: transport.spooled_frames > 0, 30, "the overflow to reach the spool")
         assert transport.buffered <= 2 * 1000
         d.start()
-        run.end(timeout=120)  # the spool is sent first, then the queue; the barrier waits
+        # the spool is sent first, then the queue; the barrier waits for the commit
+        assert run.end(timeout=120) is True
         t.close()
     client = MlflowClient(tracking_uri=d.backend_uri)
     assert sorted(m.step for m in client.get_metric_history(run.run_id, "k")) == list(range(N))
@@ -77,7 +78,7 @@ def test_block_policy_waits_for_room_then_delivers_all(tmp_path: Path) -> None:
         d.start()
         assert done.wait(60), "the producer was not released once the daemon came back"
         producer.join(10)
-        run.end(timeout=120)
+        assert run.end(timeout=120) is True
         t.close()
     client = MlflowClient(tracking_uri=d.backend_uri)
     assert sorted(m.step for m in client.get_metric_history(run.run_id, "k")) == list(range(N))

@@ -51,8 +51,7 @@ sys.stdin.readline()
 t._transport.wait_welcome(30)  # the daemon is up: wait for ZeroMQ to reconnect (<= 2 s)
 end = {}
 try:
-    run.end(timeout=120)
-    end["end"] = "ok"
+    end["end"] = "ok" if run.end(timeout=120) else "not committed within 120 s"
 except Exception as exc:
     end["end"] = repr(exc)
 end["run_id"] = run.run_id

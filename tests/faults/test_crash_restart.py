@@ -255,7 +255,7 @@ def test_kill9_during_sink_write(tmp_path: Path) -> None:
             assert "event=sink_error" not in d.log()  # the log_batch call has not returned yet
             d.kill()
         d.start()
-        run.end(timeout=60)
+        assert run.end(timeout=60) is True  # committed (and ended) within the timeout
         status = d.status()
         tracker.close()
     assert status["failed"] == 0, status
@@ -289,7 +289,7 @@ def test_kill9_inside_fsync_window(tmp_path: Path) -> None:
         unacked_at_kill = transport.unacked
         assert unacked_at_kill > 0, "the acks arrived before the kill"
         d.start()
-        run.end(timeout=60)
+        assert run.end(timeout=60) is True  # committed (and ended) within the timeout
         status = d.status()
         tracker.close()
     assert status["failed"] == 0, status

@@ -133,7 +133,8 @@ def test_backend_locked_30s_workers_unaffected_nothing_lost(tmp_path: Path) -> N
             outage_s = time.monotonic() - locked_at
 
         released = time.monotonic()
-        run.end(timeout=120)  # the barrier: everything logged is committed (raises otherwise)
+        # the barrier: everything logged is committed (True; False: not within the timeout)
+        assert run.end(timeout=120) is True
         drain_s = time.monotonic() - released
         t.close()
         status = d.status()
@@ -214,7 +215,7 @@ def test_torn_journal_tail_garbage_and_flipped_crc(tmp_path: Path, damage: str) 
             "the replayed records to be committed",
         )
         assert status["replayed"] == len(good) and status["failed"] == 0
-        run.end(timeout=60)
+        assert run.end(timeout=60) is True
         t.close()
 
     # The records of the good frames are in MLflow. The damaged frame had been acked, so the
@@ -269,7 +270,7 @@ def test_journal_full_stops_acking_and_loses_nothing(tmp_path: Path) -> None:
                 assert transport.unacked > 0
             assert s["received"] < step
         released = time.monotonic()
-        run.end(timeout=90)  # raises unless everything was accepted and committed
+        assert run.end(timeout=90) is True  # everything was accepted and committed
         drain_s = time.monotonic() - released
         status = d.status()
         t.close()

@@ -231,7 +231,8 @@ def test_unhealthy_while_the_journal_is_full_and_the_backend_stalls(tmp_path: Pa
                 metric(scrape(metrics_at), "tracker_daemon_last_sink_error_timestamp_seconds") > 0
             )
 
-        run.end(timeout=120)  # everything, including what the full journal refused, commits
+        # everything, including what the full journal refused, commits (True: within the timeout)
+        assert run.end(timeout=120) is True
         healthy = wait_for(lambda: (s := d.status())["healthy"] and s, 60, "healthy again")
         assert healthy["journal_full"] == "" and healthy["committed"] == step
         assert cli_status(d.address)[0] == 0

@@ -14,9 +14,12 @@ from tests.support.daemon import REPO, daemon_env
 WORKER = Path(__file__).resolve().parents[1] / "worker.py"
 
 
-def start_worker(address: str, spec: dict[str, Any], out: Path) -> subprocess.Popen[bytes]:
-    """A real worker process running tests/worker.py with ``spec`` (see that file)."""
-    env = daemon_env({"TRACKER_DAEMON_ADDRESS": address})
+def start_worker(
+    address: str, spec: dict[str, Any], out: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A real worker process running tests/worker.py with ``spec`` (see that file); ``env``
+    added to its environment."""
+    env = daemon_env({"TRACKER_DAEMON_ADDRESS": address, **(env or {})})
     return subprocess.Popen(
         [sys.executable, str(WORKER), json.dumps(spec), str(out)],
         env=env,

@@ -18,6 +18,7 @@ from tracker_client.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     OPTIONAL_FIELDS,
     PROTOCOL_VERSION,
+    Accepted,
     Ack,
     Call,
     Data,
@@ -67,6 +68,7 @@ ALL_CLASSES = {
     Result,
     StatusReply,
     ErrorReply,
+    Accepted,
 }
 
 CID = "6f1c2a9e0b3d4c5e8f7a1b2c3d4e5f60"
@@ -182,6 +184,7 @@ EXPECTED: dict[str, Message] = {
     "end_run": EndRun(
         req=6, client_id=CID, seq=3, run_id=RUN, status="FINISHED", end_time=1700000100000
     ),
+    "accepted": Accepted(req=6),
     "call": Call(
         req=10,
         client_id=CID,
@@ -335,8 +338,8 @@ def test_spec_contains_every_vector() -> None:
     assert len(VALID_VECTORS) == len(EXPECTED) == 26
     assert set(VALID_VECTORS) == set(EXPECTED)
     assert len(INVALID_VECTORS) == 8
-    assert {type(m) for m in EXPECTED.values()} == ALL_CLASSES  # all 15 kinds
-    assert len(ALL_CLASSES) == 15
+    assert {type(m) for m in EXPECTED.values()} == ALL_CLASSES  # all 16 kinds
+    assert len(ALL_CLASSES) == 16
     assert {code for _, code in INVALID_VECTORS.values()} <= DOCUMENTED_CODES
 
 
@@ -450,6 +453,7 @@ ROUND_TRIP: list[Message] = [
         ),
     ),
     Result(req=18, value=b"\xc0"),
+    Accepted(req=I64_MAX),
     Result(
         req=19,
         value=b"x" * 70000,

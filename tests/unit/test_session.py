@@ -20,6 +20,7 @@ from tracker_client import protocol as p
 from tracker_client.outbox import FrameMaker
 from tracker_client.session import (
     JOURNAL_FULL_RETRY_S,
+    Accepted,
     Acked,
     Answered,
     Event,
@@ -326,3 +327,25 @@ def test_unsettled(pending: list[p.ClientMessage], unsettled: bool) -> None:
     assert s.unsettled() is unsettled
     s.unacked[1] = p.encode_data(CID, 1, [rec(0)])
     assert s.unsettled() is True
+
+
+def test_an_accepted_end_run_is_no_longer_spooled_but_still_answered() -> None:
+    """``accepted``: the daemon holds the end_run durably. The request stays pending (a resend
+    after a reconnect is harmless, and ``done`` still answers it) but is not spooled and does
+    not make the session unsettled; its ``done`` answers it as usual."""
+    pair = SessionPair()
+    pair.online = False
+    pair.log(0, 2)  # seq 1
+    end = pair.request(lambda req, seq: p.EndRun(req, CID, seq, RUN, "FINISHED", 5))
+    pair.pump()
+    s = pair.session
+    (req,) = s.pending
+    assert s.receive(p.Ack(1)) == [Acked(1)]
+    assert s.unsettled() is True  # an end_run nobody holds yet
+    assert s.receive(p.Accepted(req)) == [Accepted(end)]
+    assert s.receive(p.Accepted(999)) == []  # not a pending request: nothing
+    assert s.unsettled() is False
+    assert s.in_send_order(held=False) == []  # what goes to the spool
+    assert len(s.in_send_order()) == 1  # what a reconnect resends
+    assert s.receive(p.Done(req)) == [Acked(1), Answered(end, p.Done(req))]
+    assert not s.pending and not s.accepted

@@ -100,6 +100,7 @@ def test_table_shows_every_figure() -> None:
         "rejected_frames": 0,
         "limit_rejections": {"max_clients": 3, "max_frame_bytes": 0},
         "journal_full": "x",
+        "ends_pending": 1,
     }
     text = format_status(s)
     for part in (
@@ -109,7 +110,7 @@ def test_table_shows_every_figure() -> None:
         "auth: curve",
         "127.0.0.1:9464",
         "clients             1",
-        "open runs           2",
+        "open runs           2  (ends held 1)",
         "received            10",
         "committed           8",
         "failed              1  (dead-lettered 1)",
