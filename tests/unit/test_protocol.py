@@ -335,7 +335,7 @@ DATA_FRAME = encode(EXPECTED["data"])
 
 
 def test_spec_contains_every_vector() -> None:
-    assert len(VALID_VECTORS) == len(EXPECTED) == 26
+    assert len(VALID_VECTORS) == len(EXPECTED) == 27
     assert set(VALID_VECTORS) == set(EXPECTED)
     assert len(INVALID_VECTORS) == 8
     assert {type(m) for m in EXPECTED.values()} == ALL_CLASSES  # all 16 kinds
