@@ -272,7 +272,10 @@ static int on_frame(Client *c, const void *data, size_t len, int64_t want_req, R
         f_str(r, "message", msg, sizeof msg);
         fprintf(stderr, "client: daemon error about no request: %s\n", msg);
     }
-    if (want_req && strcmp(r->kind, "ack") != 0 && f_int(r, "req") == want_req) return 1;
+    /* "accepted" (an end_run is held by the daemon) comes before its "done": wait on */
+    if (want_req && strcmp(r->kind, "ack") != 0 && strcmp(r->kind, "accepted") != 0 &&
+        f_int(r, "req") == want_req)
+        return 1;
     msgpack_unpacked_destroy(&r->up);
     return 0;
 }
