@@ -1,5 +1,5 @@
 """Wires the daemon together in one anyio task group. Each concern is a component of its own
-module; this class builds them, starts their loops, and stops them (README, "Architecture").
+module; this class builds them, starts their loops, and stops them (docs/architecture.md).
 
     server.serve ─► intake.handle ─► journal.append ─► settlement (ledger) ─► feeder ─► lanes
                       │             └─ ack after the group fsync (journal_sync)   (or, over the

@@ -281,7 +281,7 @@ class Section(Protocol):
 
 class StatusReporter:
     """Builds the status document from each component's own ``status()`` (the keys are listed
-    in the README, "Status, metrics and logs"), and the health verdict over them."""
+    in docs/operations.md, "Status, metrics and logs"), and the health verdict over them."""
 
     def __init__(
         self,

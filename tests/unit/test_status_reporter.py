@@ -13,7 +13,8 @@ from tracker_daemon.journal import Journal
 from tracker_daemon.status import Counters, StatusReporter
 from tracker_daemon.supervise import Supervisor
 
-# every key of the status document (README "Status, metrics and logs"; metrics.py reads them)
+# every key of the status document (docs/operations.md, "Status, metrics and logs"; metrics.py
+# reads them)
 KEYS = {
     "version", "pid", "uptime_s", "healthy", "unhealthy_reasons", "health_stall_s", "backend",
     "artifact_root", "address", "auth", "auth_denied", "metrics_address", "durability", "limits",
