@@ -1,5 +1,6 @@
 """``tracker-daemon status --watch`` against a real daemon process: N refreshes as N plain blocks
-or N JSON lines, an unreachable daemon shown and retried, Ctrl-C (a real SIGINT) exits 0."""
+or N JSON lines, an unreachable daemon shown and retried, Ctrl-C (a real SIGINT) exits 0; and
+the daemon's ``mlflow ui`` hint line."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 import tracker_client
 from tests.support.daemon import REPO, daemon_cli, daemon_env, running_daemon, short_tmpdir
+from tracker_daemon.hints import mlflow_ui_command
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +51,10 @@ def test_watch_counts_refreshes_and_shows_committed_records(tmp_path: Path) -> N
         assert [(x["reachable"], x["committed"]) for x in docs] == [
             (True, expected["committed"])
         ] * 4
+    # the daemon's hint: the same PATH and interpreter as this test, so the same command
+    hints = [line for line in d.log().splitlines() if "event=hint" in line]
+    assert len(hints) == 1
+    assert hints[0].endswith(f"view_runs={mlflow_ui_command(d.backend_uri)!r}"), hints[0]
 
 
 @pytest.mark.timeout(60)
