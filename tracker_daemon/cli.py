@@ -24,12 +24,23 @@ from typing import Any
 from tracker_client.curve import CurveConfigError
 
 from . import __version__
+from .cli_help import (
+    ADDRESS_HELP,
+    CHECK_TEXT,
+    DEFAULT_CONFIG_FILE,
+    DESCRIPTION,
+    EPILOG,
+    IMPORT_TEXT,
+    KEYGEN_TEXT,
+    RUN_TEXT,
+    STATUS_TEXT,
+    add_config_args,
+)
 from .config import Config, load_config
 from .errors import AlreadyRunning, ConfigError, SinkError
+from .status_cli import cmd_status as _cmd_status
 
 __all__ = ["main"]
-
-DEFAULT_CONFIG_FILE = "/etc/tracker-daemon/config.toml"
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -70,51 +81,6 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _add_config_args(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--config", help=f"TOML config file (default {DEFAULT_CONFIG_FILE} if present)")
-    ap.add_argument("--state-dir", help="journal, staging, default SQLite store and artifacts")
-    ap.add_argument(
-        "--backend-store-uri", help="MLflow tracking backend (default: SQLite in state dir)"
-    )
-    ap.add_argument("--default-artifact-root", help="artifact root for new runs")
-    ap.add_argument("--address", help="ipc://PATH or tcp://127.0.0.1:PORT")
-    ap.add_argument("--max-frame-bytes", type=int)
-    ap.add_argument("--batch-max-age-ms", type=int)
-    ap.add_argument("--sink-concurrency", type=int)
-    ap.add_argument(
-        "--sink",
-        choices=("auto", "sql", "mlflow"),
-        help="how records are written: 'sql' = the daemon's SQL writer (many runs per "
-        "transaction), 'mlflow' = MLflow's log_batch per run, 'auto' (default) = sql when the "
-        "database schema is one the writer was tested with, else mlflow (TRACKER_DAEMON_SINK)",
-    )
-    ap.add_argument("--log-level")
-    ap.add_argument(
-        "--durability",
-        choices=("fsync", "os"),
-        help="fsync: ack after the journal is fsynced (default); os: after the write",
-    )
-    ap.add_argument("--fsync-interval-ms", type=int, help="group fsync period (default 50)")
-    ap.add_argument("--max-buffered-records", type=int, help="records held in memory (50000)")
-    ap.add_argument("--journal-max-bytes", type=int, help="journal size limit (8 GiB)")
-    ap.add_argument("--drain-timeout-s", type=float, help="commit window at SIGTERM (30)")
-    ap.add_argument(
-        "--metrics-address",
-        metavar="HOST:PORT",
-        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
-    )
-    ap.add_argument(
-        "--curve-secret-key-file",
-        metavar="PATH",
-        help="the daemon's CURVE secret certificate (from `tracker-daemon keygen`)",
-    )
-    ap.add_argument(
-        "--curve-allowed-clients-dir",
-        metavar="DIR",
-        help="public certificates (*.key) of the clients allowed to connect (CURVE)",
-    )
-
-
 def _config(args: argparse.Namespace) -> Config:
     import os
 
@@ -139,27 +105,6 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     for key, value in cfg.as_dict().items():
         print(f"{key} = {json.dumps(value)}")
     return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    """Exit 0 when the daemon answers and is healthy, 1 when unreachable or unhealthy."""
-    import tracker_client
-
-    from .status import format_status
-
-    try:
-        status: dict[str, Any] = tracker_client.query_status(args.address, timeout=args.timeout)
-    except tracker_client.TrackerError as exc:
-        print(f"tracker-daemon status: {exc}", file=sys.stderr)
-        if args.json:
-            reasons = [f"unreachable: {exc}"]
-            doc = {"reachable": False, "healthy": False, "unhealthy_reasons": reasons}
-            print(json.dumps(doc, indent=2))
-        return 1
-    status.setdefault("healthy", True)  # an older daemon without the health rule
-    status["reachable"] = True
-    print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
-    return 0 if status["healthy"] else 1
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -237,35 +182,81 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return code
 
 
+def _sub(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tracker-daemon", description=__doc__)
+    # the module docstring is for developers; --help gets DESCRIPTION and EPILOG
+    ap = argparse.ArgumentParser(
+        prog="tracker-daemon",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--version", action="version", version=f"tracker-daemon {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the daemon in the foreground")
-    _add_config_args(run)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = _sub(sub, "run", "run the daemon in the foreground", RUN_TEXT)
+    add_config_args(run)
     run.add_argument(
         "--until-idle",
         action="store_true",
-        help="do not listen: commit what the journal holds (e.g. after an outage), then exit 0",
+        help="do not listen for clients: commit what the journal holds (e.g. after an outage), "
+        "then exit 0 (default: off)",
     )
     run.set_defaults(func=_cmd_run)
-    check = sub.add_parser("check-config", help="print the effective configuration")
-    _add_config_args(check)
+    check = _sub(sub, "check-config", "print the effective configuration and exit", CHECK_TEXT)
+    add_config_args(check)
     check.set_defaults(func=_cmd_check_config)
-    st = sub.add_parser("status", help="ask a running daemon for its counters")
-    st.add_argument("--address", help="daemon address (default: as clients resolve it)")
-    st.add_argument("--json", action="store_true", help="print JSON")
-    st.add_argument("--timeout", type=float, default=5.0)
-    st.set_defaults(func=_cmd_status)
-    imp = sub.add_parser("import", help="send spool files of clients that ran without a daemon")
-    imp.add_argument("paths", nargs="+", help="spool files (*.spool)")
-    imp.add_argument("--address", help="daemon address (default: as clients resolve it)")
-    imp.add_argument("--timeout", type=float, default=600.0)
-    imp.set_defaults(func=_cmd_import)
-    kg = sub.add_parser(
-        "keygen", help="write a CURVE key pair (DIR/NAME.key, DIR/NAME.key_secret) for tcp access"
+    st = _sub(sub, "status", "show a running daemon's counters and health", STATUS_TEXT)
+    st.add_argument("--address", help=ADDRESS_HELP)
+    st.add_argument(
+        "--json", action="store_true", help="print the status document as JSON (default: a table)"
     )
-    kg.add_argument("dir", help="directory for the two files (created if missing)")
+    st.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the answer (default: 5)",
+    )
+    st.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default without a value: 2) until Ctrl-C; on a terminal "
+        "the view is redrawn in place, otherwise each refresh follows a timestamp line (with "
+        "--json: one JSON document per line); an unreachable daemon is shown and retried",
+    )
+    st.add_argument(
+        "--count",
+        type=int,
+        metavar="N",
+        help="with --watch: stop after N refreshes, with the exit status of the last one "
+        "(default: until Ctrl-C, exit status 0)",
+    )
+    st.set_defaults(func=_cmd_status)
+    imp = _sub(sub, "import", "send spool files of clients that ran without a daemon", IMPORT_TEXT)
+    imp.add_argument("paths", nargs="+", metavar="SPOOL", help="spool files (*.spool)")
+    imp.add_argument("--address", help=ADDRESS_HELP)
+    imp.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for the daemon to accept each file (default: 600)",
+    )
+    imp.set_defaults(func=_cmd_import)
+    kg = _sub(sub, "keygen", "write a CURVE key pair for authenticated tcp access", KEYGEN_TEXT)
+    kg.add_argument("dir", metavar="DIR", help="directory for the two files (created if missing)")
     kg.add_argument("--name", default="server", help="file name stem (default: server)")
     kg.set_defaults(func=_cmd_keygen)
     from .bench import add_parser as _add_bench_parser

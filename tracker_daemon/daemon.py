@@ -53,6 +53,7 @@ from .diskspace import DiskProblems
 from .endings import Endings
 from .experiments import Experiments
 from .feeder import Feeder
+from .hints import mlflow_ui_command
 from .intake import DataPath, Intake, Welcome
 from .journal import Journal, Position
 from .journal_sync import JournalSync
@@ -357,7 +358,7 @@ class Daemon:
         )
         log.info(
             "event=hint view_runs=%r",
-            f"mlflow ui --backend-store-uri {redact_uri(cfg.backend_uri)}",
+            mlflow_ui_command(redact_uri(cfg.backend_uri)),
         )
         try:
             if cfg.metrics_address and not self.until_idle:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import tracker_client
 
+from .hints import mlflow_ui_command
+
 EXPERIMENT = "tracker-daemon-demo"
 MARKER = ".tracker-daemon-demo"  # lets a rerun delete the state dir it made, and nothing else
 METRICS = ("loss", "accuracy", "lr")
@@ -244,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {percentile(calls, 0.99) / 1e3:.1f} us, max {calls[-1] / 1e3:.1f} us "
         f"over {len(calls):,} calls"
     )
-    print(f"\nbrowse the runs:  mlflow ui --backend-store-uri sqlite:///{state / 'mlflow.db'}")
+    browse = mlflow_ui_command(f"sqlite:///{state / 'mlflow.db'}")
+    print(f"\nbrowse the runs:  {browse}")
     if found != sent:
         print(f"demo: FAILED: {sent - found} record(s) missing from MLflow", file=sys.stderr)
         return 1

@@ -39,7 +39,11 @@ def test_formatter_makes_one_key_value_line_per_event() -> None:
 
 
 # command-line tools print to their user; everything else runs inside the daemon
-TOOLS = {"cli.py", "demo.py"}  # and the bench/ package, which this glob does not reach
+TOOLS = {
+    "cli.py",
+    "demo.py",
+    "status_cli.py",
+}  # and the bench/ package, which this glob does not reach
 LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
 
 

@@ -17,10 +17,15 @@ from typing import Any
 import tracker_client
 
 from .. import __version__
-from . import __doc__ as DESCRIPTION
+from . import __doc__ as _PACKAGE_DOC
 from .harness import BenchError, Ctx, Procs, Skipped
 from .report import summarize, table, verdicts
 from .scenarios import RUNNERS, SCENARIOS
+
+# --help: the package docstring's user-facing part, without its first line and reST quoting
+DESCRIPTION = "Benchmark the client, the daemon and the MLflow backend.\n\n" + (
+    (_PACKAGE_DOC or "").split("\n\n", 1)[-1].replace("``", "'")
+)
 
 DEFAULTS = {  # option: (default, --quick)
     "calls": (200_000, 20_000),
@@ -52,11 +57,31 @@ def add_parser(sub: Any) -> None:
         metavar="SCENARIO",
         help=f"any of {', '.join(SCENARIOS)} (default: all)",
     )
-    ap.add_argument("--repeat", type=int, default=3, help="repeats per scenario (default 3)")
-    ap.add_argument("--json", action="store_true", help="print JSON (the table goes to stderr)")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary dirs and logs")
-    ap.add_argument("--quick", action="store_true", help="small sizes, for tests")
-    ap.add_argument("--backend-store-uri", help="use this backend instead of fresh SQLite stores")
+    ap.add_argument(
+        "--repeat", type=int, default=3, metavar="N", help="repeats per scenario (default: 3)"
+    )
+    ap.add_argument(
+        "--json",
+        action="store_true",
+        help="print the JSON document on stdout and the table on stderr (default: the table on "
+        "stdout)",
+    )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary state dirs and logs, and print where (default: removed)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes (the --quick figures below), for a quick check",
+    )
+    ap.add_argument(
+        "--backend-store-uri",
+        metavar="URI",
+        help="write to this MLflow backend instead of a fresh SQLite store per repeat "
+        "(default: fresh SQLite stores)",
+    )
     for name, kind, text in (
         ("calls", int, "client: log_metric calls"),
         ("workers", int, "throughput: processes"),
@@ -71,10 +96,18 @@ def add_parser(sub: Any) -> None:
         ("backlog", int, "memory: records held"),
         ("producers", int, "memory: processes"),
     ):
+        full, quick = DEFAULTS[name]
         ap.add_argument(
-            f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {DEFAULTS[name][0]:g})"
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            metavar="N" if kind is int else "X",
+            help=f"{text} (default: {full:g}; --quick: {quick:g})".replace("e+06", " million"),
         )
-    ap.add_argument("--memory-drain", action="store_true", help="memory: also time the drain")
+    ap.add_argument(
+        "--memory-drain",
+        action="store_true",
+        help="memory: also time the drain of the held backlog (default: off)",
+    )
     ap.set_defaults(func=run_bench)
 
 
