@@ -4,7 +4,7 @@ A :class:`Progress` is told ``done`` (and, when it grows, ``total``) as often as
 and decides what to print. On a terminal it redraws one line in place (``\\r``, then the line
 padded over the previous one) at most every ``tty_every_s`` and ends it with a newline; anywhere
 else (a log file, journald, a pipe) it writes plain ``key=value`` lines like the daemon's log:
-one at the start, one every ``every_s`` (default 5 s, ``TRACKER_DAEMON_PROGRESS_INTERVAL_S``)
+one at the start, one every ``every_s`` (default 5 s, ``TRACKER_PROGRESS_INTERVAL_S``)
 and one at the end::
 
     drain: 120,000/200,000 records (60%)  48,000/s  2 s left
@@ -28,7 +28,7 @@ from typing import TextIO
 
 __all__ = ["Progress", "Snapshot", "plain_line", "snapshot", "to_log", "tty_line"]
 
-ENV_INTERVAL = "TRACKER_DAEMON_PROGRESS_INTERVAL_S"
+ENV_INTERVAL = "TRACKER_PROGRESS_INTERVAL_S"
 DEFAULT_EVERY_S = 5.0
 TTY_EVERY_S = 0.2
 
@@ -69,7 +69,7 @@ def tty_line(op: str, unit: str, snap: Snapshot, detail: str = "") -> str:
     line = f"{op}: {snap.done:,}/{snap.total:,} {unit} ({snap.percent:.0f}%)"
     rate = snap.rate_per_s
     if rate is not None:
-        line += f"  {rate:,.0f}/s" if rate >= 10 else f"  {rate * 60:,.1f}/min"
+        line += f"  {rate:,.{0 if rate >= 10 else 1}f}/s" if rate >= 1 else f"  {rate * 60:.1f}/min"
     if snap.done >= snap.total:
         line += f"  done in {_duration(snap.elapsed_s)}"
     elif snap.eta_s is not None:

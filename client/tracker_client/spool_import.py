@@ -84,12 +84,17 @@ def run_import(
 
 
 def count_records(frames: list[bytes]) -> int:
-    """Records in the sequenced frames (an artifact counts 1); frames that do not parse count 0."""
+    """Records in the data frames (an artifact counts 1); frames that do not parse count 0."""
     total = 0
     for frame in frames:
         try:
-            total += peek_sequenced(frame)[2]
-        except Exception:  # noqa: BLE001 - not a (valid) sequenced frame: not counted
+            up = msgpack.Unpacker(raw=False, max_buffer_size=max(len(frame), 1024))
+            up.feed(frame)
+            up.read_array_header()
+            up.skip()  # version
+            if up.unpack() in ("data", "artifact"):  # (an end_run carries a seq too)
+                total += peek_sequenced(frame)[2]
+        except Exception:  # noqa: BLE001 - not a valid frame: not counted
             continue
     return total
 
