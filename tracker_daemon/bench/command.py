@@ -123,15 +123,16 @@ def run_bench(args: argparse.Namespace) -> int:
             finally:
                 ctx.procs.kill_all()
             res["figures"] = {k: summarize(f"{scen}/{k}", v) for k, v in values.items()}
+        shown.extra = ""
+        shown.finish(len(chosen) * args.repeat)
     finally:
         signal.signal(signal.SIGTERM, previous)
         ctx.procs.kill_all()
-        shown.end()
+        shown.end()  # interrupted: the terminal line ends before anything else is printed
         if args.keep:
             print(f"bench: kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
-    shown.finish(len(chosen) * args.repeat)
     doc: dict[str, Any] = {
         "tool": "tracker-daemon bench",
         "version": __version__,
