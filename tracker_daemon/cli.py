@@ -146,6 +146,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from tracker_client.address import client_default_address
     from tracker_client.spool import ImportRefused, SpoolBusy, import_spool
 
+    from .progress import Progress
+
     address = args.address or client_default_address()
     paths = [Path(x) for x in args.paths]
     code = 0
@@ -154,9 +156,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
             print(f"tracker-daemon import: {path}: no such file", file=sys.stderr)
             code = 1
             continue
+        shown = Progress.to_stream("import", "records", 0, extra=f"path={json.dumps(str(path))}")
         try:
-            result = import_spool(path, address, timeout=args.timeout)
+            result = import_spool(path, address, timeout=args.timeout, progress=shown.update)
+            shown.finish()
         except SpoolBusy:
+            shown.end()  # a line left on the terminal ends before the message
             print(
                 f"tracker-daemon import: {path} is locked by its (live) writer, which sends it "
                 "itself once a daemon answers",
@@ -165,6 +170,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
             code = 1
             continue
         except (OSError, TimeoutError, ImportRefused) as exc:
+            shown.end()
             print(f"tracker-daemon import: {path}: {exc}", file=sys.stderr)
             code = 1
             continue

@@ -63,6 +63,7 @@ from .limits import Limits
 from .liveness import PidWatcher
 from .notify import Notifier
 from .orphans import Orphans
+from .progress import Progress, to_log
 from .run_service import RunService
 from .runs import RunBook
 from .server import CurveSetup, Server
@@ -468,15 +469,27 @@ class Daemon:
                         draining.cancel_scope.cancel()
 
                 draining.start_soon(stop_on_signal)
+                shown = to_log("drain", "records", self.counters.replayed, log)
+                draining.start_soon(self._show_progress, shown)
                 await self.imports.scan()  # the spools found: their records and their ENDs
                 await self._drain(float("inf"))
                 while self._ending():
                     self.endings.nothing_more()  # nothing else will arrive
                     await self.committer.idle.wait(0.2)
                 await self._drain(float("inf"))
+                c = self.counters
+                shown.finish(c.committed + c.failed, c.replayed + c.received)
                 draining.cancel_scope.cancel()
         log.info("event=idle note=journal_drained")
         tg.cancel_scope.cancel()
+
+    async def _show_progress(self, shown: Progress) -> None:
+        """--until-idle: records settled (committed or failed) of those the journal held and the
+        spools brought."""
+        c = self.counters
+        while True:  # the total grows by what spool imports bring
+            shown.update(c.committed + c.failed, c.replayed + c.received)
+            await anyio.sleep(0.2)
 
     async def _drain(self, within: float) -> None:
         """Commit everything buffered; give up after ``within`` s (the rest stays journaled)."""

@@ -177,6 +177,7 @@ def import_spool(
     log: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
     curve: CurveKeys | None | Literal["env"] = "env",
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
     """Send a dead client's spool to the daemon at ``address``; empty it once committed.
 
@@ -186,7 +187,10 @@ def import_spool(
     is removed then. ``curve``: the CURVE keys to connect with (default: ``TRACKER_CURVE_*`` from
     the environment). Raises :class:`SpoolBusy` while the writer lives, ``TimeoutError`` when
     the daemon does not take the data now (try again later), :class:`ImportRefused` when it
-    refuses a frame for good."""
+    refuses a frame for good. ``progress(done, total)`` is called as the daemon acks: records
+    it holds (journaled) of the records in the spool."""
     from .spool_import import run_import
 
-    return run_import(path, address, timeout=timeout, log=log, stop=stop, curve=curve)
+    return run_import(
+        path, address, timeout=timeout, log=log, stop=stop, curve=curve, progress=progress
+    )

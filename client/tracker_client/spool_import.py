@@ -17,12 +17,16 @@ the acks and replies. Two things it does beyond replaying (PROTOCOL.md section 1
   are skipped and reported; seqs missing from the spool (a client killed with frames in flight)
   are closed the same way with a floor, so the final barrier does not wait for them forever.
 
+Progress: ``progress(done, total)`` after each ack: ``total`` is the records of the spool's
+sequenced frames (counted before sending), ``done`` those in frames up to the acked seq.
+
 A refusal that retrying cannot cure raises :class:`~tracker_client.spool.ImportRefused`;
 ``journal_full`` and ``max_clients`` raise ``TimeoutError`` (try again later).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import threading
@@ -35,11 +39,12 @@ import msgpack
 import zmq
 
 from . import protocol as p
+from .bounds import peek_sequenced
 from .curve import CurveKeys, apply_curve
 from .outbox import RECORDS_PER_FRAME
 from .spool import ImportRefused, ImportResult, Spool
 
-__all__ = ["derived_client_id", "run_import", "split_records"]
+__all__ = ["count_records", "derived_client_id", "run_import", "split_records"]
 
 TRANSIENT = ("journal_full",)
 
@@ -52,13 +57,18 @@ def run_import(
     log: Callable[[str], None] | None,
     stop: threading.Event | None,
     curve: CurveKeys | None | Literal["env"],
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImportResult:
     spool = Spool(path)
     spool.open()  # raises SpoolBusy while the writer lives
     ctx = zmq.Context()
     importer = _Importer(ctx, address, curve, ImportResult(path), timeout, stop)
     try:
-        importer.send(spool.read_all())
+        frames = spool.read_all()
+        if progress is not None:
+            importer.progress, importer.total = progress, count_records(frames)
+            progress(0, importer.total)
+        importer.send(frames)
         importer.collect()
         importer.end_unended_runs()
         importer.barrier()
@@ -71,6 +81,22 @@ def run_import(
         spool.close()
         importer.close()
         ctx.term()
+
+
+def count_records(frames: list[bytes]) -> int:
+    """Records in the data frames (an artifact counts 1); frames that do not parse count 0."""
+    total = 0
+    for frame in frames:
+        try:
+            up = msgpack.Unpacker(raw=False, max_buffer_size=max(len(frame), 1024))
+            up.feed(frame)
+            up.read_array_header()
+            up.skip()  # version
+            if up.unpack() in ("data", "artifact"):  # (an end_run carries a seq too)
+                total += peek_sequenced(frame)[2]
+        except Exception:  # noqa: BLE001 - not a valid frame: not counted
+            continue
+    return total
 
 
 def derived_client_id(client_id: str, seq: int) -> str:
@@ -119,6 +145,10 @@ class _Importer:
         self.ended: set[str] = set()
         self._req = 1 << 40  # request ids of our own, far above the client's
         self._main = True  # replies come from the main connection (not a derived client's)
+        self.progress: Callable[[int, int], None] | None = None
+        self.total = 0
+        self._seqs: list[int] = []  # sequenced frames' seqs in order, and the records up to each
+        self._upto: list[int] = []
 
     def _connect(self) -> zmq.Socket[bytes]:
         sock = self.ctx.socket(zmq.DEALER)
@@ -166,8 +196,11 @@ class _Importer:
     def _send_sequenced(self, index: int, msg: p.Data | p.LogArtifact, frame: bytes) -> None:
         self.client_id = msg.client_id
         records = len(msg.records) if isinstance(msg, p.Data) else 1
+        self._seqs.append(msg.seq)
+        self._upto.append((self._upto[-1] if self._upto else 0) + records)
         if msg.seq <= self.acked:
             self.result.records += records
+            self._report()
             return  # the daemon holds it already
         if msg.seq > self.last_seq + 1:  # seqs missing from the spool: close them
             missing = f"seqs {self.last_seq + 1}..{msg.seq - 1}"
@@ -261,10 +294,12 @@ class _Importer:
         if isinstance(reply, p.Ack):
             if self._main:  # acks carry no client id: those of the derived client are not ours
                 self.acked = max(self.acked, reply.seq)
+                self._report()
         elif isinstance(reply, p.Welcome):
             hello = self.waiting.pop(reply.req, None)
             if self._main and isinstance(hello, p.Hello):
                 self.acked = max(self.acked, reply.acked_seq)
+                self._report()
             self.max_frame = reply.max_frame
         elif isinstance(reply, p.RunStarted):
             req_msg = self.waiting.pop(reply.req, None)
@@ -283,6 +318,11 @@ class _Importer:
                 return
             self.waiting.pop(reply.req, None)
             self.result.failures.append(p.Failure(None, reply.code, reply.message))
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            i = bisect.bisect_right(self._seqs, self.acked)
+            self.progress(min(self._upto[i - 1] if i else 0, self.total), self.total)
 
     def _refused(self, reply: p.ErrorReply) -> None:
         """An error about a frame without a req (data, artifact, undecodable): no ack follows."""

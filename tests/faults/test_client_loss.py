@@ -224,6 +224,7 @@ def test_import_reframes_an_oversized_old_spool_frame(tmp_path: Path) -> None:
             r = daemon_cli("import", str(spool), "--address", d.address, "--timeout", "120")
             assert r.returncode == 0, (attempt, r.stdout, r.stderr)
             assert "37000 record(s)" in r.stdout
+            assert "event=progress op=import done=37000 total=37000 " in r.stderr, r.stderr
             assert ("1 oversized frame(s)" in r.stdout) == (attempt == 0), r.stdout
             assert not spool.exists()
     finally:

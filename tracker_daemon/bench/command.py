@@ -17,6 +17,7 @@ from typing import Any
 import tracker_client
 
 from .. import __version__
+from ..progress import Progress
 from . import __doc__ as _PACKAGE_DOC
 from .harness import BenchError, Ctx, Procs, Skipped
 from .report import summarize, table, verdicts
@@ -126,21 +127,28 @@ def run_bench(args: argparse.Namespace) -> int:
     ctx = Ctx(args, Procs(root / "logs"))
     started, load0 = time.monotonic(), os.getloadavg()
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    chosen = [s for s in SCENARIOS if s in scenarios]
+    # repeats done of all; on a terminal the line is drawn as each repeat starts
+    shown = Progress.to_stream("bench", "repeats", len(chosen) * args.repeat, every_s=0.0)
     try:
-        for scen in [s for s in SCENARIOS if s in scenarios]:
+        for i, scen in enumerate(chosen):
             res, values = ctx.results.setdefault(scen, {}), dict[str, list[float]]()
             try:
                 for rep in range(1, args.repeat + 1):
                     rep_dir, t0 = root / scen / f"r{rep}", time.monotonic()
                     rep_dir.mkdir(parents=True)
+                    if shown.tty:
+                        shown.extra = f"{scen} {rep}/{args.repeat}"
+                        shown.update(i * args.repeat + rep - 1)
                     for k, v in RUNNERS[scen](ctx, rep, rep_dir).items():
                         values.setdefault(k, []).append(v)
-                    print(
-                        f"bench: {scen} {rep}/{args.repeat}: {time.monotonic() - t0:.1f} s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    if not shown.tty:
+                        took = time.monotonic() - t0
+                        print(f"bench: {scen} {rep}/{args.repeat}: {took:.1f} s", file=sys.stderr)
+                        shown.extra = f"scenario={scen} repeat={rep}/{args.repeat}"
+                        shown.update(i * args.repeat + rep)
             except Skipped as exc:
+                shown.end()
                 res["skipped"] = str(exc)
                 print(f"bench: {scen}: skipped: {exc}", file=sys.stderr, flush=True)
             except (BenchError, tracker_client.TrackerError, OSError, KeyError) as exc:
@@ -148,9 +156,12 @@ def run_bench(args: argparse.Namespace) -> int:
             finally:
                 ctx.procs.kill_all()
             res["figures"] = {k: summarize(f"{scen}/{k}", v) for k, v in values.items()}
+        shown.extra = ""
+        shown.finish(len(chosen) * args.repeat)
     finally:
         signal.signal(signal.SIGTERM, previous)
         ctx.procs.kill_all()
+        shown.end()  # interrupted: the terminal line ends before anything else is printed
         if args.keep:
             print(f"bench: kept {root}", file=sys.stderr)
         else:
