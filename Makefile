@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: setup run test lint typecheck demo bench clean
 
 setup: $(STAMP)
+	@:  # up to date: say nothing (not make's "Nothing to be done")
 
 # Re-installs only when a pyproject changes, so a second `make setup` takes well under a second.
 # Quiet by design: errors, then one summary line (pip -q -q shows errors only).
