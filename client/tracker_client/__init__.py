@@ -14,8 +14,7 @@ Importing this package imports only the standard library, pyzmq and msgpack (nev
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .api import Tracker, connect, query_status
 from .errors import CommitError, DaemonError, DaemonUnavailable, RecordsDropped, TrackerError
 from .run import Run
