@@ -193,12 +193,20 @@ class Progress:
             self._write(plain_line(self.op, self.unit, snap, self.extra) + "\n")
 
 
+_LOG_KEYS = ("op", "done", "total", "unit", "percent", "rate_per_s", "eta_s", "elapsed_s")
+
+
 def to_log(op: str, unit: str, total: int, logger: logging.Logger) -> Progress:
     """For the daemon: in place on stderr when stderr is a terminal, else as log lines (INFO)."""
     if sys.stderr.isatty():
         return Progress.to_stream(op, unit, total)
 
     def write(text: str) -> None:
-        logger.info("%s", text.rstrip("\n"))
+        f = dict(kv.split("=", 1) for kv in text.split()[1:])  # the plain line's key=value pairs
+        logger.info(
+            "event=progress op=%s done=%s total=%s unit=%s percent=%s rate_per_s=%s eta_s=%s "
+            "elapsed_s=%s",
+            *(f.get(k, "-") for k in _LOG_KEYS),
+        )
 
     return Progress(op, unit, total, write=write, tty=False)
