@@ -34,7 +34,7 @@ from .endings import Endings
 from .errors import SinkError
 from .ledger import Ledger
 from .run_service import RunService, Write, creation_key
-from .supervise import Supervisor, Tasks
+from .supervise import Supervisor, each_contained
 
 __all__ = ["CONTROL_QUEUE", "Control", "ControlRequest"]
 
@@ -120,11 +120,15 @@ class Control:
             p.Flush: self._on_flush,
             p.Call: self._on_call,
         }
-        async with anyio.create_task_group() as tg:
-            tasks = Tasks(tg, self.supervisor)
-            while True:
-                identity, msg = await self._out.receive()
-                tasks.start_soon(handlers[type(msg)], identity, msg)
+
+        async def handle(item: tuple[bytes, ControlRequest]) -> None:
+            identity, msg = item
+            await handlers[type(msg)](identity, msg)
+
+        def label(item: tuple[bytes, ControlRequest]) -> str:
+            return handlers[type(item[1])].__name__
+
+        await each_contained(self._out.receive, handle, self.supervisor, label)
 
     def close(self) -> None:
         """Close the queue (requests not started are dropped: the daemon is stopping)."""

@@ -33,7 +33,7 @@ from tracker_client import protocol as p
 from .errors import SinkError
 from .run_service import RunService
 from .runs import EndIntent
-from .supervise import Supervisor, Tasks
+from .supervise import Supervisor, each_contained
 
 __all__ = ["END_WAIT_LOG_S", "Ending", "Endings"]
 
@@ -168,11 +168,7 @@ class Endings:
         self._out.close()
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tasks = Tasks(tg, self.supervisor)
-            while True:
-                ending = await self._out.receive()
-                tasks.start_soon(self._apply, ending)
+        await each_contained(self._out.receive, self._apply, self.supervisor)
 
     async def _apply(self, ending: Ending) -> None:
         intent = ending.intent

@@ -27,7 +27,7 @@ from .clients import ClientInfo, ClientTable
 from .errors import SinkError
 from .run_service import RunService, Write
 from .status import Counters
-from .supervise import Supervisor, Tasks
+from .supervise import Supervisor, each_contained
 
 __all__ = ["ORPHAN_BARRIER_S", "Orphans"]
 
@@ -133,11 +133,7 @@ class Orphans:
         self._out.close()
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tasks = Tasks(tg, self.supervisor)
-            while True:
-                info = await self._out.receive()
-                tasks.start_soon(self._client_exited, info)
+        await each_contained(self._out.receive, self._client_exited, self.supervisor)
 
     async def _client_exited(self, info: ClientInfo) -> None:
         try:

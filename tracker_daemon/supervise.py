@@ -9,6 +9,8 @@ the daemon's task group (which would stop every client's service).
 * A one-shot task (a client request) runs under :meth:`Supervisor.contained`: logged and counted
   the same way, not restarted.
 * :class:`Tasks` is a task group whose ``start_soon`` runs every task contained.
+* :func:`each_contained` takes items from a stream and handles each as its own contained task
+  (the request queue, held ENDs, exited clients).
 
 Cancellation always passes through: it is not an ``Exception``.
 """
@@ -19,12 +21,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 
-__all__ = ["RESTART_MAX_S", "RESTART_MIN_S", "Supervisor", "Tasks"]
+__all__ = ["RESTART_MAX_S", "RESTART_MIN_S", "Supervisor", "Tasks", "each_contained"]
 
 log = logging.getLogger("tracker_daemon.supervise")
 
@@ -33,6 +35,7 @@ RESTART_MAX_S = 5.0
 STABLE_S = 30.0
 
 TaskFn = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 
 
 class Supervisor:
@@ -106,3 +109,18 @@ class Tasks:
     def loop(self, name: str, func: TaskFn, *args: Any) -> None:
         """Start a long-lived loop, restarted whenever it fails."""
         self._tg.start_soon(self._supervisor.supervised, name, func, *args, name=name)
+
+
+async def each_contained(
+    receive: Callable[[], Awaitable[T]],
+    handle: Callable[[T], Awaitable[Any]],
+    supervisor: Supervisor,
+    label: Callable[[T], str] | None = None,
+) -> None:
+    """Receive items for ever and handle each in its own contained task (until cancelled);
+    ``label(item)`` names the task in logs and ``task_failures`` (default: ``handle``'s name)."""
+    async with anyio.create_task_group() as tg:
+        tasks = Tasks(tg, supervisor)
+        while True:
+            item = await receive()
+            tasks.start_soon(handle, item, name=None if label is None else label(item))
