@@ -13,14 +13,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from tests.support.daemon import REPO, daemon_env
 from tests.support.net import free_port
+from tracker_daemon.bench.servers import wait_healthy
 
 
 def pg_bin() -> Path:
@@ -125,19 +124,8 @@ def mlflow_server(backend_uri: str, artifacts: Path, workers: int = 2) -> Iterat
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited:\n{log.read_text(errors='replace')}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"mlflow server not up:\n{log.read_text(errors='replace')}")
-            time.sleep(0.2)
+        problem = wait_healthy(url, proc, 120)
+        assert not problem, f"mlflow server {problem}:\n{log.read_text(errors='replace')}"
         yield url
     finally:
         proc.terminate()

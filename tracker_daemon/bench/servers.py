@@ -26,7 +26,25 @@ from pathlib import Path
 
 from .harness import BenchError, Procs, clean_env
 
-__all__ = ["free_port", "mlflow_server", "pg_bindir", "pg_driver", "postgres"]
+__all__ = ["free_port", "mlflow_server", "pg_bindir", "pg_driver", "postgres", "wait_healthy"]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """Wait until ``url``/health answers 200: "" then, else what went wrong ("exited", "not up
+    within N s")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            return "exited"
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return ""
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return f"not up within {timeout:g} s"
+        time.sleep(0.2)
 
 
 def free_port() -> int:
@@ -105,19 +123,9 @@ def mlflow_server(procs: Procs, backend: str, artifacts: Path, workers: int) -> 
     proc = procs.spawn(cmd, clean_env(), "mlflow-server", pipe=False)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise BenchError(f"mlflow server exited:\n{procs.log(proc)}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchError(f"mlflow server not up within 180 s:\n{procs.log(proc)}")
-            time.sleep(0.2)
+        problem = wait_healthy(url, proc, 180)
+        if problem:
+            raise BenchError(f"mlflow server {problem}:\n{procs.log(proc)}")
         yield url
     finally:
         try:
