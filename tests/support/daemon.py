@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import tracker_client
+from tests.support.users import TestUser, as_user
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,8 +61,10 @@ class Daemon:
     log_path: Path
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
     prelude: str = ""
+    # Run as this user (tests/support/users.py) instead of the test process's own uid.
+    user: TestUser | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def backend_uri(self) -> str:
@@ -69,13 +72,17 @@ class Daemon:
 
     def start(self, ready_timeout: float = 60.0) -> Daemon:
         cmd = daemon_command(self.state_dir, self.address, *self.args, prelude=self.prelude)
+        env = daemon_env(self.env)
+        if self.user is not None:
+            cmd = as_user(self.user, cmd)
+            env = {**self.user.env(self.state_dir.parent), **self.env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env=daemon_env(self.env),
+                env=env,
                 cwd=REPO,
             )
         self.wait_ready(ready_timeout)
@@ -128,12 +135,16 @@ def running_daemon(
     env: dict[str, str] | None = None,
     address: str | None = None,
     prelude: str = "",
+    user: TestUser | None = None,
 ) -> Iterator[Daemon]:
     """A daemon process for the duration of the block: on an ipc socket in a short private dir,
     or on ``address``."""
     sock_dir = short_tmpdir()
+    if user is not None:  # as the unit's RuntimeDirectory: the daemon's, its group may traverse
+        os.chown(sock_dir, user.uid, user.gid)
+        sock_dir.chmod(0o750)
     address = address or f"ipc://{sock_dir / 'd.sock'}"
-    d = Daemon(root / "state", address, root / "daemon.log", list(args), env or {}, prelude=prelude)
+    d = Daemon(root / "state", address, root / "daemon.log", list(args), env or {}, prelude, user)
     d.start()
     try:
         yield d
