@@ -134,7 +134,11 @@ class Sink:
             raise classify(exc) from exc
         if problem is not None:
             if self.mode == "sql":
-                raise ConfigError(f"sink = 'sql': {problem}")
+                raise ConfigError(
+                    f"sink = 'sql': the SQL writer cannot write this database: {problem}. "
+                    "Bring the database to the installed MLflow's schema (mlflow db upgrade "
+                    "URI), or set sink = 'auto' to fall back to MLflow's log_batch"
+                )
             self.described = f"mlflow: log_batch per run ({problem})"
             log.warning("event=sql_writer_off reason=%r note=using_mlflow_log_batch", problem)
             return None

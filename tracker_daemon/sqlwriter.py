@@ -23,7 +23,7 @@ on PostgreSQL, one array per column (``INSERT ... SELECT FROM unnest(...)``). Ev
 is decided before anything is written, so one bad record never rolls back another run's rows.
 Metrics with a ``model_id`` are not written here (``ValueError``): the caller routes them to
 MLflow's ``log_batch``. Database errors propagate as SQLAlchemy exceptions, rolled back.
-:mod:`sqlschema` guards which schema revision the writer may run on.
+:mod:`sqlschema` guards the writer: the live tables it touches must agree with those objects.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from mlflow.store.tracking.dbmodels.models import (
 from tracker_client.protocol import Metric, Record, Tag
 
 from .sqlrules import Decisions, Outcome, RunFailed, bad_run_id, run_failure
-from .sqlschema import TESTED_REVISIONS, schema_problem
+from .sqlschema import schema_problem
 
-__all__ = ["TESTED_REVISIONS", "Outcome", "RunFailed", "SqlWriter", "schema_problem"]
+__all__ = ["Outcome", "RunFailed", "SqlWriter", "schema_problem"]
 
 _IN_CHUNK: Final = 500  # keys per IN (...) list, like MLflow's batches of 500
 

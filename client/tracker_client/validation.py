@@ -121,7 +121,8 @@ def _truncate_enabled() -> bool:
 
 def _key_problem(key: str, field: str) -> str | None:
     """Why MLflow would reject ``key`` as a metric/param/tag name, or None."""
-    if _NAME_RE.match(key) is None:
+    # fullmatch: "$" alone would let a trailing newline through (MLflow 3.18 refuses it)
+    if _NAME_RE.fullmatch(key) is None:
         for i, ch in enumerate(key):
             if _NAME_CHAR_RE.fullmatch(ch) is None:
                 return (
@@ -319,11 +320,14 @@ def check_experiment_tag(key: object, value: object) -> tuple[str, str]:
 
 
 def check_experiment_name(name: object) -> str:
-    """Validate an experiment name: a non-empty ``str`` of at most 500 characters."""
+    """Validate an experiment name: a ``str`` of at most 500 characters, not empty or whitespace
+    only (the strictest rule across the supported MLflow versions: 3.18 refuses whitespace)."""
     if not isinstance(name, str):
         raise TypeError(f"experiment name: expected a str, got {_tname(name)}")
-    if not name:
-        raise ValueError("experiment name is empty; MLflow requires a non-empty name")
+    if not name.strip():
+        raise ValueError(
+            f"experiment name {name!r} is empty or whitespace only; MLflow requires a name"
+        )
     if len(name) > MAX_EXPERIMENT_NAME_LENGTH:
         raise ValueError(
             f"experiment name {_short(name)}: is {len(name)} characters; "
@@ -339,7 +343,7 @@ def check_run_id(run_id: object) -> str:
     if not isinstance(run_id, str):
         raise TypeError(f"run_id: expected a str, got {_tname(run_id)}")
     run_id = str.__str__(run_id)
-    if _RUN_ID_RE.match(run_id) is None:
+    if _RUN_ID_RE.fullmatch(run_id) is None:  # no trailing newline (MLflow >= 3.18)
         raise ValueError(
             f"run_id {_short(run_id)}: MLflow run IDs start with a letter or digit followed by "
             "up to 255 letters, digits, underscores or dashes (256 characters at most)"

@@ -14,13 +14,20 @@ from mlflow import MlflowClient
 
 import tracker_client
 from tests.support.daemon import REPO, daemon_command, daemon_env, running_daemon
+from tests.support.mlflow_tables import rebuild_sqlite_table, sql_store
 from tests.support.store import steps
 from tests.support.waiting import wait_for
 
 TS0 = 1_700_000_000_000
-# Stands in for an MLflow whose schema head the writer was not tested with (installing another
-# MLflow version in the test run is not practical): the tested set no longer holds the head.
-UNTESTED = "import tracker_daemon.sqlschema as s\ns.TESTED_REVISIONS = frozenset({'0123456789ab'})"
+STEP_INT32 = "column metrics.step is INTEGER() in the database, MLflow has BigInteger()"
+
+
+def store_whose_metrics_table_differs(state: Path) -> None:
+    """A real MLflow store in ``state`` whose ``metrics.step`` is a 32-bit INTEGER: MLflow's
+    log_batch still works on it (SQLite), the SQL writer's statements assume MLflow's BIGINT."""
+    state.mkdir(parents=True)
+    sql_store(f"sqlite:///{state / 'mlflow.db'}", state / "artifacts").engine.dispose()
+    rebuild_sqlite_table(state / "mlflow.db", "metrics", "step BIGINT", "step INTEGER")
 
 
 def journal_mode(db: Path) -> str:
@@ -48,6 +55,7 @@ def check_run(backend_uri: str, run_id: str, name: str, n: int = 3000) -> None:
     assert r.data.metrics == {"loss": float(n - 1)}
 
 
+@pytest.mark.compat
 @pytest.mark.timeout(120)
 def test_the_default_daemon_writes_sqlite_through_the_sql_writer_in_wal_mode(
     tmp_path: Path,
@@ -76,27 +84,29 @@ def test_sink_mlflow_and_no_wal_keep_mlflows_own_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_an_untested_schema_falls_back_to_log_batch_and_says_so(tmp_path: Path) -> None:
-    with running_daemon(tmp_path, prelude=UNTESTED) as d:
+def test_a_metrics_table_that_differs_falls_back_to_log_batch_and_says_so(tmp_path: Path) -> None:
+    store_whose_metrics_table_differs(tmp_path / "state")
+    with running_daemon(tmp_path) as d:
         sink = d.status()["sink"]
-        assert sink.startswith("mlflow: log_batch per run (") and "0123456789ab" in sink, sink
+        assert sink == f"mlflow: log_batch per run ({STEP_INT32})", sink
         run_id = log_and_end(d.address, "guarded")
     lines = [line for line in d.log().splitlines() if "event=sql_writer_off" in line]
-    assert len(lines) == 1 and "0123456789ab" in lines[0], d.log()
+    assert len(lines) == 1 and STEP_INT32 in lines[0], d.log()
     check_run(d.backend_uri, run_id, "guarded")
 
 
 @pytest.mark.timeout(120)
-def test_sink_sql_refuses_to_start_on_an_untested_schema(tmp_path: Path) -> None:
+def test_sink_sql_refuses_to_start_naming_the_difference_and_the_way_out(tmp_path: Path) -> None:
     import subprocess
 
+    store_whose_metrics_table_differs(tmp_path / "state")
     cmd = daemon_command(tmp_path / "state", f"ipc://{tmp_path}/d.sock", "--sink", "sql")
-    cmd[1:3] = ["-c", f"{UNTESTED}\nfrom tracker_daemon.cli import main\nmain()"]
     res = subprocess.run(
         cmd, capture_output=True, text=True, timeout=100, env=daemon_env(), cwd=REPO
     )
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "configuration error: sink = 'sql':" in res.stderr and "0123456789ab" in res.stderr
+    assert "configuration error: sink = 'sql':" in res.stderr and STEP_INT32 in res.stderr
+    assert "mlflow db upgrade" in res.stderr and "sink = 'auto'" in res.stderr
 
 
 @pytest.mark.timeout(180)

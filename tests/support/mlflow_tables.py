@@ -69,3 +69,23 @@ def table_rows(engine: sa.Engine, run_map: Mapping[str, str]) -> dict[str, list[
         )
         out["runs"] = sorted((run_map[r[0]], *r[1:]) for r in conn.execute(q) if r[0] in run_map)
     return out
+
+
+def rebuild_sqlite_table(db: Path, table: str, old: str, new: str) -> None:
+    """Recreate ``table`` of the SQLite database ``db`` from its own ``CREATE TABLE`` statement
+    with ``old`` replaced by ``new`` (a column's type, a constraint, a column dropped), keeping the
+    rows of the columns both versions have: a real schema that differs from MLflow's."""
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        (ddl,) = con.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        assert old in ddl, f"{old!r} is not in {ddl}"
+        before = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+        con.execute(f"ALTER TABLE {table} RENAME TO {table}_old")
+        con.execute(ddl.replace(old, new))
+        after = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        cols = ", ".join(c for c in before if c in after)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {table}_old")
+        con.execute(f"DROP TABLE {table}_old")

@@ -1,4 +1,4 @@
-"""The SQL writer (sqlwriter.py, sqlschema.py) on a real MLflow SQLite store made by MLflow.
+"""The SQL writer (sqlwriter.py) on a real MLflow SQLite store made by MLflow.
 
 Each rule of MLflow's ``log_batch`` the writer reproduces, checked on the exact rows it leaves;
 where MLflow reports an error, the expected code and message are taken from MLflow itself (the
@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from tests.support.mlflow_tables import sqlite_store, sqlite_template, table_rows
 from tests.support.store import sqlite_locked
 from tracker_client.protocol import Metric, Param, Record, Tag
-from tracker_daemon.sqlwriter import TESTED_REVISIONS, RunFailed, SqlWriter, schema_problem
+from tracker_daemon.sqlwriter import RunFailed, SqlWriter
 
 MAX = 1.7976931348623157e308
 PROVISIONAL = "provisional-id"  # what record.run_id may hold; the writer must use the entry's
@@ -244,20 +244,6 @@ def test_a_locked_database_raises_and_rolls_back(store: Any, tmp_path: Path) -> 
     assert rows(store, run) == before
     assert SqlWriter(engine).write([(run, [m("k", 1.0)])]) == [None]
     engine.dispose()
-
-
-def test_schema_guard(store: Any, tmp_path: Path) -> None:
-    assert TESTED_REVISIONS == frozenset({"dc11669786a5"})
-    assert schema_problem(store.engine) is None
-    with store.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0123abcd'"))
-    problem = schema_problem(store.engine)
-    assert problem is not None and "0123abcd" in problem and "dc11669786a5" in problem
-    assert "\n" not in problem
-    empty = sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
-    problem = schema_problem(empty)
-    assert problem is not None and "alembic_version" in problem and "\n" not in problem
-    empty.dispose()
 
 
 def test_on_a_missing_run_an_invalid_record_fails_with_its_own_error(store: Any) -> None:
