@@ -126,6 +126,8 @@ def test_bench_client_throughput_drain_json() -> None:
     assert checks[("throughput", "raw", "sql-count")]["sent"] == 2 * 200 * 10
     assert checks[("drain", "daemon", "sql-count")]["sent"] == 10_000
 
+    notes = doc["scenarios"]["throughput"]["notes"]
+    assert "default daemon's sink: sql: many runs per transaction" in notes, notes
     tput = doc["scenarios"]["throughput"]["figures"]
     daemon_rate = tput["daemon_metrics_per_s"]["median"]
     for ratio, base, target in (

@@ -151,6 +151,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], di
 # ---------------------------------------------------------------------------- 1. differential
 
 
+@pytest.mark.compat
 @pytest.mark.timeout(300)
 def test_same_script_same_store_as_direct_sqlite(
     tmp_path: Path, direct: tuple[dict[str, Any], dict[str, Any]]

@@ -41,9 +41,9 @@ from tests.support.mlflow_tables import sql_store, sqlite_store, sqlite_template
 from tracker_client.protocol import Metric, Param, Record, Tag
 from tracker_daemon.errors import RetryableSinkError, RunGone
 from tracker_daemon.sink import classify
-from tracker_daemon.sqlwriter import RunFailed, SqlWriter
+from tracker_daemon.sqlwriter import RunFailed, SqlWriter, schema_problem
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.compat]
 
 SEED = int(os.environ.get("TRACKER_TEST_SEED", "1130"))
 RUNS = 10
@@ -209,6 +209,7 @@ def test_sqlite(tmp_path: Path) -> None:
     template = sqlite_template(tmp_path / "template")
     a, b = sqlite_store(template, tmp_path / "a"), sqlite_store(template, tmp_path / "b")
     try:
+        assert schema_problem(a.engine) is None
         check(workload(SEED), a, b)
     finally:
         a.engine.dispose()
@@ -231,6 +232,7 @@ def test_postgresql(tmp_path: Path) -> None:
         a = sql_store(url_a, tmp_path / "artifacts-a")
         b = sql_store(url_b, tmp_path / "artifacts-b")
         try:
+            assert schema_problem(a.engine) is None  # the guard passes MLflow's own PostgreSQL
             check(workload(SEED), a, b)
         finally:
             a.engine.dispose()

@@ -2,11 +2,15 @@
 tables the writer touches agree with the installed MLflow's table objects passes, whatever its
 Alembic revision; a real difference in one of them is named (table, column or constraint).
 
-Stores made by other MLflow versions are tested in tests/compat (the oldest and newest MLflow of
-the supported range, each in its own venv)."""
+Stores made by other MLflow versions come from the side venvs of ``make compat`` (tests/compat.py:
+the oldest and newest MLflow of the supported range), and, in a side venv's own run, from the
+lock's MLflow; this module also runs in each side venv (marked compat)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests.support.daemon import REPO
 from tests.support.mlflow_tables import rebuild_sqlite_table, sqlite_store, sqlite_template
 from tracker_daemon.sqlschema import WRITER_TABLES, schema_problem
 
@@ -104,3 +109,43 @@ def test_an_unsupported_dialect_is_named() -> None:
     engine: Any = sa.create_engine("sqlite://")
     engine.dialect.name = "oracle"
     assert schema_problem(engine) is not None and "oracle" in str(schema_problem(engine))
+
+
+MAKE_STORE = (
+    "import sys, mlflow\n"
+    "from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore\n"
+    "SqlAlchemyStore(sys.argv[1], sys.argv[2]).engine.dispose()\n"
+    "print(mlflow.__version__)"
+)
+
+
+def other_mlflow_pythons() -> list[Path]:
+    """Interpreters with another MLflow: make compat's side venvs (.venv-mlflow-VERSION) and,
+    when this run is a side venv's, the lock's venv (TRACKER_COMPAT_LOCK_PYTHON)."""
+    found = sorted(REPO.glob(".venv-mlflow-*/bin/python"))
+    if os.environ.get("TRACKER_COMPAT_LOCK_PYTHON"):
+        found.append(Path(os.environ["TRACKER_COMPAT_LOCK_PYTHON"]))
+    return [py for py in found if py.parent.parent.resolve() != Path(sys.prefix).resolve()]
+
+
+@pytest.mark.timeout(300)
+def test_stores_made_by_other_mlflow_versions_pass(tmp_path: Path) -> None:
+    """A real store made by another MLflow of the range, at that MLflow's own schema revision,
+    passes this MLflow's guard: the writer's tables agree across the range (if a release
+    changes one, this names it)."""
+    pythons = other_mlflow_pythons()
+    if not pythons:
+        pytest.skip("no venv with another MLflow: make compat builds them (.venv-mlflow-VERSION)")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH")}
+    for n, python in enumerate(pythons):
+        db = tmp_path / f"store{n}.db"
+        made = subprocess.run(
+            [str(python), "-c", MAKE_STORE, f"sqlite:///{db}", str(tmp_path / f"art{n}")],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+        assert made.returncode == 0, made.stderr[-2000:]
+        version = made.stdout.strip().splitlines()[-1]
+        assert problem(db) is None, f"a store made by MLflow {version}: {problem(db)}"

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import tracker_client
 
@@ -52,12 +53,19 @@ def scenario_client(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
     }
 
 
+def sink_path(ctx: Ctx, scen: str, status: dict[str, Any]) -> None:
+    """Say in the report which path the default daemon's records took, and why: the figures
+    of the SQL writer mean nothing when the schema guard turned it off."""
+    ctx.note(scen, f"default daemon's sink: {status['sink']}")
+
+
 def scenario_throughput(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
     """The default daemon, the daemon with ``--sink mlflow`` (MLflow's log_batch), the raw
     sqlite3 ceiling, MLflow's log_batch ceiling and direct mlflow.log_metric: same workload."""
     a, procs = ctx.args, ctx.procs
     keys = [f"k{i}" for i in range(a.keys)]
     with daemon(ctx, rep_dir) as d:
+        sink_path(ctx, "throughput", d.status())
         main = run_load(ctx, [d], a.workers, a.metrics, a.keys, "throughput", rep, "daemon")
     with daemon(ctx, rep_dir, state="state-mlflow", sink="mlflow") as d:
         ml = run_load(
@@ -179,6 +187,7 @@ def scenario_latency(ctx: Ctx, rep: int, rep_dir: Path) -> dict[str, float]:
             tracker.close(5)
         visible = ctx.procs.finish(poller, 180, "poller")["visible"]
         status = d.status()
+        sink_path(ctx, "latency", status)
         ctx.check(
             "latency", rep, "daemon", n, *count_metrics(ctx, d.backend, [run.run_id], ["latency"])
         )
