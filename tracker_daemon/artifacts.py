@@ -21,7 +21,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -70,6 +70,7 @@ class ArtifactLane:
         staging: StagingArea,
         *,
         artifact_root: str,
+        extra_roots: Sequence[str] = (),
         uri_of: Callable[[str], Awaitable[str]],
         upload: Callable[[str, str, str | None], None],
         done: _Done,
@@ -80,6 +81,7 @@ class ArtifactLane:
     ) -> None:
         self.staging = staging
         self.artifact_root = artifact_root
+        self.extra_roots = tuple(r for r in extra_roots if r != artifact_root)
         self._uri_of = uri_of
         self._upload = upload
         self._done = done
@@ -113,7 +115,9 @@ class ArtifactLane:
         self._wake.set()
 
     async def run(self) -> None:
-        removed = await anyio.to_thread.run_sync(clean_partial_uploads, self.artifact_root)
+        removed = 0
+        for root in (self.artifact_root, *self.extra_roots):
+            removed += await anyio.to_thread.run_sync(clean_partial_uploads, root)
         self.partials_removed = removed
         if removed:
             log.info("event=partial_uploads_removed count=%d", removed)

@@ -13,6 +13,7 @@ translates it.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 from tracker_client.entities import decode_value, encode_value
@@ -46,7 +47,9 @@ def _public_methods(cls: type) -> frozenset[str]:
 
 
 class StoreCalls:
-    def __init__(self, sink: Sink) -> None:
+    def __init__(
+        self, sink: Sink, *, check_location: Callable[[str, str], None] | None = None
+    ) -> None:
         from mlflow.store.model_registry.abstract_store import AbstractStore as RegistryStore
         from mlflow.store.tracking.abstract_store import AbstractStore as TrackingStore
         from mlflow.tracking._model_registry.utils import set_registry_uri
@@ -59,6 +62,7 @@ class StoreCalls:
         set_tracking_uri(sink.backend_uri)
         set_registry_uri(sink.backend_uri)
         self.sink = sink
+        self._check_location = check_location  # artifact_roots.ArtifactRoots.check
         self.allowed = {
             "tracking": _public_methods(TrackingStore),
             "registry": _public_methods(RegistryStore),
@@ -105,6 +109,8 @@ class StoreCalls:
                 raise PermanentSinkError(
                     "INVALID_PARAMETER_VALUE", "call: args must be an array and kwargs a map"
                 )
+            if target == "tracking" and method == "create_experiment":
+                self._check_new_location(a, kw)
             v2 = mlflow2.method_of(method)
             if v2 is not None:
                 result = mlflow2.invoke(self._target(target), v2, a, kw)
@@ -113,6 +119,17 @@ class StoreCalls:
             return result, encode_value(result)
         except Exception as exc:
             raise _call_error(exc) from exc
+
+    def _check_new_location(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """``create_experiment(name, artifact_location=None, tags=None)``: a local location
+        outside the daemon's artifact roots is refused (artifact_roots.py)."""
+        location = kwargs.get("artifact_location", args[1] if len(args) > 1 else None)
+        if location is not None and location != "" and self._check_location is not None:
+            if not isinstance(location, str):
+                raise PermanentSinkError(
+                    "INVALID_PARAMETER_VALUE", "create_experiment.artifact_location: not a str"
+                )
+            self._check_location(location, "create_experiment.artifact_location")
 
 
 def _call_error(exc: BaseException) -> SinkError:

@@ -107,6 +107,15 @@ _RUN_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
         "STATE_DIR/artifacts",
     ),
     (
+        "artifact_roots",
+        "DIRS",
+        str,
+        "comma-separated local directories (absolute paths or file:/// URIs) below which "
+        "experiments may keep artifacts besides the default artifact root; the daemon refuses "
+        "any other local artifact location",
+        "none: only the default artifact root",
+    ),
+    (
         "address",
         "ADDRESS",
         str,

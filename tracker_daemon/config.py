@@ -56,6 +56,8 @@ class Config:
     state_dir: str = ""
     backend_store_uri: str = ""
     default_artifact_root: str = ""
+    # local directories the daemon may write artifacts below (besides a local default root)
+    artifact_roots: tuple[str, ...] = ()
     address: str = ""
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     batch_max_age_ms: int = 50
@@ -100,6 +102,16 @@ class Config:
         return self.default_artifact_root or str(self.state_path / "artifacts")
 
     @property
+    def local_artifact_roots(self) -> list[str]:
+        """The local artifact roots: the default artifact root when it is local, then
+        ``artifact_roots`` (artifact_roots.py places every local upload below one of them)."""
+        from .artifact_roots import local_path
+
+        default = local_path(self.artifact_root)
+        first = [os.path.abspath(default)] if default is not None else []
+        return list(dict.fromkeys([*first, *self.artifact_roots]))
+
+    @property
     def bind_address(self) -> str:
         return self.address or daemon_default_address()
 
@@ -139,6 +151,11 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = type(getattr(Config(), key))
     try:
+        if kind is tuple:  # a TOML array of strings, or one string of comma-separated items
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError(value)
+            return tuple(item.strip() for item in items if item.strip())
         if kind is bool:
             if isinstance(value, str):
                 if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
@@ -162,7 +179,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise ValueError(value)
         return value
     except (TypeError, ValueError, OverflowError):
-        what = "finite float" if kind is float else kind.__name__
+        what = {float: "finite float", tuple: "list of strings"}.get(kind, kind.__name__)
         raise ConfigError(f"{source}: {key} = {value!r} is not a valid {what}") from None
 
 
@@ -176,6 +193,7 @@ def _check(cfg: Config) -> Config:
     if cfg.is_sqlite and cfg.sink_concurrency > 1:
         raise ConfigError("sink_concurrency > 1 is not allowed with SQLite: it has one writer")
     _check_sink(cfg)
+    _check_artifact_roots(cfg)
     if cfg.barrier_timeout_s <= 0:
         raise ConfigError(f"barrier_timeout_s = {cfg.barrier_timeout_s}: must be > 0")
     _check_curve(cfg)
@@ -211,6 +229,19 @@ def _check_sink(cfg: Config) -> None:
             f"sink = 'sql' needs a SQL backend_store_uri (sqlite, postgresql, mysql), "
             f"not {redact_uri(cfg.backend_uri)!r}; use sink = 'auto' or 'mlflow'"
         )
+
+
+def _check_artifact_roots(cfg: Config) -> None:
+    from .artifact_roots import LocationRefused, root_path
+
+    for entry in cfg.artifact_roots:
+        try:
+            root_path(entry)
+        except LocationRefused as exc:
+            raise ConfigError(
+                f"artifact_roots: {entry!r} is not a local directory given as an absolute path "
+                f"or a file:/// URI ({exc})"
+            ) from None
 
 
 def _check_operations(cfg: Config) -> None:

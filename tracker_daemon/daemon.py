@@ -40,6 +40,8 @@ import anyio.abc
 from tracker_client import protocol as p
 
 from . import __version__
+from .artifact_roots import ArtifactRoots
+from .artifact_writer import ArtifactWriter
 from .artifacts import ArtifactLane
 from .backend import ThreadBackend
 from .barriers import Barriers
@@ -159,6 +161,7 @@ class Daemon:
             deadletter=cfg.state_path / "deadletter.jsonl",
             on_settled=self.journal_sync.mark_wake.set,
         )
+        self.artifact_roots = ArtifactRoots.of(cfg.local_artifact_roots)
         self.runs = RunService(
             self.runbook,
             self.sink,
@@ -168,6 +171,7 @@ class Daemon:
             owner_gone=lambda info: self.orphans.client_exited(info),
             seed_params=self.batcher.seed_params,
             release_run=self.batcher.release_run,
+            check_location=self.artifact_roots.check,
         )
         self.committer = Committer(
             self.batcher,
@@ -182,8 +186,9 @@ class Daemon:
         self.artifacts = ArtifactLane(
             StagingArea(self.staging_dir, cfg.state_path / "uploads"),
             artifact_root=cfg.artifact_root,
+            extra_roots=cfg.local_artifact_roots,
             uri_of=self.runs.artifact_uri,
-            upload=self.sink.upload_artifact,
+            upload=ArtifactWriter(self.artifact_roots, self.sink.upload_artifact).upload,
             done=self._artifact_done,
             on_retry=self.backend.note_error,
             on_ok=self.backend.note_ok,
@@ -338,7 +343,7 @@ class Daemon:
         self.sink.open()
         if self.sink.writer is not None:
             self.committer.write_entries = self.sink.write_entries
-        self.calls = StoreCalls(self.sink)
+        self.calls = StoreCalls(self.sink, check_location=self.artifact_roots.check)
         self.server.bind()
 
     async def run(self) -> None:

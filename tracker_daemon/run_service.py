@@ -123,6 +123,7 @@ class RunService:
         seed_params: Callable[[str, dict[str, str]], None],
         release_run: Callable[[str], object],
         resolve_wait_s: float = RESOLVE_WAIT_S,
+        check_location: Callable[[str, str], None] = lambda location, field: None,
     ) -> None:
         self.runbook = runbook
         self.sink = sink
@@ -133,6 +134,7 @@ class RunService:
         self._seed_params = seed_params  # the batcher: params a resumed run already has
         self._release_run = release_run  # the batcher: forget an ended run
         self.resolve_wait_s = resolve_wait_s
+        self._check_location = check_location  # artifact_roots.ArtifactRoots.check
         self._experiments: dict[str, str] = {}  # name -> id
         self._creating: dict[str, anyio.Event] = {}  # offline id -> set once handled
         self._creation_failed: dict[str, SinkError] = {}
@@ -207,6 +209,8 @@ class RunService:
 
     async def experiment_id(self, msg: p.StartRun) -> str:
         """The run's experiment (got or created by name), with ``experiment_tags`` set."""
+        if msg.artifact_location is not None:  # refused whether or not the experiment exists
+            self._check_location(msg.artifact_location, "start_run.artifact_location")
         if msg.experiment_id is not None:
             exp_id = msg.experiment_id
         elif msg.experiment_name is None:

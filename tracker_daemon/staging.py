@@ -33,6 +33,7 @@ __all__ = [
     "StagingArea",
     "StagingRefused",
     "clean_partial_uploads",
+    "copy_bytes",
     "local_root",
     "parse_staged",
 ]
@@ -133,16 +134,17 @@ def _check_owner(st: os.stat_result, owner: int, rel: str) -> None:
         )
 
 
-def _copy_bytes(src: int, dst: int, size: int) -> None:
-    """Copy ``size`` bytes (fewer if the file shrank) from fd to fd, in the kernel if it can."""
+def copy_bytes(src: int, dst: int, size: int) -> None:
+    """Copy ``size`` bytes (fewer if the file shrank) from fd to fd, in the kernel if it can.
+    A full disk raises ENOSPC: ``copy_file_range`` may report it as a short copy returning 0,
+    so a 0 is checked with ``read``/``write``, which tell end of file from a failed write."""
     left = size
     try:
         while left > 0:
             n = os.copy_file_range(src, dst, min(left, _CHUNK))
             if n == 0:
-                return
+                break
             left -= n
-        return
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
@@ -150,7 +152,9 @@ def _copy_bytes(src: int, dst: int, size: int) -> None:
         chunk = os.read(src, min(left, 1 << 20))
         if not chunk:
             return
-        os.write(dst, chunk)
+        view = memoryview(chunk)
+        while view:  # a short write (disk full) is followed by one that raises
+            view = view[os.write(dst, view) :]
         left -= len(chunk)
 
 
@@ -237,7 +241,7 @@ class StagingArea:
                 raise StagingRefused(f"staged entry {rel!r} is {_kind(st.st_mode)}")
             _check_owner(st, owner, rel)
             with _fd(os.open(name, _NEW_FILE, 0o600, dir_fd=dst_dir)) as out:
-                _copy_bytes(fd, out, st.st_size)
+                copy_bytes(fd, out, st.st_size)
                 os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
 
     def release(self, copy: Path) -> None:

@@ -366,7 +366,10 @@ def test_a_retrying_upload_does_not_hold_up_other_clients(tmp_path: Path) -> Non
     """A real retryable fault: one run's artifact location is a full tmpfs (ENOSPC). Its upload
     is retried after the others, another client's artifact uploads meanwhile, and the first
     one lands once space comes back."""
-    with mounted_tmpfs(tmp_path / "small", "1m") as small, running_daemon(tmp_path) as d:
+    with (
+        mounted_tmpfs(tmp_path / "small", "1m") as small,
+        running_daemon(tmp_path, "--artifact-roots", str(small)) as d,
+    ):
         filler = small / "filler"
         filler.write_bytes(b"f" * (900 * 1024))
         exp = MlflowClient(tracking_uri=d.backend_uri).create_experiment(

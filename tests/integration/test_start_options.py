@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 @pytest.mark.timeout(120)
 def test_experiment_tags_location_and_find_or_create_by_name(tmp_path: Path) -> None:
     location = tmp_path / "elsewhere" / "nightly-art"
-    with running_daemon(tmp_path) as d:
+    # a location outside the default root must be below a configured artifact root
+    with running_daemon(tmp_path, "--artifact-roots", str(tmp_path / "elsewhere")) as d:
         t = tracker_client.connect(d.address)
         opts = {"run_name": "nightly", "resume_by_name": True}
         first = t.start_run(

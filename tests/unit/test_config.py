@@ -663,3 +663,26 @@ def test_sqlite_wal_setting() -> None:
     assert load_config({}, environ={"TRACKER_DAEMON_SQLITE_WAL": "0"}).sqlite_wal is False
     with pytest.raises(ConfigError, match="sqlite_wal"):
         load_config({}, environ={"TRACKER_DAEMON_SQLITE_WAL": "maybe"})
+
+
+def test_artifact_roots_setting(tmp_path: Path) -> None:
+    base = {"state_dir": str(tmp_path)}
+    cfg = load_config(base, environ={})
+    assert cfg.artifact_roots == ()
+    assert cfg.local_artifact_roots == [str(tmp_path / "artifacts")]  # the default root alone
+    listed = write_toml(tmp_path, 'artifact_roots = ["/srv/a", "file:///data/b"]\n')
+    cfg = load_config(base, config_file=listed, environ={})
+    assert cfg.artifact_roots == ("/srv/a", "file:///data/b")
+    assert cfg.local_artifact_roots == [str(tmp_path / "artifacts"), "/srv/a", "file:///data/b"]
+    env = {"TRACKER_DAEMON_ARTIFACT_ROOTS": " /srv/a, /srv/b ,"}
+    assert load_config(base, environ=env).artifact_roots == ("/srv/a", "/srv/b")
+    assert load_config({**base, "artifact_roots": "/x"}, environ={}).artifact_roots == ("/x",)
+    remote = load_config({**base, "default_artifact_root": "s3://b/p"}, environ={})
+    assert remote.local_artifact_roots == []  # a remote default root is no local root
+    for bad, why in (("s3://bucket/p", "remote store"), ("rel/dir", "not an absolute path")):
+        with pytest.raises(ConfigError, match=rf"artifact_roots: '{bad}' is not a local"):
+            load_config({**base, "artifact_roots": bad}, environ={})
+        with pytest.raises(ConfigError, match=why):
+            load_config({**base, "artifact_roots": bad}, environ={})
+    with pytest.raises(ConfigError, match="artifact_roots = 7 is not a valid list of strings"):
+        load_config(base, config_file=write_toml(tmp_path, "artifact_roots = 7\n"), environ={})
