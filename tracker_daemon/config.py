@@ -86,6 +86,8 @@ class Config:
     max_records_per_frame: int = 10_000
     max_open_runs_per_client: int = 1_000
     max_clients: int = 10_000
+    max_requests_per_client: int = 128  # start_run/end_run/flush/call in progress, one client
+    max_requests: int = 4096  # ... over all clients
 
     # ---- derived values
 
@@ -263,6 +265,13 @@ def _check_operations(cfg: Config) -> None:
         )
     if cfg.max_clients < 1:
         raise ConfigError(f"max_clients = {cfg.max_clients}: must be >= 1")
+    if cfg.max_requests_per_client < 1:
+        raise ConfigError(f"max_requests_per_client = {cfg.max_requests_per_client}: must be >= 1")
+    if cfg.max_requests < cfg.max_requests_per_client:
+        raise ConfigError(
+            f"max_requests = {cfg.max_requests}: must be >= max_requests_per_client "
+            f"({cfg.max_requests_per_client})"
+        )
 
 
 def _check_address(cfg: Config) -> None:

@@ -9,7 +9,9 @@ journaled (and the records it covers are), then ``done`` once the run's status i
 ``error`` ``timeout`` after the barrier timeout only means the wait was long: the END stays held.
 
 A request that finds the queue full (``CONTROL_QUEUE`` waiting to start) is answered at once with
-``REQUEST_LIMIT_EXCEEDED``; the client may retry it.
+``REQUEST_LIMIT_EXCEEDED``; the client may retry it. Requests in progress (from receipt until
+answered) are capped per client and in total (request_slots.py): one over a cap is refused at
+once with ``limit_exceeded`` naming the cap (``submit`` returns the refusal; intake counts it).
 
 Every ``call`` is counted and timed by kind (read / write) in :attr:`Control.stats`
 (call_stats.py: its own part of the status document); a call answered with an error is also a
@@ -30,9 +32,11 @@ from tracker_client import protocol as p
 from tracker_client.entities import encode_value
 
 from .call_stats import CallStats
+from .clients import Refusal
 from .endings import Endings
 from .errors import SinkError
 from .ledger import Ledger
+from .request_slots import RequestSlots
 from .run_service import RunService, Write, creation_key
 from .supervise import Supervisor, each_contained
 
@@ -69,6 +73,7 @@ class Control:
         barrier_timeout_s: float,
         last_sink_error: Callable[[], str],
         queue: int = CONTROL_QUEUE,
+        slots: RequestSlots | None = None,
     ) -> None:
         self.runs = runs
         self.ledger = ledger  # failures taken at a barrier
@@ -83,15 +88,26 @@ class Control:
         self._last_sink_error = last_sink_error
         self.refused = 0  # requests answered REQUEST_LIMIT_EXCEEDED (queue full)
         self.stats = CallStats()  # calls by kind: counts, failures, latency
+        self.slots = slots if slots is not None else RequestSlots()  # requests in progress
         self._in: MemoryObjectSendStream[tuple[bytes, ControlRequest]]
         self._out: MemoryObjectReceiveStream[tuple[bytes, ControlRequest]]
         self._in, self._out = anyio.create_memory_object_stream[tuple[bytes, ControlRequest]](queue)
 
-    def submit(self, identity: bytes, msg: ControlRequest) -> p.ErrorReply | None:
-        """Queue a request (answered later by its task); a reply now only if the queue is full."""
+    def submit(self, identity: bytes, msg: ControlRequest) -> p.ErrorReply | Refusal | None:
+        """Queue a request (answered later by its task); a reply now only if the queue is full,
+        a refusal (for intake to count and answer) if the client or the daemon holds as many
+        requests in progress as it may."""
+        refusal = self.slots.take(msg.client_id)
+        if refusal is not None:
+            if isinstance(msg, p.Call):
+                kind = self._kind(msg.method)
+                self.stats.done(kind, None)
+                self.stats.failed(kind, msg.client_id, msg.method, refusal.code, refusal.message)
+            return refusal
         try:
             self._in.send_nowait((identity, msg))
         except anyio.WouldBlock:
+            self.slots.give(msg.client_id)
             self.refused += 1
             reply = p.ErrorReply(
                 msg.req,
@@ -123,7 +139,10 @@ class Control:
 
         async def handle(item: tuple[bytes, ControlRequest]) -> None:
             identity, msg = item
-            await handlers[type(msg)](identity, msg)
+            try:
+                await handlers[type(msg)](identity, msg)
+            finally:
+                self.slots.give(msg.client_id)
 
         def label(item: tuple[bytes, ControlRequest]) -> str:
             return handlers[type(item[1])].__name__

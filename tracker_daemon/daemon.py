@@ -66,6 +66,7 @@ from .liveness import PidWatcher
 from .notify import Notifier
 from .orphans import Orphans
 from .progress import Progress, to_log
+from .request_slots import RequestSlots
 from .run_service import RunService
 from .runs import RunBook
 from .server import CurveSetup, Server
@@ -244,6 +245,7 @@ class Daemon:
             calls=lambda: self.calls,
             barrier_timeout_s=cfg.barrier_timeout_s,
             last_sink_error=lambda: self.counters.last_sink_error,
+            slots=RequestSlots(cfg.max_requests_per_client, cfg.max_requests),
         )
         welcome = Welcome(
             __version__, str(self.staging_dir), self.max_frame, str(self.spool_dir), self.hostname
@@ -284,6 +286,8 @@ class Daemon:
             "max_records_per_frame": cfg.max_records_per_frame,
             "max_open_runs_per_client": cfg.max_open_runs_per_client,
             "max_clients": cfg.max_clients,
+            "max_requests_per_client": cfg.max_requests_per_client,
+            "max_requests": cfg.max_requests,
         }
         sections = (
             self.sink,
@@ -298,7 +302,7 @@ class Daemon:
             static,
             self.counters,
             clients=self.table.status,
-            sections=(*sections, self.control.stats, self.supervisor),
+            sections=(*sections, self.control.stats, self.control.slots, self.supervisor),
             pipeline=self._pipeline_status,
             limits=limits,
             rejections=self.server.limit_rejections,

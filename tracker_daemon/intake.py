@@ -1,7 +1,8 @@
 """Every decoded client message, on the event loop, without waiting (:meth:`Intake.handle` returns
 the reply to send now, or None): the limits (limits.py), ``hello``, sequenced frames (``data``,
 ``log_artifact``: journal append, then delivery; the ack now or after the next group fsync),
-``status``; the requests that wait go to control.py.
+``status``; the requests that wait go to control.py (a refusal of its request caps is counted
+and logged here, as the other limits).
 
 A sequenced frame is appended to the journal once (a resend of one already accepted is counted
 as a duplicate and acked again). When the journal has no room (``JournalFull``: its size limit or
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from tracker_client import protocol as p
 
-from .clients import ClientInfo, ClientTable, Peer
+from .clients import ClientInfo, ClientTable, Peer, Refusal
 from .errors import JournalFull
 from .journal import Journal, Position
 from .ledger import Ledger
@@ -58,7 +59,7 @@ class Requests(Protocol):
 
     def submit(
         self, identity: bytes, msg: p.StartRun | p.EndRun | p.Flush | p.Call
-    ) -> p.ErrorReply | None: ...
+    ) -> p.ErrorReply | Refusal | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,10 @@ class Intake:
         if isinstance(msg, p.Hello):
             return self._on_hello(msg, now)
         if isinstance(msg, p.StartRun | p.EndRun | p.Flush | p.Call):
-            return self.control.submit(identity, msg)
+            answer = self.control.submit(identity, msg)
+            if isinstance(answer, Refusal):  # requests in progress over a cap
+                return self.limits.refuse(identity, msg, answer, now)
+            return answer
         if isinstance(msg, p.StatusRequest):
             return p.StatusReply(msg.req, self._status())
         return None

@@ -35,6 +35,12 @@ COUNTERS = (
     ("frames", "frames", "Sequenced frames (data, artifact) received."),
     ("duplicate_frames", "duplicate_frames", "Resent frames the daemon already had."),
     ("rejected_frames", "rejected_frames", "Frames refused because they could not be decoded."),
+    (
+        "peers_dropped",
+        "peers_dropped",
+        "Connections dropped for not reading their replies (a full reply queue).",
+    ),
+    ("dropped_frames", "dropped_frames", "Frames of dropped connections, dropped unread."),
     ("batches", "batches", "Backend commits that succeeded (SQL transactions or log_batch calls)."),
     (
         "sql_fallbacks",
@@ -66,6 +72,11 @@ GAUGES = (
         "end_run requests held (journaled), waiting for their run's records to be committed.",
     ),
     ("queue_depth", "queue_depth", "Records buffered in memory, waiting for the backend."),
+    (
+        "requests_in_progress",
+        "requests_in_progress",
+        "start_run/end_run/flush/call requests received and not answered yet.",
+    ),
     ("artifacts_pending", "artifacts_pending", "Artifacts waiting to be uploaded."),
     (
         "artifacts_retrying",

@@ -9,6 +9,15 @@ without a reply (counted as rejected, and as ``rejected_unanswered``). Rejection
 per peer and code per ``REJECT_LOG_INTERVAL_S`` with a count of the lines held back, and the loop
 yields to the event loop after each rejected frame, so other clients keep being served.
 
+Replies are bounded per peer: the socket queues at most ``REPLY_QUEUE`` messages for one
+connection (``SNDHWM``) and, with ``ROUTER_MANDATORY``, a send that finds that queue full fails
+(``EAGAIN``) instead of being dropped silently. A reply is never lost for a peer that reads: such
+a peer's queue drains as fast as replies come. A peer whose queue is full does not read: it is
+dropped — nothing more is sent to it, its frames are dropped unread, and the daemon forgets it
+as if it had disconnected (its routing identity no longer counts as connected) — counted
+(``peers_dropped``, ``dropped_frames``) and logged once (``event=peer_dropped``). Its queue stays
+bounded until it disconnects; a client that reconnects is a new connection, served again.
+
 For ipc endpoints, binding first checks that no other daemon answers on the socket path: ZeroMQ's
 bind would silently replace a live socket file.
 
@@ -67,6 +76,8 @@ REJECT_COST_BYTES = 64 * 1024  # a rejected frame costs 1 + its size / this
 THROTTLED = "peer_throttled"  # the log code of frames dropped unread
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 PEER_CACHE = 65_536  # peers remembered by routing identity (the oldest is dropped beyond)
+REPLY_QUEUE = 1000  # messages queued for one peer (SNDHWM); a peer that lets it fill is dropped
+DROPPED = "peer_dropped"  # the log code of a peer dropped for not reading its replies
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +162,9 @@ class Server:
         self.keys: AllowedKeys | None = None
         self._auth: ThreadAuthenticator | None = None
         self._peers: dict[bytes, Peer] = {}
+        self._dropped: dict[bytes, None] = {}  # peers that stopped reading (oldest first)
+        self.peers_dropped = 0
+        self.dropped_frames = 0  # frames of dropped peers, dropped unread
         self._probe: zmq.Socket[bytes] | None = None  # a sync shadow, to ask "still connected?"
 
     @property
@@ -168,6 +182,8 @@ class Server:
             "rejected_frames": self.rejected,
             "rejected_unanswered": self.rejected_unanswered,
             "last_rejection": self.last_rejection,
+            "peers_dropped": self.peers_dropped,
+            "dropped_frames": self.dropped_frames,
         }
 
     def limit_rejections(self) -> dict[str, int]:
@@ -181,7 +197,10 @@ class Server:
             _prepare_ipc_path(path)
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.SNDHWM, REPLY_QUEUE)
+        # a full queue fails the send (send() drops that peer) and so does one to a peer that
+        # is gone (EHOSTUNREACH: ignored), instead of ZeroMQ dropping the message silently
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         # A hard stop for absurd frames; frames between max_frame and this get an error reply.
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame * 2 + 1024)
@@ -204,9 +223,8 @@ class Server:
             os.chmod(path, 0o660)
         if path is None and self.curve is None:
             # tcp without CURVE: a connection is the only identity a peer has, so the daemon
-            # must be able to ask whether one is still open (sends to a gone peer then fail
-            # with EHOSTUNREACH instead of being dropped silently; send() drops them itself)
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # must be able to ask whether one is still open (sends to a gone peer fail with
+            # EHOSTUNREACH: ROUTER_MANDATORY)
             self._probe = zmq.Socket.shadow(sock.underlying)
         self.sock = sock
 
@@ -237,16 +255,42 @@ class Server:
         self.ctx.term()
 
     async def send(self, identity: bytes, msg: p.DaemonMessage) -> None:
+        """Send ``msg`` to a peer now, never waiting: to a gone peer it is dropped; a peer whose
+        queue of ``REPLY_QUEUE`` replies is full does not read, and is dropped itself."""
         assert self.sock is not None
+        if identity in self._dropped:
+            return
         try:
-            await self.sock.send_multipart([identity, p.encode(msg)], copy=True)
+            await self.sock.send_multipart([identity, p.encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._drop_peer(identity)
         except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:  # a gone peer (ROUTER_MANDATORY): drop it
+            if exc.errno != zmq.EHOSTUNREACH:  # a gone peer (ROUTER_MANDATORY): drop the reply
                 raise
+
+    def _drop_peer(self, identity: bytes) -> None:
+        """``identity`` lets its replies pile up unread: send it nothing more, drop its frames
+        unread, forget it (as if it had disconnected); count it and log it once."""
+        if len(self._dropped) >= PEER_CACHE:
+            del self._dropped[next(iter(self._dropped))]
+        self._dropped[identity] = None
+        self._peers.pop(identity, None)
+        self.peers_dropped += 1
+        held = self._reject_log.check((identity, DROPPED), time.monotonic())
+        if held is not None:
+            log.warning(
+                "event=peer_dropped peer=%s reason=%r peers_dropped=%d",
+                peer_name(identity),
+                f"{REPLY_QUEUE} replies queued unread (its limit): it does not read; its "
+                "frames are dropped unread from now on",
+                self.peers_dropped,
+            )
 
     def connected(self, identity: bytes, notice: p.DaemonMessage) -> bool:
         """Is the connection ``identity`` still open? Where the server can tell (tcp without
         CURVE), ``notice`` is sent to it to find out; elsewhere the answer is yes."""
+        if identity in self._dropped:
+            return False
         if self._probe is None:
             return True
         try:
@@ -276,6 +320,11 @@ class Server:
         while True:
             parts = await self.sock.recv_multipart(copy=False)  # frames: to read the peer
             identity = parts[0].bytes
+            if identity in self._dropped:
+                self.dropped_frames += 1
+                if self.dropped_frames % 16 == 0:
+                    await asyncio.sleep(0)  # dropping is cheap: yield now and then
+                continue
             if not self._reject_budget.ready(identity, time.monotonic()):
                 await self._drop(identity)
                 continue

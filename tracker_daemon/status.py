@@ -47,6 +47,8 @@ LIMIT_KINDS = (
     "max_clients",
     "max_clients_per_process",
     "client_id_in_use",
+    "max_requests_per_client",
+    "max_requests",
 )
 RATE_WINDOW_S = 10.0  # commit_rate is measured over about this many seconds
 RATE_SAMPLE_S = 1.0  # how often the committed count is sampled for commit_rate

@@ -307,6 +307,8 @@ def test_records_per_frame_open_runs_and_frame_size_limits(tmp_path: Path) -> No
             "max_records_per_frame": 1000,
             "max_open_runs_per_client": 2,
             "max_clients": 10_000,
+            "max_requests_per_client": 128,
+            "max_requests": 4096,
         }
         # max_open_runs_per_client
         t = tracker_client.connect(d.address, offline=False)
@@ -354,6 +356,8 @@ def test_records_per_frame_open_runs_and_frame_size_limits(tmp_path: Path) -> No
             "max_clients": 0,
             "max_clients_per_process": 0,
             "client_id_in_use": 0,
+            "max_requests_per_client": 0,
+            "max_requests": 0,
         }
         assert status["open_runs"] == 2
         log = d.log()

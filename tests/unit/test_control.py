@@ -16,10 +16,12 @@ import pytest
 
 from tests.support.run_fakes import Wiring
 from tracker_client import protocol as p
+from tracker_daemon.clients import Refusal
 from tracker_daemon.control import Control
 from tracker_daemon.endings import Endings
 from tracker_daemon.errors import PermanentSinkError
 from tracker_daemon.ledger import Ledger
+from tracker_daemon.request_slots import RequestSlots
 from tracker_daemon.run_service import creation_key
 from tracker_daemon.supervise import Supervisor
 
@@ -55,13 +57,20 @@ class FakeCalls:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, queue: int = 16, barrier_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        queue: int = 16,
+        barrier_timeout_s: float = 30.0,
+        slots: RequestSlots | None = None,
+    ) -> None:
         self.w = Wiring(tmp_path)
         self.ledger = Ledger()
         self.supervisor = Supervisor()
         self.sent: list[tuple[bytes, p.DaemonMessage]] = []
         self.barrier_ok = True
         self.barriers: list[tuple[str, int]] = []
+        self.gate: anyio.Event | None = None  # set: barriers wait for it
         self.reads = 0
         self.calls = FakeCalls()
         self.fail_send_for: set[int] = set()
@@ -89,6 +98,7 @@ class Harness:
             barrier_timeout_s=barrier_timeout_s,
             last_sink_error=lambda: "",
             queue=queue,
+            slots=slots,
         )
 
     async def send(self, identity: bytes, msg: p.DaemonMessage) -> None:
@@ -99,6 +109,8 @@ class Harness:
 
     async def barrier(self, client_id: str, seq: int) -> bool:
         self.barriers.append((client_id, seq))
+        if self.gate is not None:
+            await self.gate.wait()
         return self.barrier_ok
 
     async def end_barrier(self, client_id: str, seq: int, within: float | None) -> bool:
@@ -340,3 +352,42 @@ async def test_an_end_run_runs_log_cannot_save_is_applied_but_not_accepted(tmp_p
         h.control.submit(ID, p.EndRun(4, "c1", 1, "r1", "FINISHED", 7))
         assert await h.replies(1) == [p.Done(4, ())]  # no accepted: the client keeps it
         assert h.w.sink.named("end_run") == [("r1", "FINISHED", 7)]
+
+
+async def test_requests_in_progress_are_capped_per_client_and_in_total(tmp_path: Path) -> None:
+    async with running(tmp_path, slots=RequestSlots(per_client=2, total=3)) as h:
+        h.gate = anyio.Event()
+        assert h.control.submit(ID, p.Flush(1, "c1", 5)) is None
+        assert h.control.submit(ID, p.Flush(2, "c1", 5)) is None
+        over = h.control.submit(ID, p.Flush(3, "c1", 5))
+        assert isinstance(over, Refusal)
+        assert (over.code, over.limit, over.value) == (
+            "limit_exceeded",
+            "max_requests_per_client",
+            2,
+        )
+        assert over.message.startswith("max_requests_per_client = 2: this client already has 2 ")
+        assert h.control.submit(ID, p.Flush(4, "c2", 5)) is None
+        total = h.control.submit(ID, p.Call(5, "c3", 0, "tracking", "get_run", b"", b""))
+        assert isinstance(total, Refusal)
+        assert (total.limit, total.value) == ("max_requests", 3)
+        assert h.control.stats.status()["calls"]["read"]["failures"] == 1  # a refused call
+        assert h.control.slots.held == 3
+        h.gate.set()  # the barriers complete: every request is answered and frees its slot
+        replies = await h.replies(3)
+        assert sorted(m.req for m in replies) == [1, 2, 4]  # type: ignore[attr-defined]
+        await anyio.wait_all_tasks_blocked()
+        assert h.control.slots.held == 0
+        assert h.control.submit(ID, p.Flush(6, "c1", 5)) is None
+
+
+async def test_a_request_refused_for_a_full_queue_frees_its_slot(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, queue=1, slots=RequestSlots(per_client=8, total=8))
+    try:
+        assert harness.control.submit(ID, p.Flush(1, "c1", 5)) is None  # queued, not started
+        full = harness.control.submit(ID, p.Flush(2, "c1", 5))
+        assert isinstance(full, p.ErrorReply) and full.code == "REQUEST_LIMIT_EXCEEDED"
+        assert harness.control.slots.held == 1
+    finally:
+        harness.control.close()
+        harness.endings.close()
