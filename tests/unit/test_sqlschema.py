@@ -122,7 +122,8 @@ MAKE_STORE = (
 def other_mlflow_pythons() -> list[Path]:
     """Interpreters with another MLflow: make compat's side venvs (.venv-mlflow-VERSION) and,
     when this run is a side venv's, the lock's venv (TRACKER_COMPAT_LOCK_PYTHON)."""
-    found = sorted(REPO.glob(".venv-mlflow-*/bin/python"))
+    built = sorted(REPO.glob(".venv-mlflow-*/.key"))  # the stamp of a complete side venv
+    found = [key.parent / "bin" / "python" for key in built]
     if os.environ.get("TRACKER_COMPAT_LOCK_PYTHON"):
         found.append(Path(os.environ["TRACKER_COMPAT_LOCK_PYTHON"]))
     return [py for py in found if py.parent.parent.resolve() != Path(sys.prefix).resolve()]
