@@ -138,7 +138,7 @@ def _resolve(name: Any, entities_only: bool = False) -> type:
             "ext type 5 takes only classes defined in mlflow.entities"
             if entities_only
             else "only classes defined in mlflow.entities and the store API's result classes "
-            "listed in PROTOCOL.md §2 decode"
+            "listed in PROTOCOL.md §5.8 decode"
         )
         raise _refuse(name, f"not an allowed MLflow entity class ({only})")
     return cls
