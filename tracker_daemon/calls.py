@@ -5,6 +5,13 @@ model-registry store); anything else is refused with ``ENDPOINT_NOT_FOUND``. Arg
 are encoded with :mod:`tracker_client.entities` (MLflow protobuf inside msgpack; no pickle).
 Blocking: the daemon runs :meth:`StoreCalls.invoke` in a worker thread.
 
+Arguments decode only into the classes of ``entities.allowed_classes`` (built here, once, when
+the store is loaded): any other class name is refused with ``INVALID_PARAMETER_VALUE`` naming the
+field and the name, and nothing is imported for it. A call that raises anything at all — even a
+``BaseException`` such as ``SystemExit`` from MLflow code — is answered with an error
+(``INTERNAL_ERROR`` for one that is not an ``Exception``, naming its type, which the call's
+``event=call_failed`` log line shows); it never leaves the worker thread to end the daemon.
+
 ``mlflow2.<name>`` (target ``tracking``) is a method of MLflow 2.x's store API whose signature or
 result changed in MLflow 3, called by a worker on MLflow 2 (tracing's v2 API): mlflow2.py
 translates it.
@@ -16,7 +23,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from tracker_client.entities import decode_value, encode_value
+from tracker_client.entities import DecodeError, allowed_classes, decode_value, encode_value
 
 from . import mlflow2
 from .errors import PermanentSinkError, RetryableSinkError, SinkError
@@ -68,6 +75,7 @@ class StoreCalls:
             "registry": _public_methods(RegistryStore),
         }
         self._registry: Any = None
+        allowed_classes()  # the decode table, built now rather than during a client's call
 
     @staticmethod
     def is_read(method: str) -> bool:
@@ -103,8 +111,8 @@ class StoreCalls:
         """Call the method; returns (raw result, encoded result). Raises only SinkError."""
         self.check(target, method)
         try:
-            a = decode_value(args)
-            kw = decode_value(kwargs)
+            a = decode_value(args, "call.args")
+            kw = decode_value(kwargs, "call.kwargs")
             if not isinstance(a, list) or not isinstance(kw, dict):
                 raise PermanentSinkError(
                     "INVALID_PARAMETER_VALUE", "call: args must be an array and kwargs a map"
@@ -117,8 +125,15 @@ class StoreCalls:
                 return result, mlflow2.encode_result(result)
             result = getattr(self._target(target), method)(*a, **kw)
             return result, encode_value(result)
+        except DecodeError as exc:
+            raise PermanentSinkError("INVALID_PARAMETER_VALUE", str(exc)) from exc
         except Exception as exc:
             raise _call_error(exc) from exc
+        except BaseException as exc:  # e.g. SystemExit from MLflow code: not the daemon's end
+            reason = f"{type(exc).__name__}: {exc}"[:300]  # logged as the call's failure
+            raise PermanentSinkError(
+                "INTERNAL_ERROR", f"{target} store method {method!r} raised {reason}"
+            ) from exc
 
     def _check_new_location(self, args: list[Any], kwargs: dict[str, Any]) -> None:
         """``create_experiment(name, artifact_location=None, tags=None)``: a local location

@@ -15,7 +15,10 @@ once with ``limit_exceeded`` naming the cap (``submit`` returns the refusal; int
 
 Every ``call`` is counted and timed by kind (read / write) in :attr:`Control.stats`
 (call_stats.py: its own part of the status document); a call answered with an error is also a
-failure there, and one (throttled) ``event=call_failed`` log line.
+failure there, and one (throttled) ``event=call_failed`` log line. A call that raises something
+unexpected — any ``BaseException`` but cancellation, even ``SystemExit`` — is answered
+``INTERNAL_ERROR`` naming the exception's type, then contained by the supervisor like any failed
+request (logged, counted in ``task_failures``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from .errors import SinkError
 from .ledger import Ledger
 from .request_slots import RequestSlots
 from .run_service import RunService, Write, creation_key
-from .supervise import Supervisor, each_contained
+from .supervise import Supervisor, each_contained, passes_through
 
 __all__ = ["CONTROL_QUEUE", "Control", "ControlRequest"]
 
@@ -213,10 +216,14 @@ class Control:
         started = time.monotonic()
         try:
             reply = await self._call(msg)
-        except Exception as exc:  # (the supervisor logs it; the caller gets no answer)
+        except BaseException as exc:  # even SystemExit: answered, then contained by the supervisor
+            if passes_through(exc):
+                raise
             self.stats.done(kind, time.monotonic() - started)
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {exc}"[:300]
             self.stats.failed(kind, msg.client_id, msg.method, "INTERNAL_ERROR", reason)
+            message = f"call {msg.method!r} failed in the daemon: {reason}"
+            await self._send(identity, p.ErrorReply(msg.req, "INTERNAL_ERROR", message))
             raise
         self.stats.done(kind, time.monotonic() - started)
         if isinstance(reply, p.ErrorReply):

@@ -12,7 +12,10 @@ the daemon's task group (which would stop every client's service).
 * :func:`each_contained` takes items from a stream and handles each as its own contained task
   (the request queue, held ENDs, exited clients).
 
-Cancellation always passes through: it is not an ``Exception``.
+Containment takes every ``BaseException`` — a ``SystemExit`` raised by library code on behalf of a
+client's request must not end the daemon — except the ones that mean "stop": anyio's cancellation
+(``anyio.get_cancelled_exc_class()``), ``KeyboardInterrupt`` and ``GeneratorExit`` (and an
+exception group holding one of them) always pass through, neither logged nor counted.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 
-__all__ = ["RESTART_MAX_S", "RESTART_MIN_S", "Supervisor", "Tasks", "each_contained"]
+__all__ = [
+    "RESTART_MAX_S",
+    "RESTART_MIN_S",
+    "Supervisor",
+    "Tasks",
+    "each_contained",
+    "passes_through",
+]
 
 log = logging.getLogger("tracker_daemon.supervise")
 
@@ -36,6 +46,15 @@ STABLE_S = 30.0
 
 TaskFn = Callable[..., Awaitable[Any]]
 T = TypeVar("T")
+
+
+def passes_through(exc: BaseException) -> bool:
+    """Whether ``exc`` means "stop" (cancellation, an interrupt, a closed coroutine) and must
+    never be contained."""
+    stop = (anyio.get_cancelled_exc_class(), KeyboardInterrupt, GeneratorExit)
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(lambda e: isinstance(e, stop)) is not None
+    return isinstance(exc, stop)
 
 
 class Supervisor:
@@ -54,7 +73,9 @@ class Supervisor:
             try:
                 await fn(*args)
                 return
-            except Exception as exc:
+            except BaseException as exc:
+                if passes_through(exc):
+                    raise
                 if time.monotonic() - started >= STABLE_S:
                     backoff = RESTART_MIN_S
                 self.restarts += 1
@@ -66,11 +87,13 @@ class Supervisor:
         """Run ``fn(*args)`` once; an exception is logged and counted, not raised."""
         try:
             await fn(*args)
-        except Exception as exc:
+        except BaseException as exc:
+            if passes_through(exc):
+                raise
             self.failed_tasks += 1
             self._report(name, exc, "dropped")
 
-    def _report(self, name: str, exc: Exception, action: str) -> None:
+    def _report(self, name: str, exc: BaseException, action: str) -> None:
         self.by_task[name] += 1
         self.last_error = f"{name}: {type(exc).__name__}: {exc}"[:500]
         key = (name, type(exc).__name__)

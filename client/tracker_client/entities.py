@@ -16,24 +16,42 @@ Values are msgpack documents; MLflow entities travel as MLflow's own protobuf by
 A span still being recorded (``LiveSpan``, which tracing passes to ``log_spans``) travels as the
 immutable ``Span`` it becomes (its own ``from_dict`` refuses to rebuild it).
 
-Decoding only ever touches *classes*: a name must resolve, by exact module and qualified name, to a
-class defined in an ``mlflow.`` module (ext 5: in ``mlflow.entities``), of the kind its ext type
-needs (an Enum, a class with ``from_proto``, a dataclass or ``from_dict`` class). Anything else —
-e.g. ``"mlflow.utils.file_utils:os.system"``, a function reachable as a module attribute — is
-refused: the daemon decodes what clients send. mlflow is imported lazily: importing this module
-(part of ``tracker_client``) does not import it.
+Decoding never runs code it was not built to run: a name decodes only if it is, exactly
+(``module:QualName``, as ``type.__module__`` and ``__qualname__`` spell it), a key of
+:func:`allowed_classes` — the table of
+
+* every public class defined in the ``mlflow.entities`` package (all its modules, imported once
+  when the table is built: that import is fixed, never chosen by a name on the wire), and
+* the few classes outside it that MLflow's store API returns (``EXTRA_CLASSES``: each name is
+  literally in the table with its one module, imported only when that exact name is decoded),
+
+and of the kind its ext type needs (ext 3: an ``Enum``; ext 1: a class with ``from_proto``;
+ext 4: ``from_dict`` or a dataclass; ext 5: ``mlflow.entities`` only). Any other name — e.g.
+``"mlflow.pyfunc.stdin_server:X"`` or ``"mlflow.utils.file_utils:os.system"`` — is refused with
+:class:`DecodeError` before anything is imported or called: the daemon decodes what clients send,
+and importing a module runs its code. mlflow is imported lazily: importing this module (part of
+``tracker_client``) does not import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import importlib
+import pkgutil
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 
-__all__ = ["decode_value", "encode_value"]
+__all__ = [
+    "EXTRA_CLASSES",
+    "DecodeError",
+    "allowed_classes",
+    "decode_value",
+    "encode_value",
+]
 
 EXT_PROTO = 1
 EXT_PAGED = 2
@@ -48,22 +66,82 @@ def _qualname(obj: object) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _resolve(name: Any, prefix: str = "mlflow.") -> type:
-    """The MLflow class ``name`` ("module:QualName") denotes — only a class defined in that very
-    module (so no function, module or foreign class reachable as an attribute)."""
-    module, _, qual = name.partition(":") if isinstance(name, str) else ("", "", "")
-    if not module.startswith(prefix) or not qual or any(p.startswith("_") for p in qual.split(".")):
-        raise ValueError(f"refusing to decode a value of type {name!r}: not an MLflow class")
-    obj: Any = importlib.import_module(module)
-    for part in qual.split("."):
-        obj = getattr(obj, part, None)
-    if not (
-        isinstance(obj, type)
-        and getattr(obj, "__module__", None) == module
-        and getattr(obj, "__qualname__", None) == qual
-    ):
-        raise ValueError(f"refusing to decode a value of type {name!r}: not an MLflow class")
-    return obj
+_ENTITIES = "mlflow.entities"
+# Classes outside mlflow.entities that MLflow's store API returns (resolve_trace_archival_config,
+# calculate_trace_filter_correlation): exact names, each resolved from its own module only.
+EXTRA_CLASSES = frozenset(
+    {
+        "mlflow.store.workspace.abstract_store:ResolvedTraceArchivalConfig",
+        "mlflow.tracing.analysis:TraceFilterCorrelationResult",
+    }
+)
+
+
+class DecodeError(ValueError):
+    """A value that does not decode; the message names the field and the value."""
+
+
+def _public(qual: str) -> bool:
+    return not any(part.startswith("_") for part in qual.split("."))
+
+
+def _classes_of(owner: Any, module: str, prefix: str, into: dict[str, type]) -> None:
+    """The public classes defined in ``module`` (and the classes nested in them)."""
+    for name, obj in vars(owner).items():
+        qual = f"{prefix}{name}"
+        if (
+            isinstance(obj, type)
+            and obj.__module__ == module
+            and obj.__qualname__ == qual
+            and _public(qual)
+        ):
+            into[f"{module}:{qual}"] = obj
+            _classes_of(obj, module, f"{qual}.", into)
+
+
+@functools.cache
+def allowed_classes() -> Mapping[str, type]:
+    """``"module:QualName"`` → class for every public class defined in ``mlflow.entities``
+    (each of its modules imported once, here; a module that does not import on this
+    installation is left out)."""
+    package = importlib.import_module(_ENTITIES)
+    table: dict[str, type] = {}
+    _classes_of(package, _ENTITIES, "", table)
+    for info in pkgutil.walk_packages(package.__path__, f"{_ENTITIES}.", onerror=lambda _: None):
+        try:
+            module = importlib.import_module(info.name)
+        except Exception:  # an optional dependency missing: its classes cannot travel
+            continue
+        _classes_of(module, info.name, "", table)
+    return table
+
+
+def _refuse(name: Any, why: str) -> DecodeError:
+    return DecodeError(f"refusing to decode a value of type {name!r}: {why}")
+
+
+def _resolve(name: Any, entities_only: bool = False) -> type:
+    """The class ``name`` ("module:QualName") denotes — only a key of :func:`allowed_classes`
+    or of ``EXTRA_CLASSES``; nothing is imported for any other name."""
+    if not isinstance(name, str):
+        raise _refuse(
+            name, "not an allowed MLflow entity class (a name is a str 'module:QualName')"
+        )
+    cls = allowed_classes().get(name)
+    if cls is None and name in EXTRA_CLASSES and not entities_only:
+        module, _, qual = name.partition(":")
+        obj = getattr(importlib.import_module(module), qual, None)
+        if isinstance(obj, type) and f"{obj.__module__}:{obj.__qualname__}" == name:
+            cls = obj
+    if cls is None:
+        only = (
+            "ext type 5 takes only classes defined in mlflow.entities"
+            if entities_only
+            else "only classes defined in mlflow.entities and the store API's result classes "
+            "listed in PROTOCOL.md §5.8 decode"
+        )
+        raise _refuse(name, f"not an allowed MLflow entity class ({only})")
+    return cls
 
 
 def _prepare(value: Any) -> Any:
@@ -126,7 +204,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
         name, full_name, payload = _unpack(data)
         cls = _resolve(name)
         if not callable(getattr(cls, "from_proto", None)):
-            raise ValueError(f"refusing to decode {name!r}: it has no from_proto")
+            raise _refuse(name, "it has no from_proto (ext type 1)")
         proto = _proto_class(full_name)()
         proto.ParseFromString(payload)
         return cls.from_proto(proto)  # type: ignore[attr-defined]
@@ -136,18 +214,20 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_ENUM:
         cls = _resolve(name)
         if not issubclass(cls, enum.Enum):
-            raise ValueError(f"refusing to decode {name!r}: not an Enum")
+            raise _refuse(name, "not an Enum (ext type 3)")
         return cls(payload)
     if not isinstance(payload, dict):
-        raise ValueError(f"decoding {name!r}: expected a map of fields")
+        raise _refuse(name, "expected a map of fields")
     if code == EXT_DICT:
         cls = _resolve(name)
         if callable(getattr(cls, "from_dict", None)):
             return cls.from_dict(payload)  # type: ignore[attr-defined]
         if not dataclasses.is_dataclass(cls):
-            raise ValueError(f"refusing to decode {name!r}: neither from_dict nor a dataclass")
+            raise _refuse(name, "neither from_dict nor a dataclass (ext type 4)")
         return cls(**payload)
-    cls = _resolve(name, prefix="mlflow.entities")
+    cls = _resolve(name, entities_only=True)
+    if issubclass(cls, enum.Enum):
+        raise _refuse(name, "an Enum travels as ext type 3")
     obj: Any = object.__new__(cls)  # no __init__: the state is restored as it was
     obj.__dict__.update(payload)
     return obj
@@ -175,5 +255,11 @@ def encode_value(value: Any) -> bytes:
     return _pack(value)
 
 
-def decode_value(data: bytes) -> Any:
-    return _unpack(data)
+def decode_value(data: bytes, field: str = "value") -> Any:
+    """The value ``data`` encodes; :class:`DecodeError` naming ``field`` if it does not decode
+    (a refused class name, a malformed ext payload, an entity that rejects its fields)."""
+    try:
+        return _unpack(data)
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+        raise DecodeError(f"{field}: {reason}"[:1000]) from exc

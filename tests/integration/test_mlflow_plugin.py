@@ -591,7 +591,8 @@ def test_errors_have_mlflow_codes(tmp_path: Path) -> None:
     assert out["end_conflict"][0] == "INVALID_PARAMETER_VALUE", out
     assert out["exists"][0] == "RESOURCE_ALREADY_EXISTS", out
     assert refused == dict.fromkeys(refused, "ENDPOINT_NOT_FOUND")
-    assert evil_error[0] == "INTERNAL_ERROR" and "not an MLflow class" in evil_error[1], evil_error
+    assert evil_error[0] == "INVALID_PARAMETER_VALUE", evil_error  # bad input, named as such
+    assert "call.args" in evil_error[1] and "not an allowed MLflow entity class" in evil_error[1]
     assert not marker.exists()
     assert bad_target_code == "INVALID_PARAMETER_VALUE"
     assert mlerr.value.error_code == "ENDPOINT_NOT_FOUND"

@@ -48,6 +48,8 @@ class FakeCalls:
 
     def invoke(self, target: str, method: str, args: bytes, kwargs: bytes) -> tuple[Any, bytes]:
         self.invoked.append((target, method, args))
+        if method == "get_exit":  # library code calling sys.exit (argparse at import)
+            raise SystemExit(2)
         result = self.results.get(method)
         return result, repr(result).encode()
 
@@ -391,3 +393,25 @@ async def test_a_request_refused_for_a_full_queue_frees_its_slot(tmp_path: Path)
     finally:
         harness.control.close()
         harness.endings.close()
+
+
+async def test_a_call_that_raises_system_exit_is_answered_internal_error_and_contained(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A BaseException from a call (even SystemExit) is answered, logged and counted; the daemon's
+    request loop goes on (before, it left the task and ended the daemon without an answer)."""
+    caplog.set_level(logging.WARNING)
+    async with running(tmp_path) as h:
+        h.control.submit(ID, p.Call(30, "c1", 0, "tracking", "get_exit", b"a", b"k"))
+        (reply,) = await h.replies(1)
+        assert isinstance(reply, p.ErrorReply) and (reply.req, reply.code) == (30, "INTERNAL_ERROR")
+        assert "SystemExit: 2" in reply.message and "get_exit" in reply.message
+        await anyio.wait_all_tasks_blocked()
+        assert h.supervisor.failed_tasks == 1 and h.supervisor.by_task["_on_call"] == 1
+        assert h.control.stats.count("read") == (1, 1)
+        lines = [r.getMessage() for r in caplog.records]
+        assert any("event=call_failed" in m and "SystemExit: 2" in m for m in lines), lines
+        assert any("event=task_failed" in m and "SystemExit: 2" in m for m in lines), lines
+        h.calls.results["get_experiment"] = "exp"  # and the next call is served
+        h.control.submit(ID, p.Call(31, "c1", 0, "tracking", "get_experiment", b"a", b"k"))
+        assert (await h.replies(2))[1] == p.Result(31, b"'exp'", ())

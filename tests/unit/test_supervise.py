@@ -132,3 +132,107 @@ def test_without_supervision_the_same_failure_ends_the_group() -> None:
 
     with pytest.raises(BaseExceptionGroup):
         anyio.run(main)
+
+
+# --------------------------------------------- BaseException: contained unless it means "stop"
+
+
+async def _exits() -> None:
+    await anyio.lowlevel.checkpoint()
+    raise SystemExit(2)  # what argparse does at import in mlflow.pyfunc.stdin_server
+
+
+def test_a_system_exit_in_a_task_is_contained_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A SystemExit raised on behalf of one request ends neither the group nor its siblings."""
+    sup = Supervisor()
+    done: list[str] = []
+
+    async def good() -> None:
+        await anyio.lowlevel.checkpoint()
+        done.append("good")
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tasks = Tasks(tg, sup)
+            tasks.start_soon(_exits, name="_on_call")
+            tasks.start_soon(good)
+        done.append("group")
+
+    with caplog.at_level(logging.ERROR, "tracker_daemon.supervise"):
+        anyio.run(main)
+    assert done == ["good", "group"]
+    assert sup.failed_tasks == 1 and sup.by_task == {"_on_call": 1}
+    assert sup.last_error == "_on_call: SystemExit: 2"
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "task=_on_call action=dropped" in line and "SystemExit: 2" in line
+
+
+def test_a_loop_that_raises_system_exit_is_restarted() -> None:
+    sup = Supervisor()
+    runs = 0
+
+    async def loop() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 2:
+            await _exits()
+
+    anyio.run(sup.supervised, "loop", loop)
+    assert runs == 3 and sup.restarts == 2 and "SystemExit" in sup.last_error
+
+
+def test_keyboard_interrupt_and_cancellation_pass_through_containment() -> None:
+    sup = Supervisor()
+
+    async def interrupted() -> None:
+        await anyio.lowlevel.checkpoint()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        anyio.run(sup.contained, "x", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        anyio.run(sup.supervised, "x", interrupted)
+
+    started = anyio.Event()
+
+    async def forever() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    async def main() -> None:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                Tasks(tg, sup).start_soon(forever)
+                await started.wait()
+                tg.cancel_scope.cancel()
+
+    anyio.run(main)  # the cancelled contained task ends; nothing counted
+    assert sup.failed_tasks == 0 and sup.restarts == 0 and sup.last_error == ""
+
+
+def test_passes_through_names_stop_exceptions_also_inside_groups() -> None:
+    async def check() -> None:
+        cancelled = anyio.get_cancelled_exc_class()
+        assert supervise.passes_through(cancelled())
+        assert supervise.passes_through(KeyboardInterrupt())
+        assert supervise.passes_through(GeneratorExit())
+        assert supervise.passes_through(BaseExceptionGroup("g", [SystemExit(1), cancelled()]))
+        assert not supervise.passes_through(SystemExit(2))
+        assert not supervise.passes_through(BaseExceptionGroup("g", [SystemExit(1)]))
+        assert not supervise.passes_through(RuntimeError("x"))
+
+    anyio.run(check)
+
+
+def test_without_containment_a_system_exit_ends_the_event_loop() -> None:
+    """Guard against a vacuous test: the SystemExit used above ends a bare task group (and with
+    it the daemon's event loop)."""
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_exits)
+
+    with pytest.raises((SystemExit, BaseExceptionGroup)):
+        anyio.run(main)
