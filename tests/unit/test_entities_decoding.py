@@ -36,6 +36,8 @@ from tracker_client.entities import (
     encode_value,
 )
 
+pytestmark = pytest.mark.compat  # the class table follows MLflow's store API: every version
+
 STDIN_SERVER = "mlflow.pyfunc.stdin_server"  # sys.exit(2) at import (argparse)
 
 
