@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import tracker_client
 import tracker_daemon
@@ -58,3 +59,23 @@ def test_both_distributions_carry_the_apache_licence() -> None:
         assert isinstance(project, dict)
         assert project["license"] == "Apache-2.0"
         assert project["license-files"] == ["LICENSE"]
+
+
+def test_one_mlflow_range_in_both_pyprojects_the_lock_and_the_readme() -> None:
+    """The range make compat proves (tests/compat.py reads the daemon's) is the one declared
+    everywhere, and the lock's MLflow is inside it."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    daemon: Any = _pyproject(REPO / "pyproject.toml")["project"]
+    client: Any = _pyproject(REPO / "client" / "pyproject.toml")["project"]
+    ranges = {Requirement(d).name: Requirement(d).specifier for d in daemon["dependencies"]}
+    plugin = Requirement(client["optional-dependencies"]["mlflow"][0])
+    assert plugin.name == "mlflow-skinny" and plugin.specifier == ranges["mlflow"]
+    locked = (REPO / "constraints.txt").read_text().splitlines()
+    assert f"mlflow=={metadata.version('mlflow')}" in locked  # this venv is the lock's
+    assert ranges["mlflow"].contains(metadata.version("mlflow"))
+    floor = next(s.version for s in ranges["mlflow"] if s.operator == ">=")
+    readme = (REPO / "README.md").read_text()
+    assert f"`mlflow>={floor},<4`" in readme and f"MLflow {floor} or newer 3.x" in readme
