@@ -7,8 +7,16 @@ otherwise the connection (ZeroMQ routing identity). A message naming a client id
 peer is refused (``client_id_in_use``) while that peer is alive: its process has not exited (ipc,
 and a local claimed pid) and, for a connection binding, the connection is still open. So another
 process can neither ack a client's frames away (hello with a large ``acked_floor``), nor replace
-its frames, nor take its failures. The daemon's own connections (its spool imports) are
-privileged: never refused, never bound. Ids restored from the mark are unbound until first use.
+its frames, nor take its failures. Ids restored from the mark are unbound until first use.
+
+Spool imports. The daemon imports a spool through its own socket, each connection acting for the
+spool file's owner (``acting(peer)``: that uid). A spool carries no authority its writer lacked:
+it may use a client id that is unbound, or bound (live or remembered) to a peer of the same uid
+whose process is gone; an id bound to another uid, or to any peer that is still alive, is refused
+(``client_id_in_use``: a spool never moves a live client's floor nor settles its seqs). An id a
+spool used stays bound to its owner's uid (``("spool", uid)``): a later peer of another uid is
+refused, one of the same uid takes it over. Other connections of the daemon itself (an
+administrator holding its CURVE key pair) are privileged: never refused, never bound.
 
 Room. A client counts toward ``max_clients`` while its process runs and it has sent something in
 the last ``idle_s`` seconds, has an open run or unsettled frames. At most
@@ -29,6 +37,7 @@ __all__ = [
     "Peer",
     "Refusal",
     "id_prefix",
+    "owner_uid",
     "peer_from",
 ]
 
@@ -37,7 +46,16 @@ MAX_CLIENTS_PER_PROCESS = 16  # client ids one process (or one connection) may h
 COUNT_CACHE_S = 1.0  # the full count of live clients is recomputed at most this often
 ID_PREFIX_CHARS = 8
 
+# ("pid", uid, pid) | ("key", z85) | ("conn", routing id) | ("spool", uid)
 Owner = tuple[str, int | str | bytes] | tuple[str, int, int]
+
+
+def owner_uid(owner: Owner | None) -> int | None:
+    """The uid an owner stands for, when it is a local user's (a process, a spool file)."""
+    if owner is not None and owner[0] in ("pid", "spool"):
+        uid = owner[1]
+        return uid if isinstance(uid, int) else None
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +129,8 @@ class ClientTable:
     """``active(client_id)``, made fresh by ``activity()`` for each check, says whether a client
     has an open run or unsettled frames; ``remembered(client_id)`` whether its entry must be
     kept (its seq floor goes into the mark); ``connected(routing_id)`` whether a connection is
-    still open; ``privileged(peer)`` whether a peer is the daemon itself."""
+    still open; ``privileged(peer)`` whether a peer is the daemon itself; ``acting(peer)`` the
+    uid a connection of the daemon's spool imports acts for (None for any other peer)."""
 
     def __init__(
         self,
@@ -121,6 +140,7 @@ class ClientTable:
         remembered: Callable[[str], bool] = lambda cid: False,
         connected: Callable[[bytes], bool] = lambda rid: True,
         privileged: Callable[[Peer], bool] = lambda peer: False,
+        acting: Callable[[Peer], int | None] = lambda peer: None,
         per_process: int = MAX_CLIENTS_PER_PROCESS,
         idle_s: float = CLIENT_IDLE_S,
     ) -> None:
@@ -134,6 +154,7 @@ class ClientTable:
         self._remembered = remembered
         self._connected = connected
         self._privileged = privileged
+        self._acting = acting
         self._by_owner: dict[Owner, set[str]] = {}
         self._count: tuple[float, int] | None = None  # (when, live clients) cache
 
@@ -169,6 +190,9 @@ class ClientTable:
             info.routing_id = peer.routing_id  # the hot path: the peer it is bound to
             info.last_seen = now
             return None
+        uid = self._acting(peer)
+        if uid is not None:
+            return self._claim_for_spool(client_id, uid, now)
         if self._privileged(peer):
             self.touch(client_id, now)
             return None
@@ -179,7 +203,7 @@ class ClientTable:
             info = self.clients[client_id] = ClientInfo(client_id, last_seen=now)
             self._count = None
         elif info.owner is not None and info.owner != peer.owner:
-            if not self._released(info):
+            if not self._released(info, peer):
                 self.in_use_refusals += 1
                 return Refusal(
                     "client_id_in_use",
@@ -198,11 +222,42 @@ class ClientTable:
         info.last_seen = now
         return None
 
-    def _released(self, info: ClientInfo) -> bool:
-        """Has the peer bound to ``info`` gone (so another may take the id)?"""
+    def _claim_for_spool(self, client_id: str, uid: int, now: float) -> Refusal | None:
+        """A spool owned by ``uid`` names ``client_id`` (module docstring: Spool imports)."""
+        info = self.clients.get(client_id)
+        if info is not None and info.owner is not None and info.owner != ("spool", uid):
+            bound = owner_uid(info.owner)
+            why = ""
+            if bound is not None and bound != uid:
+                why = f"it belongs to uid {bound}"
+            elif info.owner[0] != "spool" and not self._released(info):
+                why = f"its {info.owner[0]} peer is alive"
+            if why:
+                self.in_use_refusals += 1
+                return Refusal(
+                    "client_id_in_use",
+                    "client_id_in_use",
+                    0,
+                    f"client_id {client_id}: {why}; a spool owned by uid {uid} may not use it "
+                    "(a spool may use only its owner's client ids of processes that are gone)",
+                )
+        if info is None:
+            info = self.clients[client_id] = ClientInfo(client_id, last_seen=now)
+            self._count = None
+        if info.owner != ("spool", uid):
+            self._bind(info, ("spool", uid))
+            info.gone = True  # no process of its own: holds no room, released to its uid
+        info.last_seen = now
+        return None
+
+    def _released(self, info: ClientInfo, peer: Peer | None = None) -> bool:
+        """Has the peer bound to ``info`` gone (so another may take the id)? An id a spool used
+        is released only to a peer of the spool owner's uid."""
+        assert info.owner is not None
+        if info.owner[0] == "spool":
+            return peer is not None and peer.uid == info.owner[1]
         if info.gone:
             return True
-        assert info.owner is not None
         return info.owner[0] == "conn" and not self._connected(info.routing_id)
 
     def _bind(self, info: ClientInfo, owner: Owner) -> None:

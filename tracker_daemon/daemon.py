@@ -72,7 +72,7 @@ from .runs import RunBook
 from .server import CurveSetup, Server
 from .settlement import Settlement
 from .sink import Sink
-from .spool_imports import SpoolImports
+from .spool_imports import SpoolImports, acting_uid
 from .staging import StagingArea
 from .statelock import StateLock
 from .status import Counters, StatusReporter
@@ -124,6 +124,7 @@ class Daemon:
             remembered=lambda cid: self.ledger.received_upto(cid) > 0,
             connected=self._connected,
             privileged=self._privileged,
+            acting=lambda peer: acting_uid(peer.routing_id) if self._privileged(peer) else None,
         )
         self.liveness = PidWatcher(lambda pid: self.orphans.pid_exited(pid))
         self._tg: Tasks | None = None
@@ -208,7 +209,13 @@ class Daemon:
     def _build_control(self) -> None:
         """intake (synchronous) ─► limits, control (requests) ─► run service; orphans; imports."""
         cfg = self.cfg
-        self.imports = SpoolImports(self.spool_dir, self.address, self.curve, self.counters)
+        self.imports = SpoolImports(
+            self.spool_dir,
+            self.address,
+            self.curve,
+            self.counters,
+            max_record=max(self.max_frame, p.DEFAULT_MAX_FRAME_BYTES),
+        )
         self.endings = Endings(
             self.runs,
             self.supervisor,
@@ -564,7 +571,8 @@ class Daemon:
         return self.server.connected(identity, notice)
 
     def _privileged(self, peer: Peer) -> bool:
-        """The daemon itself (its spool imports; with CURVE, whoever holds its key pair)."""
+        """The daemon itself (its spool imports, which act for their file's owner: clients.py;
+        with CURVE, whoever holds its key pair)."""
         if peer.pid is not None:
             return peer.pid == os.getpid()
         return self.curve is not None and peer.key == self.curve.public.decode()

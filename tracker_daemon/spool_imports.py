@@ -1,8 +1,12 @@
 """Import the spools that clients which died while no daemon answered left in the spool dir (a
 live client holds its spool's lock and sends it itself). The daemon imports them through its
-own socket, as a privileged client (with CURVE, with its own key pair, which it always accepts).
-A spool that fails is tried again with a growing delay; one the daemon refuses for good is not
-retried until it changes (spool_backoff.py; both logged).
+own socket (with CURVE, with its own key pair, which it always accepts), each connection acting
+for the spool file's owner: its routing id names the owner's uid (fstat of the opened file,
+:func:`connection_id`), and the client table lets it use only client ids that uid may use
+(clients.py). Records are read one at a time and decoded within the wire's bounds (``max_frame``
+bytes each). A spool that fails is tried again with a growing delay; one the daemon refuses for
+good (a client id of another uid, a live client's) is not retried until it changes
+(spool_backoff.py; both logged, with the file's owner).
 
 Orphan detection imports the spool of a client that just exited before it judges its runs
 (:meth:`SpoolImports.import_client`), and ``run --until-idle`` imports every spool it finds
@@ -15,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -30,19 +35,39 @@ from .server import CurveSetup
 from .spool_backoff import SpoolBackoff
 from .status import Counters
 
-__all__ = ["SPOOL_SCAN_S", "SpoolImports"]
+__all__ = ["SPOOL_SCAN_S", "SpoolImports", "acting_uid", "connection_id"]
 
 log = logging.getLogger("tracker_daemon")
 
 SPOOL_SCAN_S = 30.0  # how often the spool dir is checked for spools of dead clients
+ROUTING_PREFIX = b"spool-import:"  # + "<uid>:" + random hex: a connection of an import
+
+
+def connection_id(uid: int) -> bytes:
+    """The routing id of an import connection acting for the spool owner ``uid``."""
+    return ROUTING_PREFIX + f"{uid}:{os.urandom(8).hex()}".encode()
+
+
+def acting_uid(routing_id: bytes) -> int | None:
+    """The uid an import connection acts for (only believed of the daemon's own peers)."""
+    if not routing_id.startswith(ROUTING_PREFIX):
+        return None
+    uid, _, _ = routing_id[len(ROUTING_PREFIX) :].partition(b":")
+    return int(uid) if uid.isdigit() and len(uid) <= 10 else None
 
 
 class SpoolImports:
     def __init__(
-        self, spool_dir: Path, address: str, curve: CurveSetup | None, counters: Counters
+        self,
+        spool_dir: Path,
+        address: str,
+        curve: CurveSetup | None,
+        counters: Counters,
+        max_record: int = p.DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self.spool_dir = spool_dir
         self.address = address
+        self.max_record = max_record  # the longest spool record read (the wire's max_frame)
         self.curve = curve
         self.counters = counters  # spools_imported
         self.stop = threading.Event()  # set when the daemon stops: an import in flight ends
@@ -90,6 +115,12 @@ class SpoolImports:
 
     async def _import(self, path: Path) -> None:
         backoff = self._backoff
+        owner: list[int] = []  # the file's owner, once the import opened it
+
+        def for_owner(uid: int) -> bytes:
+            owner[:] = [uid]
+            return connection_id(uid)
+
         try:
             result = await anyio.to_thread.run_sync(
                 functools.partial(
@@ -99,6 +130,8 @@ class SpoolImports:
                     timeout=600,
                     stop=self.stop,
                     curve=self.own_curve_keys(),
+                    max_record=self.max_record,
+                    connection_id=for_owner,
                 ),
                 abandon_on_cancel=True,
             )
@@ -108,13 +141,21 @@ class SpoolImports:
             permanent = isinstance(exc, ImportRefused)
             delay = backoff.failed(path, time.monotonic(), permanent=permanent)
             log.error(
-                "event=spool_import_failed path=%s reason=%r attempts=%d retry=%s",
+                "event=spool_import_failed path=%s owner_uid=%s reason=%r attempts=%d retry=%s",
                 path,
+                owner[0] if owner else "-",
                 str(exc),
                 backoff.attempts(path),
                 "when the file changes" if permanent else f"in {delay:g} s",
             )
             return
+        for what in result.skipped:
+            log.warning(
+                "event=spool_frame_skipped path=%s owner_uid=%s reason=%r",
+                path,
+                owner[0] if owner else "-",
+                what,
+            )
         backoff.forget(path)
         await anyio.to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
         self.counters.spools_imported += 1

@@ -17,27 +17,55 @@ from __future__ import annotations
 
 import fcntl
 import os
+import stat
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from . import protocol as p
+from .bounds import DEFAULT_MAX_RECORDS, value_budget
 from .curve import CurveKeys
 from .framing import HEADER, MAX_PAYLOAD, encode_frame
 
 __all__ = [
     "ImportRefused",
     "ImportResult",
+    "Oversized",
     "Spool",
     "SpoolBusy",
     "default_spool_dir",
     "import_spool",
+    "record_value_budget",
 ]
 
 SUFFIX = ".spool"
+
+
+def record_value_budget(max_record: int) -> int:
+    """The most msgpack values an importer builds for one spool record of at most
+    ``max_record`` bytes: the wire's budget for a daemon's default ``max_records_per_frame``, or
+    one value per 4 bytes of the record when that is more (a metric record takes about 7 bytes per
+    value, so an older client's frame of many records still decodes; a hostile record of nested
+    empty arrays, 1 byte each, is stopped after a quarter of its bytes)."""
+    return max(value_budget(DEFAULT_MAX_RECORDS), max_record // 4)
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """A spool record longer than the reader's limit: skipped unread (see :meth:`Spool.records`)."""
+
+    offset: int
+    length: int
+    limit: int
+
+    def __str__(self) -> str:
+        return (
+            f"spool record at offset {self.offset} is {self.length} bytes; the limit is "
+            f"{self.limit} bytes (the wire's max_frame): not read"
+        )
 
 
 class SpoolBusy(Exception):
@@ -64,6 +92,7 @@ class Spool:
         self._fd = -1
         self._read_at = 0
         self._size = 0
+        self.owner_uid = -1  # the file's owner (fstat of the open file), once open
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o2770)
@@ -74,11 +103,16 @@ class Spool:
         except BlockingIOError:
             os.close(fd)
             raise SpoolBusy(f"{self.path} is locked by another process") from None
-        if os.fstat(fd).st_uid == os.getuid():
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO, device, ... planted in a shared spool dir
+            os.close(fd)
+            raise OSError(f"{self.path} is not a regular file")
+        if st.st_uid == os.getuid():
             os.fchmod(fd, 0o660)  # the daemon (same group) imports it; the umask must not stop it
         self._fd = fd
-        self._size = os.fstat(fd).st_size
+        self._size = st.st_size
         self._read_at = 0
+        self.owner_uid = st.st_uid
 
     @property
     def is_open(self) -> bool:
@@ -131,6 +165,25 @@ class Spool:
     def read_all(self) -> list[bytes]:
         return self.read(1 << 62)
 
+    def records(self, max_bytes: int) -> Iterator[bytes | Oversized]:
+        """Every record from the start, read one at a time (memory: one record of at most
+        ``max_bytes``). A record longer than ``max_bytes`` that the file holds whole is yielded
+        as :class:`Oversized`, unread, and reading goes on after it; a torn or corrupt tail ends
+        the iteration (as :meth:`read`). Independent of :meth:`read`'s position."""
+        at, size = 0, self._size
+        while size - at >= HEADER.size:
+            length, crc = HEADER.unpack(os.pread(self._fd, HEADER.size, at))
+            if length > MAX_PAYLOAD or HEADER.size + length > size - at:
+                return  # a torn tail
+            if length > max_bytes:
+                yield Oversized(at, length, max_bytes)
+            else:
+                payload = os.pread(self._fd, length, at + HEADER.size)
+                if len(payload) != length or zlib.crc32(payload) != crc:
+                    return
+                yield payload
+            at += HEADER.size + length
+
     def rewrite(self, frames: list[bytes]) -> None:
         """Replace the whole content (used at close to put everything unsent in order). On an
         error the file is left empty and the ``OSError`` is raised."""
@@ -178,6 +231,8 @@ def import_spool(
     stop: threading.Event | None = None,
     curve: CurveKeys | None | Literal["env"] = "env",
     progress: Callable[[int, int], None] | None = None,
+    max_record: int = p.DEFAULT_MAX_FRAME_BYTES,
+    connection_id: Callable[[int], bytes] | None = None,
 ) -> ImportResult:
     """Send a dead client's spool to the daemon at ``address``; empty it once committed.
 
@@ -188,9 +243,23 @@ def import_spool(
     the environment). Raises :class:`SpoolBusy` while the writer lives, ``TimeoutError`` when
     the daemon does not take the data now (try again later), :class:`ImportRefused` when it
     refuses a frame for good. ``progress(done, total)`` is called as the daemon acks: records
-    it holds (journaled) of the records in the spool."""
+    it holds (journaled) of the records in the spool.
+
+    The file is read one record at a time: a record over ``max_record`` bytes is skipped unread
+    and reported, and each record is decoded within :func:`record_value_budget`.
+    ``connection_id(owner_uid)``, when given, is called with the file's owner (fstat of the open
+    file) for each connection the import opens and returns its ZeroMQ routing id (the daemon's
+    own imports: it binds the spool's client ids to that owner)."""
     from .spool_import import run_import
 
     return run_import(
-        path, address, timeout=timeout, log=log, stop=stop, curve=curve, progress=progress
+        path,
+        address,
+        timeout=timeout,
+        log=log,
+        stop=stop,
+        curve=curve,
+        progress=progress,
+        max_record=max_record,
+        connection_id=connection_id,
     )

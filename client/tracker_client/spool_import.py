@@ -20,6 +20,16 @@ the acks and replies. Two things it does beyond replaying (PROTOCOL.md section 1
 Progress: ``progress(done, total)`` after each ack: ``total`` is the records of the spool's
 sequenced frames (counted before sending), ``done`` those in frames up to the acked seq.
 
+Bounds: the file is read one record at a time (:meth:`~tracker_client.spool.Spool.records`,
+twice when progress is shown: once to count); a record over ``max_record`` bytes is not read,
+reported, and makes the import refused once the rest is imported (the file is kept); each record
+is decoded within :func:`~tracker_client.spool.record_value_budget` values. Frames naming another
+client id than the spool's are skipped and reported.
+
+Authority: ``connection_id(owner_uid)`` gives each connection its routing id (the daemon's own
+imports: the daemon then lets the spool use only client ids of that uid, PROTOCOL.md section 12);
+a ``client_id_in_use`` refusal ends the import.
+
 A refusal that retrying cannot cure raises :class:`~tracker_client.spool.ImportRefused`;
 ``journal_full`` and ``max_clients`` raise ``TimeoutError`` (try again later).
 """
@@ -31,7 +41,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,14 +49,14 @@ import msgpack
 import zmq
 
 from . import protocol as p
-from .bounds import peek_sequenced
 from .curve import CurveKeys, apply_curve
 from .outbox import RECORDS_PER_FRAME
-from .spool import ImportRefused, ImportResult, Spool
+from .spool import ImportRefused, ImportResult, Oversized, Spool, record_value_budget
 
 __all__ = ["count_records", "derived_client_id", "run_import", "split_records"]
 
 TRANSIENT = ("journal_full",)
+SHOWN = 5  # frames not imported named in the error of a refused import
 
 
 def run_import(
@@ -58,20 +68,41 @@ def run_import(
     stop: threading.Event | None,
     curve: CurveKeys | None | Literal["env"],
     progress: Callable[[int, int], None] | None = None,
+    max_record: int = p.DEFAULT_MAX_FRAME_BYTES,
+    connection_id: Callable[[int], bytes] | None = None,
 ) -> ImportResult:
     spool = Spool(path)
     spool.open()  # raises SpoolBusy while the writer lives
     ctx = zmq.Context()
-    importer = _Importer(ctx, address, curve, ImportResult(path), timeout, stop)
+    ids = None
+    if connection_id is not None:
+        owner, make_id = spool.owner_uid, connection_id
+        ids = lambda: make_id(owner)  # noqa: E731 - one routing id per connection
+    bounds = (max_record, record_value_budget(max_record))
     try:
-        frames = spool.read_all()
+        importer = _Importer(ctx, address, curve, ImportResult(path), timeout, stop, ids, bounds)
+    except BaseException:
+        spool.close()
+        ctx.term()
+        raise
+    try:
         if progress is not None:
-            importer.progress, importer.total = progress, count_records(frames)
+            importer.progress = progress
+            importer.total = count_records(spool.records(max_record), bounds[1])
             progress(0, importer.total)
-        importer.send(frames)
+        importer.send(spool.records(max_record))
         importer.collect()
         importer.end_unended_runs()
         importer.barrier()
+        if importer.oversized:  # kept: what it could not read is not to be thrown away
+            skipped = importer.result.skipped
+            shown = "; ".join(skipped[:SHOWN]) + (
+                f"; and {len(skipped) - SHOWN} more" if len(skipped) > SHOWN else ""
+            )
+            raise ImportRefused(
+                f"import of {path}: not imported: {shown}. The other records were imported; "
+                "the file is kept"
+            )
         spool.rewrite([])
         if log:
             r = importer.result
@@ -83,19 +114,21 @@ def run_import(
         ctx.term()
 
 
-def count_records(frames: list[bytes]) -> int:
-    """Records in the data frames (an artifact counts 1); frames that do not parse count 0."""
+def count_records(frames: Iterable[bytes | Oversized], max_values: int | None = None) -> int:
+    """Records in the data frames (an artifact counts 1); frames that do not decode within
+    ``max_values`` msgpack values, or were not read (:class:`Oversized`), count 0."""
     total = 0
     for frame in frames:
-        try:
-            up = msgpack.Unpacker(raw=False, max_buffer_size=max(len(frame), 1024))
-            up.feed(frame)
-            up.read_array_header()
-            up.skip()  # version
-            if up.unpack() in ("data", "artifact"):  # (an end_run carries a seq too)
-                total += peek_sequenced(frame)[2]
-        except Exception:  # noqa: BLE001 - not a valid frame: not counted
+        if isinstance(frame, Oversized):
             continue
+        try:
+            msg = p.decode(frame, len(frame), max_values)
+        except p.ProtocolError:
+            continue
+        if isinstance(msg, p.Data):
+            total += len(msg.records)
+        elif isinstance(msg, p.LogArtifact):
+            total += 1
     return total
 
 
@@ -131,9 +164,14 @@ class _Importer:
         result: ImportResult,
         timeout: float,
         stop: threading.Event | None,
+        connection_id: Callable[[], bytes] | None = None,
+        bounds: tuple[int, int] = (p.DEFAULT_MAX_FRAME_BYTES, 0),
     ) -> None:
         self.ctx, self.address, self.curve = ctx, address, curve
         self.result, self.timeout, self.stop = result, timeout, stop
+        self.connection_id = connection_id
+        self.max_record, self.max_values = bounds  # how a spool record is read and decoded
+        self.oversized: list[Oversized] = []  # records not read (longer than max_record)
         self.deadline = time.monotonic() + timeout
         self.sock = self._connect()
         self.client_id = ""
@@ -154,6 +192,8 @@ class _Importer:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         try:
+            if self.connection_id is not None:
+                sock.setsockopt(zmq.ROUTING_ID, self.connection_id())
             apply_curve(sock, self.curve)
             sock.connect(self.address)
         except BaseException:
@@ -166,13 +206,21 @@ class _Importer:
 
     # ---------------------------------------------------------------- sending
 
-    def send(self, frames: list[bytes]) -> None:
+    def send(self, frames: Iterable[bytes | Oversized]) -> None:
         for index, frame in enumerate(frames):
             self.result.frames += 1
+            if isinstance(frame, Oversized):
+                self.oversized.append(frame)
+                self._skip(f"frame {index}: {frame}")
+                continue
             try:
-                msg = p.decode(frame, max_frame=2**31)
+                msg = p.decode(frame, self.max_record, self.max_values or None)
             except p.ProtocolError as exc:
                 self._skip(f"frame {index}: {exc.code}: {exc.message}")
+                continue
+            named = getattr(msg, "client_id", None)
+            if named is not None and self.client_id and named != self.client_id:
+                self._skip(f"frame {index} names client {named}; the spool is {self.client_id}'s")
                 continue
             if isinstance(msg, p.Data | p.LogArtifact):
                 self._send_sequenced(index, msg, frame)
@@ -313,7 +361,8 @@ class _Importer:
         elif isinstance(reply, p.StatusReply):
             self.waiting.pop(reply.req, None)
         elif isinstance(reply, p.ErrorReply):
-            if reply.req is None or reply.req not in self.waiting:
+            refused = reply.code == "client_id_in_use"  # not ours to use: for good
+            if refused or reply.req is None or reply.req not in self.waiting:
                 self._refused(reply)
                 return
             self.waiting.pop(reply.req, None)

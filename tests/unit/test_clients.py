@@ -65,6 +65,63 @@ def test_the_daemon_itself_is_never_refused_and_never_binds() -> None:
     assert t.clients[CID].owner == A.owner
 
 
+def spool_table() -> tuple[ClientTable, dict[bytes, int]]:
+    """A table whose daemon (pid 999) has import connections acting for spool owners."""
+    grants: dict[bytes, int] = {}
+    t = ClientTable(
+        100,
+        privileged=lambda peer: peer.pid == 999,
+        acting=lambda peer: grants.get(peer.routing_id) if peer.pid == 999 else None,
+    )
+    return t, grants
+
+
+def test_a_spool_may_not_use_a_live_or_another_uids_client_id() -> None:
+    t, grants = spool_table()
+    spool_of_1000, spool_of_2000 = Peer(b"imp1", uid=0, pid=999), Peer(b"imp2", uid=0, pid=999)
+    grants.update({b"imp1": 1000, b"imp2": 2000})
+    assert t.claim(CID, A, 0.0) is None  # a live process of uid 1000
+    refusal = t.claim(CID, spool_of_2000, 1.0)
+    assert refusal is not None and refusal.code == "client_id_in_use"
+    assert "belongs to uid 1000" in refusal.message and "owned by uid 2000" in refusal.message
+    refusal = t.claim(CID, spool_of_1000, 1.0)  # its own uid, but the process lives
+    assert refusal is not None and "pid peer is alive" in refusal.message
+    assert t.in_use_refusals == 2 and t.clients[CID].owner == A.owner
+    t.exited(111)
+    refusal = t.claim(CID, spool_of_2000, 2.0)  # gone, but remembered as uid 1000's
+    assert refusal is not None and "belongs to uid 1000" in refusal.message
+    assert t.claim(CID, spool_of_1000, 3.0) is None  # its owner's spool, the process gone
+    assert t.clients[CID].owner == ("spool", 1000)
+
+
+def test_an_id_a_spool_used_stays_its_owners() -> None:
+    t, grants = spool_table()
+    grants[b"imp"] = 1000
+    imp = Peer(b"imp", uid=0, pid=999)
+    assert t.claim(CID, imp, 0.0) is None  # an unknown id: bound to the spool's owner
+    info = t.clients[CID]
+    assert info.owner == ("spool", 1000) and info.gone  # no process: holds no room
+    assert t.claim(CID, imp, 1.0) is None
+    other_uid = Peer(b"conn-c", uid=2000, pid=333)
+    refusal = t.claim(CID, other_uid, 2.0)
+    assert refusal is not None and refusal.code == "client_id_in_use"
+    assert t.claim(CID, B, 3.0) is None  # a process of the owner's uid takes it over
+    assert info.owner == B.owner and info.pid == 222 and not info.gone
+    t.touch("restored", 4.0)  # from the mark: unbound
+    grants[b"imp2"] = 2000
+    assert t.claim("restored", Peer(b"imp2", uid=0, pid=999), 5.0) is None
+    assert t.clients["restored"].owner == ("spool", 2000)
+
+
+def test_a_daemon_peer_acts_for_a_spool_owner_only_by_its_routing_id() -> None:
+    from tracker_daemon.spool_imports import acting_uid, connection_id
+
+    rid = connection_id(1234)
+    assert acting_uid(rid) == 1234 and connection_id(1234) != rid
+    assert acting_uid(b"spool-import:x:1") is None and acting_uid(b"other") is None
+    assert acting_uid(b"spool-import:" + b"9" * 11 + b":1") is None
+
+
 def test_one_process_cannot_fill_the_table() -> None:
     t = ClientTable(100, per_process=16, idle_s=30.0)
     for i in range(16):
