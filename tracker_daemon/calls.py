@@ -39,6 +39,9 @@ _READS = frozenset(
     {"filter_active_experiment_ids", "resolve_trace_archival_config", "sum_gateway_trace_cost"}
 )
 _NOT_FORWARDED = ("__init__",)
+# Store methods MlflowClient calls that the abstract tracking store does not declare (every
+# concrete store has them): MlflowClient.delete_tag calls store.delete_tag.
+_UNDECLARED_TRACKING = frozenset({"delete_tag"})
 
 
 def _public_methods(cls: type) -> frozenset[str]:
@@ -71,7 +74,7 @@ class StoreCalls:
         self.sink = sink
         self._check_location = check_location  # artifact_roots.ArtifactRoots.check
         self.allowed = {
-            "tracking": _public_methods(TrackingStore),
+            "tracking": _public_methods(TrackingStore) | _UNDECLARED_TRACKING,
             "registry": _public_methods(RegistryStore),
         }
         self._registry: Any = None

@@ -203,6 +203,11 @@ class TrackerStore(_TrackingBase):  # type: ignore[misc, unused-ignore]
     def set_tag(self, run_id: str, tag: Any) -> None:
         self._tracker._transport.put(["t", run_id, tag.key, str(tag.value)])
 
+    def delete_tag(self, run_id: str, key: str) -> None:
+        """``MlflowClient.delete_tag`` calls it on every store, but MLflow's ``AbstractStore``
+        does not declare it (so it is not forwarded by :func:`_forward_all`): a call."""
+        _call(self._tracker, "tracking", "delete_tag", [run_id, key], {})
+
     # get-or-create races. ``mlflow.set_experiment`` looks the name up and, when it is missing,
     # creates it; the loser of a race with another process gets RESOURCE_ALREADY_EXISTS, and
     # MLflow (3.x) then returns the experiment *without activating it*, so that process's runs
