@@ -168,6 +168,7 @@ class Daemon:
             owner_gone=lambda info: self.orphans.client_exited(info),
             seed_params=self.batcher.seed_params,
             release_run=self.batcher.release_run,
+            on_offline=lambda offline_id: self.committer.offline_handled(offline_id),
         )
         self.committer = Committer(
             self.batcher,
@@ -175,7 +176,8 @@ class Daemon:
             self.settlement,
             self.counters,
             log_batch=self.sink.log_batch,
-            resolve=self.runs.resolve,
+            lookup=self.runs.lookup,
+            replayed=lambda origin: self.feeder.replayed(origin),
             runs_of=lambda cid: info.runs if (info := self.table.clients.get(cid)) else (),
             after_commit=lambda: self.feeder.poke(),
         )
@@ -393,6 +395,7 @@ class Daemon:
         """Every loop supervised (a failure is logged and the loop restarts); every request
         task contained: one failing task never ends the daemon."""
         tasks = self._tg = Tasks(tg, self.supervisor)
+        self.runs.serving()  # replayed records of unknown offline ids wait from now
         if self.until_idle:
             tasks.loop("drain", self._drain_then_exit, tg)
             tasks.loop("server", self.server.serve, self.intake.handle)

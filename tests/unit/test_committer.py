@@ -52,7 +52,7 @@ def metric(run: str, step: int, key: str = "loss") -> p.Metric:
     return p.Metric(run, key, float(step), 1_700_000_000_000 + step, step)
 
 
-async def identity(run_id: str) -> str:
+def identity(run_id: str, replayed: bool = False) -> str:
     return run_id
 
 
@@ -70,7 +70,7 @@ def make(
         settled,
         counters,
         log_batch=log_batch,
-        resolve=identity,
+        lookup=identity,
         runs_of=runs_of,
         clock=lambda: 0.0,
     )

@@ -32,7 +32,7 @@ def log_batch(*args: object) -> None:
     raise AssertionError("FakeBackend answers instead")
 
 
-async def identity(run_id: str) -> str:
+def identity(run_id: str, replayed: bool = False) -> str:
     return run_id
 
 
@@ -59,7 +59,7 @@ class World:
             self.settlement,
             self.counters,
             log_batch=log_batch,
-            resolve=identity,
+            lookup=identity,
             runs_of=lambda cid: self.clients[cid].runs,
             clock=lambda: 0.0,
         )
