@@ -1,5 +1,6 @@
 """The run lifecycle on the event loop: start (create, resume by id, or find-or-create by name
-in an experiment created with its tags and artifact location), end, the experiment cache, the
+in an experiment created with its tags and artifact location), end, the experiment by name
+(read from the store at each start: no cache can outlive a rename), the
 ids of offline runs (reserved when their ``start_run`` arrives, resolved to the MLflow run they
 became; offline_ids.py decides what a record of an unknown one gets), the run bookkeeping of
 plugin calls, and each run's artifact location.
@@ -88,6 +89,7 @@ class RunSink(Protocol):
 class ExperimentCalls(Protocol):
     """The blocking calls of ``start_run``'s experiment and by-name options (experiments.py)."""
 
+    def find(self, name: str) -> str | None: ...
     def get_or_create(self, name: str, artifact_location: str | None) -> str: ...
     def set_tags(self, experiment_id: str, tags: dict[str, str]) -> None: ...
     def latest_run_named(self, experiment_id: str, run_name: str) -> str | None: ...
@@ -141,7 +143,6 @@ class RunService:
         self.resolve_wait_s = resolve_wait_s
         self._on_offline = on_offline  # the start_run of this offline id was handled
         self._clock = clock
-        self._experiments: dict[str, str] = {}  # name -> id
         self.offline = OfflineIds(self._offline_run_id, wait_s=resolve_wait_s, since=clock())
         self._creating: dict[str, anyio.Event] = {}  # offline id -> set once handled
         self._by_name = anyio.Lock()  # one find-or-create by name at a time
@@ -234,18 +235,29 @@ class RunService:
             exp_id = "0"  # MLflow's Default experiment
         else:
             name = msg.experiment_name
-            cached = self._experiments.get(name)
-            if cached is None and msg.artifact_location is not None:
-                cached = await self._write(
+            found = await self._find_experiment(name)
+            if found is not None:
+                exp_id = found
+            elif msg.artifact_location is not None:
+                exp_id = await self._write(
                     self.experiments.get_or_create, name, msg.artifact_location, retry_for=5.0
                 )
-            elif cached is None:
-                cached = await self._write(self.sink.get_or_create_experiment, name, retry_for=5.0)
-            self._experiments[name] = exp_id = cached
+            else:
+                exp_id = await self._write(self.sink.get_or_create_experiment, name, retry_for=5.0)
         if msg.experiment_tags:
             tags = dict(msg.experiment_tags)
             await self._write(self.experiments.set_tags, exp_id, tags, retry_for=5.0)
         return exp_id
+
+    async def _find_experiment(self, name: str) -> str | None:
+        """The active experiment ``name`` as the store has it now (one indexed read, no writer
+        slot); None when there is none, it is deleted, or the read failed: then the write path
+        (with retries) gets or creates it, or says it is deleted. Never remembered: another
+        process (the MLflow UI) may rename, delete or restore it at any time."""
+        try:
+            return await anyio.to_thread.run_sync(self.experiments.find, name)
+        except SinkError:
+            return None
 
     async def _create_or_find(self, msg: p.StartRun) -> RunHandle:
         exp_id = await self.experiment_id(msg)
