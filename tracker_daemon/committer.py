@@ -2,12 +2,15 @@
 
     add(origin, records) ─► lanes.add ─► wake the lanes that got records (only those)
     lane loop: pop_ready (every due batch, up to TXN_RECORDS, when a SQL writer is in use)
-      SQL writer ─► commit_all: resolve the run ids, backend.write(write_entries): ONE transaction
+      a batch of an offline run whose start_run may still come (offline_ids.py: Waiting) is
+        parked, with the later batches of that run, until it is handled or its deadline passes;
+        the lane goes on with the others (nobody waits for an unknown offline id)
+      SQL writer ─► commit_all: look up the run ids, backend.write(write_entries): ONE transaction
         for the batches of many runs; the writer decides conflicts before writing and reports, per
         batch, ok / the run is gone / which records failed ─► settlement
         the database refuses the transaction as a whole (a permanent error) ─► count a fallback,
         commit each batch as below
-      log_batch ─► commit: resolve the run id, backend.write(log_batch)
+      log_batch ─► commit: look up the run id, backend.write(log_batch)
         ok ─► settlement.committed          permanent error ─► bisect the batch until the bad
         (a batch of one record, or an error about the whole run) ─► each record failed
       a batch holding a metric with a model_id (MLflow 3 logged-model metrics) always goes to
@@ -20,10 +23,11 @@ on while the backend is merely unavailable).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from tracker_client import protocol as p
@@ -32,6 +36,7 @@ from .backend import Backend
 from .batcher import Batch, Origin
 from .errors import PermanentSinkError, RunGone, SinkError
 from .lanes import Lanes
+from .offline_ids import Waiting, is_offline
 from .status import Counters
 from .wakeup import Wakeup
 
@@ -65,7 +70,8 @@ class Committer:
         *,
         log_batch: Callable[..., Any],
         write_entries: Callable[..., list[Any]] | None = None,
-        resolve: Callable[[str], Awaitable[str]],
+        lookup: Callable[[str, bool], str | Waiting | RunGone],
+        replayed: Callable[[Origin], bool] = lambda origin: False,
         runs_of: Callable[[str], Iterable[str]],
         after_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
@@ -77,13 +83,20 @@ class Committer:
         self._log_batch = log_batch
         # the SQL writer's transaction, when in use (set once the sink is open)
         self.write_entries = write_entries
-        self._resolve = resolve
+        self._lookup_run = lookup  # run_service.RunService.lookup
+        self._replayed = replayed  # was this frame received before a restart (feeder.py)?
         self._runs_of = runs_of
         self._after_commit = after_commit
         self._clock = clock
         self.wakes = [Wakeup() for _ in range(len(lanes))]
         self.idle = Wakeup()  # set when a lane finds nothing to do and nothing is committing
         self.committing = 0
+        # batches of offline runs whose start_run may still come, in order, per offline id; the
+        # ids whose start_run was handled since; per lane, the deadlines of its parked ids
+        self._parked: dict[str, list[Batch]] = {}
+        self.parked_records = 0
+        self._handled: set[str] = set()
+        self._deadlines: list[list[tuple[float, str]]] = [[] for _ in range(len(lanes))]
 
     # ------------------------------------------------------------------ input (event loop)
 
@@ -114,9 +127,20 @@ class Committer:
         self.lanes.expedite(None)
         self.wake_all()
 
+    def offline_handled(self, offline_id: str) -> None:
+        """The start_run of ``offline_id`` was handled: its parked batches are due."""
+        if offline_id in self._parked:
+            self._handled.add(offline_id)
+            self.wakes[self.lanes.lane_of(offline_id)].set()
+
+    @property
+    def pending(self) -> int:
+        """Records buffered or parked (not handed to the backend yet)."""
+        return self.lanes.pending + self.parked_records
+
     @property
     def busy(self) -> bool:
-        return bool(self.lanes.pending or self.committing)
+        return bool(self.lanes.pending or self.committing or self._parked)
 
     # ------------------------------------------------------------------ lanes
 
@@ -128,13 +152,14 @@ class Committer:
             if not batches:
                 if not self.committing:
                     self.idle.set()
-                deadline = self.lanes.next_deadline(lane)
+                deadline = self._next_deadline(lane)
                 await wake.wait(None if deadline is None else max(0.0, deadline - self._clock()))
                 continue
             self.committing += 1
             try:
                 if self.write_entries is None:
-                    await self.commit(batches[0])
+                    for batch in batches:
+                        await self.commit(batch)
                 else:
                     await self.commit_all(batches)
             finally:
@@ -142,19 +167,68 @@ class Committer:
             self._after_commit()
 
     def _take(self, lane: int) -> list[Batch]:
-        """One due batch; with the SQL writer, every due batch of the lane up to TXN_RECORDS."""
+        """The parked batches that are decided now, then one due batch; with the SQL writer,
+        every due batch of the lane up to TXN_RECORDS. A batch of an offline run still Waiting
+        is parked instead."""
         now = self._clock()
-        batch = self.lanes.pop_ready(lane, now)
-        if batch is None:
-            return []
-        batches, total = [batch], len(batch)
-        while self.write_entries is not None and total < TXN_RECORDS:
+        batches = self._unpark(lane, now)
+        total = sum(len(b) for b in batches)
+        while total < TXN_RECORDS and (self.write_entries is not None or not batches):
             batch = self.lanes.pop_ready(lane, now)
             if batch is None:
                 break
+            if self._park(batch):
+                continue
             batches.append(batch)
             total += len(batch)
         return batches
+
+    def _park(self, batch: Batch, verdict: str | Waiting | RunGone | None = None) -> bool:
+        """Park ``batch`` if its run is an offline id that is not decided yet, or has batches
+        parked (the run's order is kept)."""
+        run_id = batch.run_id
+        parked = self._parked.get(run_id)
+        if parked is None:
+            if not is_offline(run_id):
+                return False
+            verdict = self._lookup(batch) if verdict is None else verdict
+            if not isinstance(verdict, Waiting):
+                return False
+            parked = self._parked[run_id] = []
+            heapq.heappush(self._deadlines[self.lanes.lane_of(run_id)], (verdict.until, run_id))
+        parked.append(batch)
+        self.parked_records += len(batch)
+        return True
+
+    def _unpark(self, lane: int, now: float) -> list[Batch]:
+        """The parked batches of runs now decided (handled, or past their deadline), in order."""
+        deadlines = self._deadlines[lane]
+        due: list[str] = []
+        while deadlines and deadlines[0][0] <= now:
+            due.append(heapq.heappop(deadlines)[1])
+        for run_id in [r for r in self._handled if self.lanes.lane_of(r) == lane]:
+            self._handled.discard(run_id)
+            due.append(run_id)
+        batches: list[Batch] = []
+        for run_id in due:
+            parked = self._parked.get(run_id)
+            if parked is None:
+                continue  # taken already
+            verdict = self._lookup(parked[0])
+            if isinstance(verdict, Waiting):  # a new start_run for it arrived: wait for that
+                heapq.heappush(deadlines, (verdict.until, run_id))
+                continue
+            del self._parked[run_id]
+            self.parked_records -= sum(len(b) for b in parked)
+            batches += parked
+        return batches
+
+    def _next_deadline(self, lane: int) -> float | None:
+        deadline = self.lanes.next_deadline(lane)
+        deadlines = self._deadlines[lane]
+        if deadlines and (deadline is None or deadlines[0][0] < deadline):
+            return deadlines[0][0]
+        return deadline
 
     async def commit_all(self, batches: list[Batch]) -> None:
         """Commit batches of many runs in order: runs of SQL-writable batches in one
@@ -175,11 +249,9 @@ class Committer:
         assert self.write_entries is not None
         entries: list[tuple[str, Batch]] = []
         for batch in batches:
-            try:
-                entries.append((await self._resolve(batch.run_id), batch))
-            except PermanentSinkError as exc:  # the run could not be created
-                self.backend.note_error(exc)
-                self._failed(batch, exc)
+            run_id = self._run_id(batch)
+            if run_id is not None:
+                entries.append((run_id, batch))
         if not entries:
             return
         started = self._clock()
@@ -217,9 +289,11 @@ class Committer:
             self.settlement.committed(committed)
 
     async def commit(self, batch: Batch) -> None:
+        run_id = self._run_id(batch)
+        if run_id is None:
+            return
         started = self._clock()
         try:
-            run_id = await self._resolve(batch.run_id)
             await self.backend.write(
                 self._log_batch, run_id, batch.metrics, batch.params, batch.tags
             )
@@ -235,6 +309,24 @@ class Committer:
         self.counters.batches += 1
         self.counters.sink_latencies.append(self._clock() - started)
         self.settlement.committed(Counter(origin for _, origin in batch.items))
+
+    def _lookup(self, batch: Batch) -> str | Waiting | RunGone:
+        run_id = batch.run_id
+        if not is_offline(run_id):
+            return run_id
+        return self._lookup_run(run_id, any(self._replayed(o) for _, o in batch.items))
+
+    def _run_id(self, batch: Batch) -> str | None:
+        """The MLflow run id of the batch's run; None when its records failed (an offline id
+        never created: the failure names it) or were parked."""
+        verdict = self._lookup(batch)
+        if isinstance(verdict, str):
+            return verdict
+        if isinstance(verdict, RunGone):
+            self._failed(batch, verdict)
+        else:  # Waiting again since it was taken (a new start_run for it arrived): park it
+            self._park(batch, verdict)
+        return None
 
     def _failed(self, batch: Batch, error: SinkError) -> None:
         for record, origin in batch.items:

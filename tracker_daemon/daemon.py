@@ -174,6 +174,7 @@ class Daemon:
             seed_params=self.batcher.seed_params,
             release_run=self.batcher.release_run,
             check_location=self.artifact_roots.check,
+            on_offline=lambda offline_id: self.committer.offline_handled(offline_id),
         )
         self.committer = Committer(
             self.batcher,
@@ -181,7 +182,8 @@ class Daemon:
             self.settlement,
             self.counters,
             log_batch=self.sink.log_batch,
-            resolve=self.runs.resolve,
+            lookup=self.runs.lookup,
+            replayed=lambda origin: self.feeder.replayed(origin),
             runs_of=lambda cid: info.runs if (info := self.table.clients.get(cid)) else (),
             after_commit=lambda: self.feeder.poke(),
         )
@@ -409,6 +411,7 @@ class Daemon:
         """Every loop supervised (a failure is logged and the loop restarts); every request
         task contained: one failing task never ends the daemon."""
         tasks = self._tg = Tasks(tg, self.supervisor)
+        self.runs.serving()  # replayed records of unknown offline ids wait from now
         if self.until_idle:
             tasks.loop("drain", self._drain_then_exit, tg)
             tasks.loop("server", self.server.serve, self.intake.handle)

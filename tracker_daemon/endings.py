@@ -53,6 +53,7 @@ class Ending:
     failure: p.Failure | None = None  # setting the status failed for good
     upto: int | None = None  # wait only for messages up to here (its client is gone)
     scope: anyio.CancelScope | None = None  # the current wait (cancelled when upto changes)
+    restored: bool = False  # held by runs.log across a restart (its run's start may be resent)
 
 
 class Endings:
@@ -121,7 +122,7 @@ class Endings:
                 self._hold(intent, durable=True)
 
     def _hold(self, intent: EndIntent, *, durable: bool) -> Ending:
-        ending = Ending(intent)
+        ending = Ending(intent, restored=durable)
         if durable:
             ending.saved = True
             ending.durable.set()
@@ -180,7 +181,7 @@ class Endings:
         await self._wait_for_records(ending)
         run_id = intent.run_id
         try:
-            run_id = await self.runs.resolve(intent.run_id)
+            run_id = await self.runs.resolve(intent.run_id, replayed=ending.restored)
             await self.runs.end(run_id, intent.status, intent.end_time)
         except SinkError as exc:
             self._note_error(exc)

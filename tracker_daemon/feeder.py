@@ -63,6 +63,7 @@ class Feeder:
         self._client = client
         self._submit_artifact = submit_artifact
         self.spill_from: Position | None = None  # journal entries from here are not delivered
+        self._recovered: dict[str, int] = {}  # client id -> highest seq replayed after a restart
         self.wake = Wakeup()
 
     @property
@@ -97,6 +98,7 @@ class Feeder:
                 self.journal.track(entry_pos)
                 written = self._segment_written(entry_pos.segment, seg_times)
                 self.settlement.journaled(cid, seq, count, entry_pos, written)
+                self._recovered[cid] = max(seq, self._recovered.get(cid, 0))
                 first = first or entry_pos
                 entries += 1
                 records += count
@@ -119,13 +121,17 @@ class Feeder:
             cache[segment] = time.monotonic() - max(0.0, time.time() - mtime)
         return cache[segment]
 
+    def replayed(self, origin: Origin) -> bool:
+        """Was this frame received by the daemon before it restarted (replayed)?"""
+        return origin.seq <= self._recovered.get(origin.client_id, 0)
+
     # ------------------------------------------------------------------ event loop
 
     def offer(self, msg: p.Data | p.LogArtifact) -> None:
         """A message was just journaled: deliver it now, or leave it to the journal."""
         if self.spill_from is not None:
             return  # read back in journal order once the backlog before it is delivered
-        if self.committer.lanes.pending < self.budget:
+        if self.committer.pending < self.budget:
             self.deliver(msg)
             return
         pos = self.settlement.positions.get((msg.client_id, msg.seq))
@@ -159,7 +165,7 @@ class Feeder:
         """Deliver journaled-but-undelivered entries (replay, or a backlog over the memory
         budget) as room frees up; then hand back to direct delivery."""
         while True:
-            if self.spill_from is None or self.committer.lanes.pending >= self.budget // 2:
+            if self.spill_from is None or self.committer.pending >= self.budget // 2:
                 await self.wake.wait(None if self.spill_from is None else 1.0)
                 continue
             await self.feed_once()

@@ -1,7 +1,9 @@
 """The run lifecycle on the event loop: start (create, resume by id, or find-or-create by name
-in an experiment created with its tags and artifact location), end, the experiment cache, the
+in an experiment created with its tags and artifact location), end, the experiment by name
+(read from the store at each start: no cache can outlive a rename), the
 ids of offline runs (reserved when their ``start_run`` arrives, resolved to the MLflow run they
-became), the run bookkeeping of plugin calls, and each run's artifact location.
+became; offline_ids.py decides what a record of an unknown one gets), the run bookkeeping of
+plugin calls, and each run's artifact location.
 
 Every MLflow call goes through the injected ``write`` (the daemon's writer limiter and retries);
 ``runs.log`` (:class:`~tracker_daemon.runs.RunBook`) is written from worker threads (it fsyncs).
@@ -22,6 +24,7 @@ from tracker_client import protocol as p
 from .clients import ClientInfo
 from .errors import PermanentSinkError, RunGone, SinkError
 from .experiments import RESUME_BY_NAME
+from .offline_ids import OFFLINE_PREFIX, OfflineIds, Waiting, is_offline
 from .runs import RunBook
 from .sink import RunHandle
 
@@ -38,8 +41,10 @@ __all__ = [
 log = logging.getLogger("tracker_daemon")
 T = TypeVar("T")
 
-OFFLINE_PREFIX = "offline-"
-RESOLVE_WAIT_S = 30.0  # how long a record of an offline run waits for its start_run
+# How long a record of an offline run waits, at most, for a start_run the daemon received but has
+# not handled yet, and a record of an unknown offline id for its start_run after the daemon
+# starts serving (a resend after a restart): offline_ids.py. Nobody else waits meanwhile.
+RESOLVE_WAIT_S = 30.0
 
 
 def creation_key(client_id: str = "", req: int | None = None, *, offline_id: str = "") -> str:
@@ -84,6 +89,7 @@ class RunSink(Protocol):
 class ExperimentCalls(Protocol):
     """The blocking calls of ``start_run``'s experiment and by-name options (experiments.py)."""
 
+    def find(self, name: str) -> str | None: ...
     def get_or_create(self, name: str, artifact_location: str | None) -> str: ...
     def set_tags(self, experiment_id: str, tags: dict[str, str]) -> None: ...
     def latest_run_named(self, experiment_id: str, run_name: str) -> str | None: ...
@@ -124,6 +130,8 @@ class RunService:
         release_run: Callable[[str], object],
         resolve_wait_s: float = RESOLVE_WAIT_S,
         check_location: Callable[[str, str], None] = lambda location, field: None,
+        on_offline: Callable[[str], None] = lambda offline_id: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.runbook = runbook
         self.sink = sink
@@ -135,9 +143,10 @@ class RunService:
         self._release_run = release_run  # the batcher: forget an ended run
         self.resolve_wait_s = resolve_wait_s
         self._check_location = check_location  # artifact_roots.ArtifactRoots.check
-        self._experiments: dict[str, str] = {}  # name -> id
+        self._on_offline = on_offline  # the start_run of this offline id was handled
+        self._clock = clock
+        self.offline = OfflineIds(self._offline_run_id, wait_s=resolve_wait_s, since=clock())
         self._creating: dict[str, anyio.Event] = {}  # offline id -> set once handled
-        self._creation_failed: dict[str, SinkError] = {}
         self._by_name = anyio.Lock()  # one find-or-create by name at a time
 
     # ------------------------------------------------------------------ queries (pure)
@@ -147,6 +156,10 @@ class RunService:
 
     def offline_run(self, offline_id: str) -> RunHandle | None:
         return self.runbook.created.get(creation_key(offline_id=offline_id))
+
+    def _offline_run_id(self, offline_id: str) -> str | None:
+        handle = self.offline_run(offline_id)
+        return None if handle is None else handle.run_id
 
     def open_runs_of(self, client_id: str) -> int:
         return sum(1 for run in self.runbook.open.values() if client_id in run.owners)
@@ -162,7 +175,9 @@ class RunService:
         if not isinstance(msg, p.StartRun):
             return False
         if msg.offline_id:
-            return self.offline_run(msg.offline_id) is None and msg.offline_id not in self._creating
+            return self.offline_run(msg.offline_id) is None and not self.offline.in_flight(
+                msg.offline_id
+            )
         if self.created(start_key(msg)) is not None:
             return False
         if msg.run_id is not None:
@@ -180,30 +195,37 @@ class RunService:
 
     def reserve(self, msg: p.StartRun) -> None:
         """Called when a ``start_run`` is accepted, before it is handled: records of its offline
-        run wait for it instead of failing, and a second one is not counted as a new run."""
-        if msg.offline_id and self.offline_run(msg.offline_id) is None:
-            self._creating.setdefault(msg.offline_id, anyio.Event())
+        run wait (a bounded time) for it instead of failing, and a second one is not counted as
+        a new run."""
+        if msg.offline_id:
+            self.offline.reserve(msg.offline_id, self._clock())
 
-    async def resolve(self, run_id: str) -> str:
-        """The MLflow run id for an id a client used: itself, or the run an offline id became
-        (waiting up to ``resolve_wait_s`` for its start_run). Raises RunGone."""
-        if not run_id.startswith(OFFLINE_PREFIX):
+    def serving(self) -> None:
+        """The daemon serves from now: clients reconnect and resend their start_runs."""
+        self.offline.serving(self._clock())
+
+    def lookup(self, run_id: str, replayed: bool = False) -> str | Waiting | RunGone:
+        """Without waiting: the MLflow run id for an id a client used (itself, or the run an
+        offline id became), Waiting (its start_run may still come: ask again when
+        ``on_offline`` names it, or at ``until``), or why its records fail. ``replayed``: for
+        what a daemon received before a restart (offline_ids.py)."""
+        if not is_offline(run_id):
             return run_id
-        handle = self.offline_run(run_id)
-        if handle is None and run_id not in self._creation_failed:
-            # its start_run is being handled, or has not arrived yet (a resend in flight)
+        return self.offline.verdict(run_id, self._clock(), replayed=replayed)
+
+    async def resolve(self, run_id: str, *, replayed: bool = False) -> str:
+        """As :meth:`lookup`, waiting while it is Waiting (bounded). Raises RunGone."""
+        while True:
+            verdict = self.lookup(run_id, replayed)
+            if isinstance(verdict, str):
+                return verdict
+            if isinstance(verdict, RunGone):
+                raise verdict
             event = self._creating.setdefault(run_id, anyio.Event())
-            with anyio.move_on_after(self.resolve_wait_s):
+            with anyio.move_on_after(max(0.0, verdict.until - self._clock())):
                 await event.wait()
-            handle = self.offline_run(run_id)
-        if handle is not None:
-            return handle.run_id
-        cause = self._creation_failed.get(run_id)
-        raise RunGone(
-            "RESOURCE_DOES_NOT_EXIST",
-            f"offline run {run_id} was never created"
-            + (f": {cause.message}" if cause else " (its start_run did not reach the daemon)"),
-        )
+            if not event.is_set() and not self.offline.in_flight(run_id):
+                self._creating.pop(run_id, None)  # decided by the deadline: nothing to wake
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -217,18 +239,29 @@ class RunService:
             exp_id = "0"  # MLflow's Default experiment
         else:
             name = msg.experiment_name
-            cached = self._experiments.get(name)
-            if cached is None and msg.artifact_location is not None:
-                cached = await self._write(
+            found = await self._find_experiment(name)
+            if found is not None:
+                exp_id = found
+            elif msg.artifact_location is not None:
+                exp_id = await self._write(
                     self.experiments.get_or_create, name, msg.artifact_location, retry_for=5.0
                 )
-            elif cached is None:
-                cached = await self._write(self.sink.get_or_create_experiment, name, retry_for=5.0)
-            self._experiments[name] = exp_id = cached
+            else:
+                exp_id = await self._write(self.sink.get_or_create_experiment, name, retry_for=5.0)
         if msg.experiment_tags:
             tags = dict(msg.experiment_tags)
             await self._write(self.experiments.set_tags, exp_id, tags, retry_for=5.0)
         return exp_id
+
+    async def _find_experiment(self, name: str) -> str | None:
+        """The active experiment ``name`` as the store has it now (one indexed read, no writer
+        slot); None when there is none, it is deleted, or the read failed: then the write path
+        (with retries) gets or creates it, or says it is deleted. Never remembered: another
+        process (the MLflow UI) may rename, delete or restore it at any time."""
+        try:
+            return await anyio.to_thread.run_sync(self.experiments.find, name)
+        except SinkError:
+            return None
 
     async def _create_or_find(self, msg: p.StartRun) -> RunHandle:
         exp_id = await self.experiment_id(msg)
@@ -269,16 +302,27 @@ class RunService:
                     await anyio.to_thread.run_sync(self.runbook.record_creation, key, handle)
         except SinkError as exc:
             if msg.offline_id:
-                self._creation_failed[msg.offline_id] = exc
+                self.offline.failed(msg.offline_id, exc.message)
             raise
         finally:
-            if msg.offline_id and msg.offline_id in self._creating:
-                self._creating.pop(msg.offline_id).set()
+            if msg.offline_id:
+                self._offline_handled(msg.offline_id)
         await self.record_owner(handle, msg.client_id)
         if handle.params:
             self._seed_params(handle.run_id, handle.params)
         log.info("event=run_started run=%s experiment=%s", handle.run_id, handle.experiment_id)
         return handle
+
+    def _offline_handled(self, offline_id: str) -> None:
+        """Its start_run is handled (created, or failed): wake whoever waits for it."""
+        if self.offline_run(offline_id) is not None:
+            self.offline.created(offline_id)
+        elif self.offline.in_flight(offline_id):  # ended without a SinkError (cancelled)
+            self.offline.failed(offline_id, "its start_run was not completed")
+        event = self._creating.pop(offline_id, None)
+        if event is not None:
+            event.set()
+        self._on_offline(offline_id)
 
     async def record_owner(self, handle: RunHandle, client_id: str) -> ClientInfo | None:
         """Persist that ``client_id`` (with its pid, for liveness) has ``handle`` open; if its

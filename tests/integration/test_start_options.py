@@ -102,8 +102,10 @@ def test_experiments_against_a_real_mlflow_store(tmp_path: Path) -> None:
 
     store = _get_store(f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path / "art"))
     ex = Experiments(lambda: store)
+    assert ex.find("e") is None
     eid = ex.get_or_create("e", str(tmp_path / "loc"))
     assert ex.get_or_create("e", "/elsewhere") == eid  # exists: keeps its location
+    assert ex.find("e") == eid and ex.find("E") is None and ex.find("e%") is None
     assert store.get_experiment(eid).artifact_location == str(tmp_path / "loc")
     ex.set_tags(eid, {"a": "1", "b": "2"})
     ex.set_tags(eid, {"a": "3"})
@@ -127,3 +129,7 @@ def test_experiments_against_a_real_mlflow_store(tmp_path: Path) -> None:
     with pytest.raises(PermanentSinkError, match="is deleted") as info:
         ex.get_or_create("e", None)
     assert info.value.code == "INVALID_PARAMETER_VALUE"
+    assert ex.find("e") is None  # deleted: not found (start_run then says it is deleted)
+    store.restore_experiment(eid)
+    store.rename_experiment(eid, "e-old")
+    assert ex.find("e") is None and ex.find("e-old") == eid

@@ -81,6 +81,16 @@ class FakeExperiments:
         self.sink = sink  # calls are recorded in the sink's log
         self.named: dict[tuple[str, str], str] = {}
         self.tags: dict[str, dict[str, str]] = {}
+        self.current: dict[str, str | None] = {}  # name -> id the store has now (a rename)
+
+    def find(self, name: str) -> str | None:
+        """An experiment the fakes got or created before (none is ever renamed here)."""
+        self.sink.calls.append(("experiments.find", (name,)))
+        if name in self.current:
+            return self.current[name]
+        made = {"experiments.get_or_create", "get_or_create_experiment"}
+        known = any(n in made and args[0] == name for n, args in self.sink.calls)
+        return f"exp-{name}" if known else None
 
     def get_or_create(self, name: str, artifact_location: str | None) -> str:
         self.sink.calls.append(("experiments.get_or_create", (name, artifact_location)))

@@ -1,5 +1,6 @@
 """The committer (committer.py) against a FakeBackend: bisection of a poison batch, errors about
-a whole run, which lanes wake, and which runs a barrier expedites."""
+a whole run, which lanes wake, which runs a barrier expedites, and batches of offline ids not
+decided yet parked off the lane (never waited for)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tracker_daemon.batcher import Origin
 from tracker_daemon.committer import Committer
 from tracker_daemon.errors import PermanentSinkError, RetryableSinkError, RunGone
 from tracker_daemon.lanes import Lanes
+from tracker_daemon.offline_ids import Waiting
 from tracker_daemon.status import Counters
 
 pytestmark = pytest.mark.anyio
@@ -52,7 +54,7 @@ def metric(run: str, step: int, key: str = "loss") -> p.Metric:
     return p.Metric(run, key, float(step), 1_700_000_000_000 + step, step)
 
 
-async def identity(run_id: str) -> str:
+def identity(run_id: str, replayed: bool = False) -> str:
     return run_id
 
 
@@ -70,7 +72,7 @@ def make(
         settled,
         counters,
         log_batch=log_batch,
-        resolve=identity,
+        lookup=identity,
         runs_of=runs_of,
         clock=lambda: 0.0,
     )
@@ -306,3 +308,105 @@ async def test_one_transaction_takes_at_most_txn_records() -> None:
     committer.write_entries = None  # log_batch: one batch at a time
     committer.add(Origin("c1", 999), [metric("x", s) for s in range(2000)])
     assert len(committer._take(0)) == 1  # noqa: SLF001
+
+
+# ---------------------------------------------------------------------- offline ids
+
+
+class Offline:
+    """RunService.lookup for offline ids, driven by the test: ``verdicts[run_id]``."""
+
+    def __init__(self) -> None:
+        self.verdicts: dict[str, str | Waiting | RunGone] = {}
+        self.asked: list[tuple[str, bool]] = []
+
+    def lookup(self, run_id: str, replayed: bool = False) -> str | Waiting | RunGone:
+        self.asked.append((run_id, replayed))
+        return self.verdicts.get(run_id, run_id)
+
+
+def offline_committer(
+    lanes: Lanes, backend: FakeBackend, clock: list[float], replayed: set[Origin] | None = None
+) -> tuple[Committer, Settled, Offline]:
+    settled, offline = Settled(), Offline()
+    committer = Committer(
+        lanes,
+        backend,
+        settled,
+        Counters(),
+        log_batch=log_batch,
+        lookup=offline.lookup,
+        replayed=lambda origin: origin in (replayed or set()),
+        runs_of=lambda cid: (),
+        clock=lambda: clock[0],
+    )
+    committer.write_entries = write_entries
+    return committer, settled, offline
+
+
+async def test_a_waiting_offline_run_is_parked_and_the_lane_goes_on() -> None:
+    committed: list[list[str]] = []
+
+    def answer(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[None]:
+        committed.append([run for run, _ in args[0]])
+        return [None] * len(args[0])
+
+    backend = FakeBackend(answer)
+    lanes, clock = Lanes(1, max_age=0.0), [100.0]
+    committer, settled, offline = offline_committer(lanes, backend, clock)
+    offline.verdicts["offline-w"] = Waiting(130.0)
+    committer.add(Origin("bad", 1), [metric("offline-w", 0)])
+    committer.add(Origin("good", 1), [metric("good-run", 0)])
+    batches = committer._take(0)  # noqa: SLF001 - what run_lane does, without its loop
+    assert [b.run_id for b in batches] == ["good-run"]  # nobody waits for offline-w
+    assert committer.parked_records == 1 and committer.pending == 1 and committer.busy
+    assert committer._next_deadline(0) == 130.0  # noqa: SLF001
+    # later records of the parked run are parked behind it (its order is kept)
+    committer.add(Origin("bad", 2), [metric("offline-w", 1)])
+    assert committer._take(0) == [] and committer.parked_records == 2  # noqa: SLF001
+    # its start_run is handled: both batches come back, in order, committed under the run
+    offline.verdicts["offline-w"] = "mlflow-run"
+    committer.offline_handled("offline-w")
+    assert committer.wakes[0].is_set
+    batches = committer._take(0)  # noqa: SLF001
+    assert [[m.step for m in b.metrics] for b in batches] == [[0], [1]]
+    await committer.commit_all(batches)
+    assert committed == [["mlflow-run", "mlflow-run"]]
+    assert committer.parked_records == 0 and not committer.busy
+    assert settled.ok == Counter({Origin("bad", 1): 1, Origin("bad", 2): 1})
+
+
+async def test_a_parked_run_past_its_deadline_fails_with_the_reason() -> None:
+    backend = FakeBackend(lambda fn, args: [None] * len(args[0]))
+    lanes, clock = Lanes(1, max_age=0.0), [100.0]
+    committer, settled, offline = offline_committer(lanes, backend, clock)
+    offline.verdicts["offline-z"] = Waiting(130.0)
+    committer.add(Origin("bad", 1), [metric("offline-z", 0), metric("offline-z", 1)])
+    assert committer._take(0) == []  # noqa: SLF001
+    clock[0] = 129.0
+    assert committer._take(0) == []  # noqa: SLF001 - not due yet
+    clock[0] = 130.0
+    why = "offline run offline-z was never created (its start_run did not reach the daemon)"
+    offline.verdicts["offline-z"] = RunGone("RESOURCE_DOES_NOT_EXIST", why)
+    batches = committer._take(0)  # noqa: SLF001
+    await committer.commit_all(batches)
+    assert backend.calls == []  # nothing reached the store
+    assert [(o, f.code, f.message) for o, _, f in settled.failed] == [
+        (Origin("bad", 1), "RESOURCE_DOES_NOT_EXIST", why)
+    ] * 2
+    assert not committer.busy
+
+
+async def test_a_never_started_offline_run_fails_at_once_and_replay_is_told() -> None:
+    backend = FakeBackend(lambda fn, args: [None] * len(args[0]))
+    lanes, clock = Lanes(1, max_age=0.0), [100.0]
+    committer, settled, offline = offline_committer(lanes, backend, clock, {Origin("old", 1)})
+    offline.verdicts["offline-n"] = RunGone("RESOURCE_DOES_NOT_EXIST", "offline run offline-n …")
+    committer.add(Origin("old", 1), [metric("offline-n", 0)])
+    committer.add(Origin("new", 1), [metric("offline-n", 1)])
+    committer.add(Origin("new", 2), [metric("plain", 1)])
+    await committer.commit_all(committer._take(0))  # noqa: SLF001
+    assert [o for o, _, _ in settled.failed] == [Origin("old", 1), Origin("new", 1)]
+    assert settled.ok == Counter({Origin("new", 2): 1})
+    # an offline run's batch holding a replayed frame is looked up as replayed; plain ids never
+    assert ("offline-n", True) in offline.asked and all(r != "plain" for r, _ in offline.asked)

@@ -32,7 +32,7 @@ def log_batch(*args: object) -> None:
     raise AssertionError("FakeBackend answers instead")
 
 
-async def identity(run_id: str) -> str:
+def identity(run_id: str, replayed: bool = False) -> str:
     return run_id
 
 
@@ -59,7 +59,7 @@ class World:
             self.settlement,
             self.counters,
             log_batch=log_batch,
-            resolve=identity,
+            lookup=identity,
             runs_of=lambda cid: self.clients[cid].runs,
             clock=lambda: 0.0,
         )
@@ -172,6 +172,9 @@ async def test_recover_indexes_the_journal_from_its_mark(tmp_path: Path) -> None
     assert w.ledger.received_upto("c1") == 2 and w.ledger.received_upto("c9") == 7
     assert sorted(w.clients) == ["c1", "c9"]  # the mark's clients; the others when fed
     assert w.committer.lanes.pending == 0  # nothing delivered yet
+    # what the previous daemon received (offline ids of these wait for a resent start_run)
+    assert w.feeder.replayed(Origin("c1", 2)) and w.feeder.replayed(Origin("c2", 2))
+    assert not w.feeder.replayed(Origin("c1", 3)) and not w.feeder.replayed(Origin("c9", 1))
     await w.feeder.feed_once()
     assert not w.feeder.spilling
     assert sorted(w.clients) == ["c1", "c2", "c9"]

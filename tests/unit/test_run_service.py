@@ -13,6 +13,7 @@ from tests.support.run_fakes import Wiring
 from tracker_client import protocol as p
 from tracker_daemon.clients import ClientInfo
 from tracker_daemon.errors import PermanentSinkError, RunGone
+from tracker_daemon.offline_ids import Waiting
 from tracker_daemon.run_service import creation_key
 from tracker_daemon.runs import RunBook
 
@@ -100,10 +101,42 @@ async def test_an_offline_run_whose_creation_failed_is_gone(tmp_path: Path) -> N
     assert isinstance(e.value, RunGone) and e.value.code == "RESOURCE_DOES_NOT_EXIST"
 
 
-async def test_an_offline_run_never_started_is_gone_after_the_wait(tmp_path: Path) -> None:
-    w = Wiring(tmp_path, resolve_wait_s=0.05)
-    with pytest.raises(RunGone, match="its start_run did not reach the daemon"):
+async def test_an_offline_run_never_started_is_gone_at_once(tmp_path: Path) -> None:
+    w = Wiring(tmp_path)  # the default wait (30 s) is not waited: nothing could start it
+    with anyio.fail_after(1), pytest.raises(RunGone, match="its start_run did not reach the"):
         await w.runs.resolve("offline-x4")
+    assert isinstance(w.runs.lookup("offline-x4"), RunGone)  # remembered
+
+
+async def test_a_replayed_end_of_an_unknown_offline_run_waits_for_a_resent_start(
+    tmp_path: Path,
+) -> None:
+    handled: list[str] = []
+    w = Wiring(tmp_path, on_offline=handled.append)
+    w.runs.serving()
+    assert isinstance(w.runs.lookup("offline-x5", True), Waiting)
+    resolved: list[str] = []
+    async with anyio.create_task_group() as tg:
+
+        async def resolve() -> None:
+            resolved.append(await w.runs.resolve("offline-x5", replayed=True))
+
+        tg.start_soon(resolve)
+        await anyio.wait_all_tasks_blocked()
+        assert resolved == []  # its client may resend the start_run after the restart
+        msg = p.StartRun(req=1, client_id="c1", offline_id="offline-x5")
+        w.runs.reserve(msg)
+        handle = await w.runs.start(msg)
+    assert resolved == [handle.run_id] and handled == ["offline-x5"]
+
+
+async def test_a_replayed_record_of_an_unknown_offline_run_waits_a_bounded_time(
+    tmp_path: Path,
+) -> None:
+    w = Wiring(tmp_path, resolve_wait_s=0.05)
+    w.runs.serving()
+    with anyio.fail_after(5), pytest.raises(RunGone, match="did not reach the daemon"):
+        await w.runs.resolve("offline-x6", replayed=True)
 
 
 async def test_a_child_of_an_offline_run_gets_the_resolved_parent(tmp_path: Path) -> None:
@@ -233,3 +266,21 @@ async def test_start_options_that_cannot_be_performed_are_refused(
         await w.runs.start(msg)
     assert e.value.code == "INVALID_PARAMETER_VALUE"
     assert w.sink.calls == []  # refused before any MLflow call
+
+
+async def test_the_experiment_name_is_looked_up_in_the_store_at_each_start(
+    tmp_path: Path,
+) -> None:
+    w = Wiring(tmp_path)
+    first = await w.runs.start(p.StartRun(req=1, client_id="c1", experiment_name="x"))
+    assert first.experiment_id == "exp-x" and len(w.sink.named("get_or_create_experiment")) == 1
+    again = await w.runs.start(p.StartRun(req=2, client_id="c1", experiment_name="x"))
+    assert again.experiment_id == "exp-x"  # found: no write
+    assert len(w.sink.named("get_or_create_experiment")) == 1
+    w.experiments.current["x"] = "7"  # renamed away, and a new "x" (7) made elsewhere
+    third = await w.runs.start(p.StartRun(req=3, client_id="c1", experiment_name="x"))
+    assert third.experiment_id == "7"
+    w.experiments.current["x"] = None  # renamed away or deleted: get-or-create decides
+    await w.runs.start(p.StartRun(req=4, client_id="c1", experiment_name="x"))
+    assert len(w.sink.named("get_or_create_experiment")) == 2
+    assert w.sink.named("experiments.find") == [("x",)] * 4
