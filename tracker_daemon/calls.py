@@ -7,10 +7,13 @@ Blocking: the daemon runs :meth:`StoreCalls.invoke` in a worker thread.
 
 Arguments decode only into the classes of ``entities.allowed_classes`` (built here, once, when
 the store is loaded): any other class name is refused with ``INVALID_PARAMETER_VALUE`` naming the
-field and the name, and nothing is imported for it. A call that raises anything at all — even a
-``BaseException`` such as ``SystemExit`` from MLflow code — is answered with an error
-(``INTERNAL_ERROR`` for one that is not an ``Exception``, naming its type, which the call's
-``event=call_failed`` log line shows); it never leaves the worker thread to end the daemon.
+field and the name, and nothing is imported for it. Each of ``args`` and ``kwargs`` decodes within
+a budget of values (``entities.call_value_budget``, from ``max_records_per_frame`` and
+``max_frame_bytes``), the wire's mechanism: a larger one is refused the same way, naming the
+limit. A call that raises anything at all — even a ``BaseException`` such as ``SystemExit`` from
+MLflow code — is answered with an error (``INTERNAL_ERROR`` for one that is not an
+``Exception``, naming its type, which the call's ``event=call_failed`` log line shows); it never
+leaves the worker thread to end the daemon.
 
 ``mlflow2.<name>`` (target ``tracking``) is a method of MLflow 2.x's store API whose signature or
 result changed in MLflow 3, called by a worker on MLflow 2 (tracing's v2 API): mlflow2.py
@@ -23,7 +26,14 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from tracker_client.entities import DecodeError, allowed_classes, decode_value, encode_value
+from tracker_client.entities import (
+    DecodeError,
+    allowed_classes,
+    call_value_budget,
+    decode_value,
+    encode_value,
+)
+from tracker_client.protocol import DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_RECORDS
 
 from . import mlflow2
 from .errors import PermanentSinkError, RetryableSinkError, SinkError
@@ -58,7 +68,12 @@ def _public_methods(cls: type) -> frozenset[str]:
 
 class StoreCalls:
     def __init__(
-        self, sink: Sink, *, check_location: Callable[[str, str], None] | None = None
+        self,
+        sink: Sink,
+        *,
+        check_location: Callable[[str, str], None] | None = None,
+        max_records: int = DEFAULT_MAX_RECORDS,
+        max_frame: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         from mlflow.store.model_registry.abstract_store import AbstractStore as RegistryStore
         from mlflow.store.tracking.abstract_store import AbstractStore as TrackingStore
@@ -73,6 +88,8 @@ class StoreCalls:
         set_registry_uri(sink.backend_uri)
         self.sink = sink
         self._check_location = check_location  # artifact_roots.ArtifactRoots.check
+        # values decoded per args/kwargs: the daemon's max_records_per_frame and frame limit
+        self.max_values = call_value_budget(max_records, max_frame)
         self.allowed = {
             "tracking": _public_methods(TrackingStore) | _UNDECLARED_TRACKING,
             "registry": _public_methods(RegistryStore),
@@ -114,8 +131,8 @@ class StoreCalls:
         """Call the method; returns (raw result, encoded result). Raises only SinkError."""
         self.check(target, method)
         try:
-            a = decode_value(args, "call.args")
-            kw = decode_value(kwargs, "call.kwargs")
+            a = decode_value(args, "call.args", self.max_values)
+            kw = decode_value(kwargs, "call.kwargs", self.max_values)
             if not isinstance(a, list) or not isinstance(kw, dict):
                 raise PermanentSinkError(
                     "INVALID_PARAMETER_VALUE", "call: args must be an array and kwargs a map"

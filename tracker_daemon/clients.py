@@ -7,7 +7,10 @@ otherwise the connection (ZeroMQ routing identity). A message naming a client id
 peer is refused (``client_id_in_use``) while that peer is alive: its process has not exited (ipc,
 and a local claimed pid) and, for a connection binding, the connection is still open. So another
 process can neither ack a client's frames away (hello with a large ``acked_floor``), nor replace
-its frames, nor take its failures. Ids restored from the mark are unbound until first use.
+its frames, nor take its failures. Once the process bound to an id has exited, the id is released
+only to a peer of the same uid (its next process, its spool): a live client of another uid is
+refused, so it cannot move the floor of the frames the exited process's spool still holds. Ids
+restored from the mark are unbound until first use (the mark keeps no uid: docs/limits.md).
 
 Spool imports. The daemon imports a spool through its own socket, each connection acting for the
 spool file's owner (``acting(peer)``: that uid). A spool carries no authority its writer lacked:
@@ -205,13 +208,21 @@ class ClientTable:
         elif info.owner is not None and info.owner != peer.owner:
             if not self._released(info, peer):
                 self.in_use_refusals += 1
+                bound = owner_uid(info.owner)
+                if info.gone and bound is not None:
+                    why = (
+                        f"was used by a process of uid {bound} that has exited; only a process "
+                        f"of uid {bound} may take it over (this connection is uid {peer.uid})"
+                    )
+                else:
+                    why = f"is in use by another live {info.owner[0]} peer"
                 return Refusal(
                     "client_id_in_use",
                     "client_id_in_use",
                     0,
-                    f"client_id {client_id} is in use by another live {info.owner[0]} peer; "
-                    "this connection may not use it (not acknowledged). A client id belongs to "
-                    "the process that first used it: make a new one (uuid4) per process",
+                    f"client_id {client_id} {why}; this connection may not use it (not "
+                    "acknowledged). A client id belongs to the process that first used it: make "
+                    "a new one (uuid4) per process",
                 )
         if info.owner != peer.owner:
             self._bind(info, peer.owner)
@@ -251,13 +262,15 @@ class ClientTable:
         return None
 
     def _released(self, info: ClientInfo, peer: Peer | None = None) -> bool:
-        """Has the peer bound to ``info`` gone (so another may take the id)? An id a spool used
-        is released only to a peer of the spool owner's uid."""
+        """Has the peer bound to ``info`` gone, so that ``peer`` may take the id (``None``: a
+        spool, whose owner's uid the caller checks)? An id bound to a uid (a process that
+        exited, a spool) is released only to a peer of that uid."""
         assert info.owner is not None
         if info.owner[0] == "spool":
             return peer is not None and peer.uid == info.owner[1]
         if info.gone:
-            return True
+            bound = owner_uid(info.owner)
+            return peer is None or bound is None or peer.uid == bound
         return info.owner[0] == "conn" and not self._connected(info.routing_id)
 
     def _bind(self, info: ClientInfo, owner: Owner) -> None:

@@ -356,7 +356,12 @@ class Daemon:
         self.sink.open()
         if self.sink.writer is not None:
             self.committer.write_entries = self.sink.write_entries
-        self.calls = StoreCalls(self.sink, check_location=self.artifact_roots.check)
+        self.calls = StoreCalls(
+            self.sink,
+            check_location=self.artifact_roots.check,
+            max_records=self.cfg.max_records_per_frame,
+            max_frame=self.max_frame,
+        )
         self.server.bind()
 
     async def run(self) -> None:

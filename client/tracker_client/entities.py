@@ -31,6 +31,14 @@ ext 4: ``from_dict`` or a dataclass; ext 5: ``mlflow.entities`` only). Any other
 :class:`DecodeError` before anything is imported or called: the daemon decodes what clients send,
 and importing a module runs its code. mlflow is imported lazily: importing this module (part of
 ``tracker_client``) does not import it.
+
+Decoding is bounded like the wire (``bounds.Budget``): given ``max_values``,
+:func:`decode_value` builds at most that many msgpack values in the document *and every ext
+payload nested in it* (one budget for the whole value), and charges a protobuf payload before it
+is parsed (:func:`_charge_proto`: each field it holds, and each message as 1 + the fields its type
+declares — what ``from_proto`` builds), so a hostile ``call`` of N bytes (millions of empty
+arrays, or a ``Run`` holding millions of empty metrics) costs a small multiple of the budget, not
+of N. Ext values nest at most :data:`MAX_EXT_DEPTH` deep (each level is a decoder on the stack).
 """
 
 from __future__ import annotations
@@ -45,12 +53,17 @@ from typing import Any
 
 import msgpack
 
+from .bounds import DEFAULT_MAX_RECORDS, Budget, OverBudget, value_budget
+
 __all__ = [
     "EXTRA_CLASSES",
+    "MAX_EXT_DEPTH",
     "DecodeError",
     "allowed_classes",
+    "call_value_budget",
     "decode_value",
     "encode_value",
+    "result_value_budget",
 ]
 
 EXT_PROTO = 1
@@ -59,6 +72,10 @@ EXT_ENUM = 3
 EXT_DICT = 4
 EXT_STATE = 5
 EXT_SET = 6
+# Ext values inside ext values (a PagedList of entities is 2 deep): each level is a msgpack
+# document decoded while the one around it is (C stack: msgpack's decoder keeps ~40 KB per level,
+# and ~200 levels overflowed a thread's 8 MB stack — a 1.4 KB call ended the daemon).
+MAX_EXT_DEPTH = 16
 
 
 def _qualname(obj: object) -> str:
@@ -191,26 +208,33 @@ def _pack(value: Any) -> bytes:
     return msgpack.packb(_prepare(value), default=_default, use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _ext_hook(code: int, data: bytes) -> Any:
+def _ext_hook(code: int, data: bytes, budget: Budget | None, depth: int) -> Any:
+    if depth > MAX_EXT_DEPTH:
+        raise DecodeError(
+            f"ext values nest deeper than {MAX_EXT_DEPTH} levels (each level is a msgpack "
+            "document decoded inside another: the limit keeps the stack bounded)"
+        )
     if code == EXT_PAGED:
         from mlflow.store.entities.paged_list import PagedList
 
-        items, token = _unpack(data)
+        items, token = _unpack(data, budget, depth)
         return PagedList(items, token)
     if code == EXT_SET:
-        frozen, items = _unpack(data)
+        frozen, items = _unpack(data, budget, depth)
         return frozenset(items) if frozen else set(items)
     if code == EXT_PROTO:
-        name, full_name, payload = _unpack(data)
+        name, full_name, payload = _unpack(data, budget, depth)
         cls = _resolve(name)
         if not callable(getattr(cls, "from_proto", None)):
             raise _refuse(name, "it has no from_proto (ext type 1)")
         proto = _proto_class(full_name)()
+        if budget is not None:
+            _charge_proto(proto.DESCRIPTOR, memoryview(payload), budget, 0)
         proto.ParseFromString(payload)
         return cls.from_proto(proto)  # type: ignore[attr-defined]
     if code not in (EXT_ENUM, EXT_DICT, EXT_STATE):
         return msgpack.ExtType(code, data)
-    name, payload = _unpack(data)
+    name, payload = _unpack(data, budget, depth)
     if code == EXT_ENUM:
         cls = _resolve(name)
         if not issubclass(cls, enum.Enum):
@@ -245,21 +269,124 @@ def _proto_class(full_name: str) -> Any:
 
 
 _PROTO_CLASSES: dict[str, Any] = {}
+_PROTO_MAX_DEPTH = 100  # protobuf's own default recursion limit when parsing
+_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
 
 
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, ext_hook=_ext_hook, strict_map_key=False)
+def _varint(data: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise DecodeError("malformed protobuf payload (a varint runs past its end)")
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def _charge_proto(descriptor: Any, data: memoryview, budget: Budget, depth: int) -> None:
+    """Charge ``budget`` for the protobuf message ``data`` of type ``descriptor`` before it is
+    parsed: 1 + the number of fields its type declares (``from_proto`` reads each of them), plus 1
+    for each field it holds (a repeated field's elements), plus its byte length for a packed
+    repeated number field (one value per element at most), recursing into nested messages. A
+    pure scan of the wire format: nothing is built; it stops at the first value past the budget."""
+    if depth > _PROTO_MAX_DEPTH:
+        raise DecodeError(f"protobuf payload nests deeper than {_PROTO_MAX_DEPTH} messages")
+    budget.left -= 1 + len(descriptor.fields)
+    i, end = 0, len(data)
+    while i < end:
+        if budget.left < 0:
+            raise OverBudget
+        key, i = _varint(data, i)
+        wire = key & 7
+        budget.left -= 1
+        if wire == _WIRE_VARINT:
+            _, i = _varint(data, i)
+        elif wire == _WIRE_I64:
+            i += 8
+        elif wire == _WIRE_I32:
+            i += 4
+        elif wire == _WIRE_LEN:
+            size, i = _varint(data, i)
+            field = descriptor.fields_by_number.get(key >> 3)
+            if field is not None and field.message_type is not None:
+                _charge_proto(field.message_type, data[i : i + size], budget, depth + 1)
+            elif field is not None and field.type not in (field.TYPE_STRING, field.TYPE_BYTES):
+                budget.left -= size  # packed repeated numbers
+            i += size
+        else:  # groups (wire types 3, 4): no MLflow message has one
+            raise DecodeError(f"malformed protobuf payload (wire type {wire})")
+    if budget.left < 0:
+        raise OverBudget
+
+
+def _unpack(data: bytes, budget: Budget | None, depth: int = 0) -> Any:
+    def ext_hook(code: int, payload: bytes) -> Any:
+        return _ext_hook(code, payload, budget, depth + 1)
+
+    if budget is None:
+        return msgpack.unpackb(data, raw=False, ext_hook=ext_hook, strict_map_key=False)
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        ext_hook=ext_hook,
+        strict_map_key=False,
+        list_hook=budget.array,
+        object_hook=budget.map,
+        max_array_len=max(budget.left, 0),
+        max_map_len=max(budget.left, 0) // 2,
+    )
 
 
 def encode_value(value: Any) -> bytes:
     return _pack(value)
 
 
-def decode_value(data: bytes, field: str = "value") -> Any:
+def call_value_budget(max_records: int, max_frame: int) -> int:
+    """The most values a daemon decodes for one ``call``'s ``args`` (and, separately, its
+    ``kwargs``): the wire's budget for a frame (:func:`~.bounds.value_budget`), or one value per
+    8 bytes of the largest frame when that is more — a ``log_spans`` that fills the frame with
+    spans (~0.08 values per byte) still decodes, while a hostile value of N bytes (one value per
+    byte: nested empty arrays) is stopped after an eighth of them."""
+    return max(value_budget(max_records), max_frame // 8)
+
+
+def result_value_budget(size: int) -> int:
+    """The most values a client decodes for a ``result`` of ``size`` bytes: two per byte (MLflow
+    entities take under one: a search result's runs ~0.7), at least the wire's default budget.
+    The daemon is trusted more than a client, so this only keeps a broken reply proportional."""
+    return max(value_budget(DEFAULT_MAX_RECORDS), 2 * size)
+
+
+def decode_value(data: bytes, field: str = "value", max_values: int | None = None) -> Any:
     """The value ``data`` encodes; :class:`DecodeError` naming ``field`` if it does not decode
-    (a refused class name, a malformed ext payload, an entity that rejects its fields)."""
+    (a refused class name, a malformed ext payload, an entity that rejects its fields) or, with
+    ``max_values``, if it holds more than that many values (msgpack arrays, maps and their
+    elements, in ``data`` and every ext payload inside it; protobuf payloads charged by their
+    fields and messages, see :func:`_charge_proto`) — refused before they are all built."""
+    budget = None if max_values is None else Budget(max_values)
     try:
-        return _unpack(data)
+        return _unpack(data, budget)
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+        if _over(exc):
+            reason = (
+                f"the value holds more than {max_values} values (msgpack arrays, maps and their "
+                "elements, protobuf messages and fields; the limit follows from "
+                "max_records_per_frame, see PROTOCOL.md §5.8)"
+            )
+        elif isinstance(exc, DecodeError):
+            reason = str(exc)
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
         raise DecodeError(f"{field}: {reason}"[:1000]) from exc
+
+
+def _over(exc: BaseException) -> bool:
+    """Whether decoding stopped at the budget: :class:`OverBudget` from a hook (possibly raised in
+    a nested ext payload) or msgpack refusing an array/map header longer than the budget."""
+    if isinstance(exc, OverBudget):
+        return True
+    text = str(exc)
+    return isinstance(exc, ValueError) and ("max_array_len" in text or "max_map_len" in text)

@@ -27,7 +27,7 @@ from mlflow.store.tracking.abstract_store import AbstractStore as _TrackingBase
 
 from . import protocol as p
 from .api import Tracker
-from .entities import decode_value, encode_value
+from .entities import decode_value, encode_value, result_value_budget
 from .errors import DaemonError, DaemonUnavailable
 from .mlflow_plugin import address_of
 from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT
@@ -95,7 +95,7 @@ def _call(
         raise _mlflow_error(
             first.code, f"an earlier write was not committed: {first.message}{more}"
         )
-    return decode_value(reply.value)
+    return decode_value(reply.value, "result", result_value_budget(len(reply.value)))
 
 
 # Codes of the daemon's own protocol errors (not MLflow's), as the nearest MLflow error code.

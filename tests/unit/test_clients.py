@@ -40,6 +40,30 @@ def test_a_dead_process_releases_its_ids() -> None:
     assert info.owner == B.owner and info.pid == 222 and not info.gone
 
 
+def test_a_dead_process_releases_its_ids_to_its_own_uid_only() -> None:
+    """Before, any live peer took an exited process's id (and its hello moved the id's floor,
+    acking away what the exited process's spool still held)."""
+    t = ClientTable(100)
+    assert t.claim(CID, A, 0.0) is None
+    t.exited(111)
+    for other in (
+        Peer(b"conn-c", uid=2000, pid=333),  # another uid
+        Peer(b"conn-d", uid=0, pid=444),  # root is not the daemon (privileged) either
+        Peer(b"conn-e"),  # a peer of no known uid (loopback tcp)
+        Peer(b"conn-f", key="k" * 40),  # a CURVE key
+    ):
+        refusal = t.claim(CID, other, 1.0)
+        assert refusal is not None and refusal.code == "client_id_in_use", other
+        assert "was used by a process of uid 1000 that has exited" in refusal.message
+        assert (
+            f"only a process of uid 1000 may take it over (this connection is uid {other.uid})"
+            in (refusal.message)
+        )
+    assert t.in_use_refusals == 4
+    assert t.clients[CID].owner == A.owner and t.clients[CID].gone  # unchanged
+    assert t.claim(CID, B, 2.0) is None  # the same uid: its next process
+
+
 def test_a_connection_binding_is_released_when_the_connection_closed() -> None:
     open_conns = {b"x1"}
     t = ClientTable(100, connected=lambda rid: rid in open_conns)
