@@ -21,7 +21,7 @@ import tracker_client
 from tests.faults.test_artifact_attacks import failures_of, run_files
 from tests.support import users as test_accounts
 from tests.support.daemon import Daemon, daemon_env, running_daemon
-from tests.support.users import TestUsers, as_user, shared_tmpdir
+from tests.support.users import TestUsers, as_user, run_python_as, shared_tmpdir
 
 pytestmark = pytest.mark.integration
 
@@ -84,16 +84,9 @@ def daemon_as_its_user(users: TestUsers, *args: str) -> Iterator[tuple[Daemon, P
 def attack(users: TestUsers, d: Daemon, plan: dict[str, Any]) -> dict[str, Any]:
     home = shared_tmpdir("td-attacker-")
     os.chown(home, users.attacker.uid, users.attacker.gid)
-    res = subprocess.run(
-        as_user(users.attacker, [sys.executable, "-c", ATTACK, d.address, json.dumps(plan)]),
-        env=users.attacker.env(home),
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=90,
+    result: dict[str, Any] = run_python_as(
+        users.attacker, home, ATTACK, d.address, json.dumps(plan)
     )
-    assert res.returncode == 0, res.stderr[-3000:]
-    result: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
     return result
 
 

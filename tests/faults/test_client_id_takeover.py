@@ -12,10 +12,7 @@ The daemon runs as its own user; victim and attacker are two other users of its 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ import pytest
 from tests.support import store
 from tests.support import users as accounts
 from tests.support.daemon import running_daemon
-from tests.support.users import TestUser, as_user, shared_tmpdir
+from tests.support.users import run_python_as, shared_tmpdir
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -99,20 +96,6 @@ print(json.dumps({"path": str(path)}), flush=True)
 )
 
 
-def run_as(user: TestUser, home: Path, code: str, *args: str) -> dict[str, str]:
-    res = subprocess.run(
-        as_user(user, [sys.executable, "-c", code, *args]),
-        env=user.env(home),
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    out: dict[str, str] = json.loads(res.stdout.strip().splitlines()[-1])
-    return out
-
-
 @pytest.mark.timeout(180)
 def test_an_exited_clients_id_is_refused_to_another_uid_and_its_spool_loses_nothing() -> None:
     users = accounts.test_users()
@@ -123,16 +106,16 @@ def test_an_exited_clients_id_is_refused_to_another_uid_and_its_spool_loses_noth
         homes[user.uid] = shared_tmpdir()
         os.chown(homes[user.uid], user.uid, user.gid)
     with running_daemon(root, user=users.daemon) as d:
-        victim = run_as(users.victim, homes[users.victim.uid], VICTIM, d.address)
+        victim = run_python_as(users.victim, homes[users.victim.uid], VICTIM, d.address)
         cid, run_id = victim["client_id"], victim["run_id"]
         wait_for(  # the daemon saw the victim's process exit: the id is released
             lambda: all(not str(c["client_id"]).startswith(cid[:8]) for c in d.status()["clients"]),
             30,
             "the victim's exit",
         )
-        attack = run_as(users.attacker, homes[users.attacker.uid], ATTACKER, d.address, cid)
+        attack = run_python_as(users.attacker, homes[users.attacker.uid], ATTACKER, d.address, cid)
         # the victim's own uid may still take its id over: its spool imports
-        spool = run_as(users.victim, homes[users.victim.uid], SPOOL, d.address, cid, run_id)
+        spool = run_python_as(users.victim, homes[users.victim.uid], SPOOL, d.address, cid, run_id)
 
         def imported() -> str:
             lines = [x for x in d.log().splitlines() if spool["path"] in x and "event=spool_" in x]

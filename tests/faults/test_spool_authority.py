@@ -20,7 +20,7 @@ import pytest
 from tests.support import store
 from tests.support import users as accounts
 from tests.support.daemon import Daemon, running_daemon
-from tests.support.users import TestUser, TestUsers, as_user, shared_tmpdir
+from tests.support.users import TestUser, TestUsers, as_user, run_python_as, shared_tmpdir
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -104,22 +104,6 @@ def as_other(user: TestUser, code: str, *args: str) -> list[str]:
     return as_user(user, [sys.executable, "-c", code, *args])
 
 
-def run_as(
-    user: TestUser, home: Path, code: str, *args: str, extra: dict[str, str] | None = None
-) -> dict[str, str]:
-    res = subprocess.run(
-        as_other(user, code, *args),
-        env=user.env(home, extra),
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    out: dict[str, str] = json.loads(res.stdout.strip().splitlines()[-1])
-    return out
-
-
 def home_of(user: TestUser) -> Path:
     home = shared_tmpdir()
     os.chown(home, user.uid, user.gid)
@@ -159,7 +143,7 @@ def test_a_planted_spool_cannot_ack_away_a_live_clients_data() -> None:
     # the victim's own offline run, spooled into the daemon's spool dir while no daemon ran
     nowhere = f"ipc://{shared_tmpdir()}/none.sock"
     spool_dir = root / "state" / "spool"
-    offline = run_as(
+    offline = run_python_as(
         users.victim,
         victim_home,
         OFFLINE,
@@ -191,7 +175,7 @@ def test_a_planted_spool_cannot_ack_away_a_live_clients_data() -> None:
                 assert victim.stdout is not None and victim.stdin is not None
                 ids = json.loads(victim.stdout.readline() or "{}")
                 assert ids, victim.stderr.read() if victim.stderr else ""
-                attack = run_as(
+                attack = run_python_as(
                     users.attacker, attacker_home, ATTACKER, d.address, "floor", ids["client_id"]
                 )
                 line = import_outcome(d, attack["path"])
@@ -244,16 +228,18 @@ def test_a_spool_memory_bomb_is_refused_naming_the_limit() -> None:
     with running_daemon(root, user=users.daemon) as d:
         assert d.proc is not None
         pid = d.proc.pid  # setpriv execs the daemon
-        warm = run_as(users.attacker, attacker_home, OFFLINE, d.address)  # the daemon at work
+        warm = run_python_as(
+            users.attacker, attacker_home, OFFLINE, d.address
+        )  # the daemon at work
         assert not warm["offline_id"].startswith("offline-")
         time.sleep(0.5)
         before = vm(pid, "VmRSS")
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS from here on
-        attack = run_as(users.attacker, attacker_home, ATTACKER, d.address, "memory", "-")
+        attack = run_python_as(users.attacker, attacker_home, ATTACKER, d.address, "memory", "-")
         line = import_outcome(d, attack["path"])
         peak = vm(pid, "VmHWM")
         # the daemon keeps serving: a good client's run lands
-        again = run_as(users.attacker, attacker_home, OFFLINE, d.address)
+        again = run_python_as(users.attacker, attacker_home, OFFLINE, d.address)
         assert not again["offline_id"].startswith("offline-")
         log = d.log()
     print(f"daemon RSS before {before / MB:.0f} MB, peak during the import {peak / MB:.0f} MB")

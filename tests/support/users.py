@@ -15,6 +15,7 @@ share live in :func:`shared_tmpdir` (mode 0755 under /tmp: pytest's own tmp_path
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -23,10 +24,11 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["TestUser", "TestUsers", "as_user", "shared_tmpdir", "test_users"]
+__all__ = ["TestUser", "TestUsers", "as_user", "run_python_as", "shared_tmpdir", "test_users"]
 
 GROUP = "trkd-test"
 NAMES = {"daemon": "trkd-daemon", "attacker": "trkd-attacker", "victim": "trkd-victim"}
@@ -138,3 +140,25 @@ def test_users() -> TestUsers:
             f"({sys.executable}): {probe.stderr.strip()[-300:]}"
         )
     return users
+
+
+def run_python_as(
+    user: TestUser,
+    home: Path,
+    code: str,
+    *args: str,
+    extra: dict[str, str] | None = None,
+    timeout: float = 90,
+) -> Any:
+    """Run ``python -c code args`` as ``user`` (HOME ``home``, from ``/``) and return the JSON
+    document its last line of output holds; fails the test with its stderr if it exits non-zero."""
+    res = subprocess.run(
+        as_user(user, [sys.executable, "-c", code, *args]),
+        env=user.env(home, extra),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
