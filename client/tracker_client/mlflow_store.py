@@ -105,8 +105,9 @@ def _call(
     except DaemonUnavailable as exc:
         raise _mlflow_error("TEMPORARILY_UNAVAILABLE", str(exc)) from None
     assert isinstance(reply, p.Result)
-    if reply.failures:
-        raise _mlflow_error(reply.failures[0].code, deferred_failures(reply.failures))
+    failures = [*reply.failures, *transport.take_refused()]
+    if failures:
+        raise _mlflow_error(failures[0].code, deferred_failures(failures))
     return decode_value(reply.value)
 
 
