@@ -5,7 +5,8 @@
     recover() (start)  ─► index the journal from its mark; spill from the first entry
     run(): spill_from ─► journal.read ─► deliver what is still outstanding, while the committer
            holds fewer than half the budget; reaching the journal head ends the spill
-    deliver(msg): data ─► checked record by record (bad ones fail at once) ─► committer.add
+    deliver(msg): data ─► checked record by record (bad ones, and ones that did not decode, fail
+                  at once, alone) ─► committer.add
                   artifact ─► the artifact lane
 
 One path: a backlog over the budget and a restart's replay are both read from the journal.
@@ -41,6 +42,12 @@ READ_CHUNK_BYTES = 4 * 1024 * 1024
 
 def _after(pos: Position, payload: bytes) -> Position:
     return Position(pos.segment, pos.offset + HEADER.size + len(payload))
+
+
+def _unreadable(rec: p.Unreadable) -> str:
+    """A failure's message for a record that did not decode (it has no record to carry)."""
+    run = f"run {rec.run_id}" if rec.run_id is not None else "a record of no readable run"
+    return f"{run}: record not stored, it does not decode: {rec.problem}"
 
 
 class Feeder:
@@ -150,6 +157,10 @@ class Feeder:
         assert type(msg) is p.Data
         good: list[p.Record] = []
         for rec in msg.records:
+            if isinstance(rec, p.Unreadable):  # fails alone: the frame's other records go on
+                failure = p.Failure(None, "INVALID_PARAMETER_VALUE", _unreadable(rec))
+                self.settlement.settle(origin, rec.run_id, None, failure)
+                continue
             problem = record_problem(rec)
             if problem is None:
                 good.append(rec)

@@ -283,9 +283,10 @@ class Tracker:
             self._raise_problems(cause=exc)
             raise
         assert isinstance(reply, p.Done)
-        self._raise_problems(reply.failures)
-        if reply.failures:
-            raise CommitError(reply.failures)
+        failures = [*reply.failures, *self._transport.take_refused(run_id)]
+        self._raise_problems(failures)
+        if failures:
+            raise CommitError(failures)
 
     def _raise_problems(
         self,
@@ -364,9 +365,10 @@ class Tracker:
             self._raise_problems(cause=unavailable)
             raise unavailable from None
         assert isinstance(reply, p.Done)
-        self._raise_problems(reply.failures)
-        if reply.failures:
-            raise CommitError(reply.failures)
+        failures = [*reply.failures, *self._transport.take_refused(run_id)]
+        self._raise_problems(failures)
+        if failures:
+            raise CommitError(failures)
         return True
 
     def _staging_dir(self) -> Path:

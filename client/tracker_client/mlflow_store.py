@@ -2,10 +2,15 @@
 
 Writes of metrics, params and tags (``log_batch``, ``log_metric``, ``log_param``, ``set_tag``) are
 non-blocking: they become records on the process's connection, exactly like
-:class:`tracker_client.Run` calls. Every other method MLflow's ``AbstractStore`` defines is a
-``call`` to the daemon, which runs it on the real backend store after everything this process sent
-before it is committed (read-your-writes). Errors come back as ``MlflowException`` with MLflow's
-error code; failures of earlier non-blocking writes are raised at the next call (the barrier).
+:class:`tracker_client.Run` calls. Each record is first checked with MLflow's rules for that call
+(:func:`metric_wire`, :func:`param_wire`, :func:`tag_wire`): what MLflow's store would refuse —
+a bad name, a non-numeric value, a step or timestamp outside int64 — raises ``MlflowException``
+(``INVALID_PARAMETER_VALUE``) at the call and nothing is sent; a param or tag value over MLflow's
+limit is truncated where MLflow truncates it (``MLFLOW_TRUNCATE_LONG_VALUES``). Every other method
+MLflow's ``AbstractStore`` defines is a ``call`` to the daemon, which runs it on the real backend
+store after everything this process sent before it is committed (read-your-writes). Errors come
+back as ``MlflowException`` with MLflow's error code; failures of earlier non-blocking writes are
+raised at the next call (the barrier), naming the run of each (:func:`deferred_failures`).
 
 On MLflow 2.x (its tracing API takes ``start_trace(experiment_id, ...)``), the store methods whose
 signature or result changed in MLflow 3 (:data:`MLFLOW2_METHODS`: tracing's v2 API) are called
@@ -16,6 +21,8 @@ are stored like any other.
 from __future__ import annotations
 
 import inspect
+import json
+import numbers
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,13 +33,23 @@ from mlflow.store.model_registry.abstract_store import AbstractStore as _Registr
 from mlflow.store.tracking.abstract_store import AbstractStore as _TrackingBase
 
 from . import protocol as p
+from . import validation as v
 from .api import Tracker
 from .entities import decode_value, encode_value, result_value_budget
 from .errors import DaemonError, DaemonUnavailable
 from .mlflow_plugin import address_of
 from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT
 
-__all__ = ["MLFLOW2_METHODS", "TrackerRegistryStore", "TrackerStore"]
+__all__ = [
+    "MLFLOW2_METHODS",
+    "SHOWN_FAILURES",
+    "TrackerRegistryStore",
+    "TrackerStore",
+    "deferred_failures",
+    "metric_wire",
+    "param_wire",
+    "tag_wire",
+]
 
 # Tracking-store methods that MLflow 2.x defines differently from MLflow 3 (the daemon's
 # tracker_daemon/mlflow2.py translates them); sent as "mlflow2.<name>" by an MLflow 2 worker.
@@ -88,14 +105,33 @@ def _call(
     except DaemonUnavailable as exc:
         raise _mlflow_error("TEMPORARILY_UNAVAILABLE", str(exc)) from None
     assert isinstance(reply, p.Result)
-    if reply.failures:
-        first = reply.failures[0]
-        n = len(reply.failures)
-        more = f" (and {n - 1} more failed record(s))" if n > 1 else ""
-        raise _mlflow_error(
-            first.code, f"an earlier write was not committed: {first.message}{more}"
-        )
+    failures = [*reply.failures, *transport.take_refused()]
+    if failures:
+        raise _mlflow_error(failures[0].code, deferred_failures(failures))
     return decode_value(reply.value, "result", result_value_budget(len(reply.value)))
+
+
+SHOWN_FAILURES = 3  # failures an error for earlier writes spells out (the rest are counted)
+
+
+def deferred_failures(failures: Sequence[p.Failure]) -> str:
+    """The message for failures of earlier non-blocking writes, raised by a later call (which may
+    concern another run): the first :data:`SHOWN_FAILURES`, each with its run, then a count."""
+    n = len(failures)
+    shown = "; ".join(_describe(f) for f in failures[:SHOWN_FAILURES])
+    more = f"; and {n - SHOWN_FAILURES} more" if n > SHOWN_FAILURES else ""
+    return (
+        f"{n} earlier write(s) of this process were not committed (reported by this later "
+        f"call): {shown}{more}"
+    )
+
+
+def _describe(f: p.Failure) -> str:
+    rec = f.record
+    if rec is None:  # an artifact, or a record the daemon could not read: the message says
+        return f"{f.code}: {f.message}"
+    kind = {p.Metric: "metric", p.Param: "param", p.Tag: "tag"}[type(rec)]
+    return f"run {rec.run_id}: {kind} {rec.key!r}: {f.code}: {f.message}"
 
 
 # Codes of the daemon's own protocol errors (not MLflow's), as the nearest MLflow error code.
@@ -150,17 +186,93 @@ def _forward_all(cls: type, base: type, target: str, local: frozenset[str]) -> N
         setattr(cls, name, _forwarder(target, name, inspect.signature(member)))
 
 
-def _metric_wire(run_id: str, m: Any) -> list[Any]:
-    return p.metric_wire(
-        run_id,
-        m.key,
-        float(m.value),
-        int(m.timestamp),
-        int(m.step or 0),
-        getattr(m, "model_id", None),
-        getattr(m, "dataset_name", None),
-        getattr(m, "dataset_digest", None),
+def _invalid(message: str) -> MlflowException:
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _invalid_value(path: str, value: object, why: str) -> MlflowException:
+    """MLflow's ``invalid_value`` message (mlflow.utils.validation), as its store raises it."""
+    try:
+        shown = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        shown = repr(value)
+    return _invalid(f"Invalid value {shown} for parameter '{path}' supplied: {why}")
+
+
+def _int64(path: str, n: object, minimum: int, why: str) -> int:
+    """``n`` as the int the wire carries, where MLflow takes any number: outside ``minimum`` ..
+    2**63-1, or not finite, it raises as MLflow's store does (its SQL column is int64; MLflow
+    itself fails such a value at the call, with an INTERNAL_ERROR from the database)."""
+    if not isinstance(n, numbers.Number):
+        raise _invalid_value(path, n, why)
+    try:
+        out: int = int(n)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):  # NaN, infinities, complex
+        raise _invalid_value(path, n, why) from None
+    if not minimum <= out <= 2**63 - 1:
+        raise _invalid_value(path, n, why)
+    return out
+
+
+def metric_wire(run_id: str, m: Any) -> list[Any]:
+    """The wire record of MLflow ``Metric`` ``m`` for ``run_id``, checked in the order of
+    MLflow's ``_validate_metric`` (name, value, timestamp, step) plus the int64 range of its
+    columns; raises ``MlflowException`` (``INVALID_PARAMETER_VALUE``) and sends nothing."""
+    key, value = m.key, m.value
+    try:
+        key = v.check_key(key, "metric key")
+    except (TypeError, ValueError) as exc:
+        raise _invalid(str(exc)) from None
+    if value is None:
+        raise _invalid("Missing value for required parameter 'value'.")
+    if not isinstance(value, numbers.Number) or isinstance(value, bool):
+        raise _invalid_value(
+            "value",
+            value,
+            f"(timestamp={m.timestamp}). Please specify value as a valid double (64-bit floating "
+            "point)",
+        )
+    about = f"metric '{key}' (value={value}). "
+    ts = _int64(
+        "timestamp",
+        m.timestamp,
+        0,
+        about + "Timestamp must be a nonnegative long (64-bit integer) ",
     )
+    step = 0 if m.step is None else m.step
+    step = _int64("step", step, -(2**63), about + "Step must be a valid long (64-bit integer).")
+    try:
+        checked = v.check_metric(key, value, step, ts)
+        extras = v.check_metric_extras(
+            getattr(m, "model_id", None),
+            getattr(m, "dataset_name", None),
+            getattr(m, "dataset_digest", None),
+        )
+    except (TypeError, ValueError) as exc:
+        raise _invalid(str(exc)) from None
+    return p.metric_wire(run_id, checked[0], checked[1], checked[3], checked[2], *extras)
+
+
+def param_wire(run_id: str, param: Any) -> list[Any]:
+    """The wire record of MLflow ``Param`` ``param``: MLflow's name rules, and a value over
+    6000 characters truncated as MLflow truncates it (``MLFLOW_TRUNCATE_LONG_VALUES``)."""
+    try:
+        key, value = v.check_param(param.key, param.value)
+    except (TypeError, ValueError) as exc:
+        raise _invalid(str(exc)) from None
+    return ["p", run_id, key, value]
+
+
+def tag_wire(run_id: str, tag: Any) -> list[Any]:
+    """The wire record of MLflow ``RunTag`` ``tag`` (values truncated at 8000 characters, as
+    MLflow's store truncates them)."""
+    try:
+        key, value = v.check_tag(tag.key, tag.value)
+    except (TypeError, ValueError) as exc:
+        raise _invalid(str(exc)) from None
+    return ["t", run_id, key, value]
 
 
 class TrackerStore(_TrackingBase):  # type: ignore[misc, unused-ignore]
@@ -186,22 +298,22 @@ class TrackerStore(_TrackingBase):  # type: ignore[misc, unused-ignore]
     def log_batch(
         self, run_id: str, metrics: Sequence[Any], params: Sequence[Any], tags: Sequence[Any]
     ) -> None:
+        # every element is checked before any is sent
+        records = [param_wire(run_id, x) for x in params]
+        records += [metric_wire(run_id, x) for x in metrics]
+        records += [tag_wire(run_id, x) for x in tags]
         put = self._tracker._transport.put
-        for param in params:
-            put(["p", run_id, param.key, str(param.value)])
-        for metric in metrics:
-            put(_metric_wire(run_id, metric))
-        for tag in tags:
-            put(["t", run_id, tag.key, str(tag.value)])
+        for record in records:
+            put(record)
 
     def log_metric(self, run_id: str, metric: Any) -> None:
-        self._tracker._transport.put(_metric_wire(run_id, metric))
+        self._tracker._transport.put(metric_wire(run_id, metric))
 
     def log_param(self, run_id: str, param: Any) -> None:
-        self._tracker._transport.put(["p", run_id, param.key, str(param.value)])
+        self._tracker._transport.put(param_wire(run_id, param))
 
     def set_tag(self, run_id: str, tag: Any) -> None:
-        self._tracker._transport.put(["t", run_id, tag.key, str(tag.value)])
+        self._tracker._transport.put(tag_wire(run_id, tag))
 
     def delete_tag(self, run_id: str, key: str) -> None:
         """``MlflowClient.delete_tag`` calls it on every store, but MLflow's ``AbstractStore``

@@ -6,7 +6,10 @@ msgpack *envelope*: ``[version, kind, body]`` where ``version`` is an int, ``kin
 test vectors there are checked against this module by ``tests/unit/test_protocol.py``.
 
 Decoding is strict: a wrong version, unknown kind, missing/unknown/mistyped field or an oversize
-frame raises :class:`ProtocolError` with a stable ``code`` and a message naming the field.
+frame raises :class:`ProtocolError` with a stable ``code`` and a message naming the field. The one
+exception is a record of a ``data`` frame: a record that does not decode (a wrong kind, length or
+element type, an int outside int64) becomes an :class:`Unreadable` in place, so that it fails alone
+(the daemon reports it as that record's failure) and the frame's other records still count.
 
 Decoding is bounded: a daemon passes ``max_values`` (see :func:`value_budget`), and the decoder
 stops building Python objects as soon as a frame holds more arrays, maps and elements than that
@@ -60,6 +63,7 @@ __all__ = [
     "StatusReply",
     "StatusRequest",
     "Tag",
+    "Unreadable",
     "Welcome",
     "decode",
     "decode_record",
@@ -124,6 +128,19 @@ class Tag:
 
 Record: TypeAlias = Metric | Param | Tag
 
+# The longest run id MLflow allows; an Unreadable keeps a longer one as None.
+_MAX_RUN_ID = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A record of a ``data`` frame that does not decode: ``problem`` names the element and why
+    (``data.records[3].timestamp: ...``); ``run_id`` is its element 1 when that is a string of
+    at most 256 characters, else None. Never encoded: it fails where it is found."""
+
+    run_id: str | None
+    problem: str
+
 
 def metric_wire(
     run_id: str,
@@ -161,6 +178,12 @@ def _is_int(v: object) -> bool:
     return type(v) is int and _INT64_MIN <= v <= _INT64_MAX  # noqa: E721 (bool is excluded)
 
 
+def _not_int64(v: object) -> str:
+    if type(v) is int:  # an int msgpack carries (up to 2**64-1) but int64 does not
+        return f"{v} is outside int64 (-2**63 .. 2**63-1)"
+    return f"expected an int64, got {_tname(v)}"
+
+
 def decode_record(item: object, where: str = "record") -> Record:
     """Decode one wire record; raises ProtocolError naming ``where`` on any type error."""
     if not isinstance(item, list) or not item or not isinstance(item[0], str):
@@ -181,11 +204,9 @@ def decode_record(item: object, where: str = "record") -> Record:
                 "bad_field", f"{where}.value: expected a float64, got {_tname(value)}"
             )
         if not _is_int(ts):
-            raise ProtocolError(
-                "bad_field", f"{where}.timestamp: expected an int64, got {_tname(ts)}"
-            )
+            raise ProtocolError("bad_field", f"{where}.timestamp: {_not_int64(ts)}")
         if not _is_int(step):
-            raise ProtocolError("bad_field", f"{where}.step: expected an int64, got {_tname(step)}")
+            raise ProtocolError("bad_field", f"{where}.step: {_not_int64(step)}")
         for name, v in (
             ("model_id", model_id),
             ("dataset_name", ds_name),
@@ -237,7 +258,7 @@ class Hello:
 class Data:
     client_id: str
     seq: int
-    records: tuple[Record, ...]
+    records: tuple[Record | Unreadable, ...]  # an Unreadable only in a decoded frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,7 +427,7 @@ _RULES: Final[dict[str, str]] = {
     "bytes": "bin",
     "dict[str, Any]": "map",
     "dict[str, str]": "tags",
-    "tuple[Record, ...]": "records",
+    "tuple[Record | Unreadable, ...]": "records",
     "tuple[Failure, ...]": "failures",
 }
 
@@ -475,10 +496,11 @@ def _check(rule: str, v: object, where: str) -> object:
     raise AssertionError(rule)  # pragma: no cover - schema typo
 
 
-def _decode_records(items: list[Any], where: str) -> tuple[Record, ...]:
+def _decode_records(items: list[Any], where: str) -> tuple[Record | Unreadable, ...]:
     """decode_record for each item; a plain metric (the common case) takes a fast path that
-    checks exactly the same rules, anything else (and every error) the general one."""
-    out: list[Record] = []
+    checks exactly the same rules, anything else (and every error) the general one. An item
+    that does not decode becomes an :class:`Unreadable` (it fails alone, the frame stands)."""
+    out: list[Record | Unreadable] = []
     append = out.append
     for i, item in enumerate(items):
         if type(item) is list and len(item) == 9:
@@ -498,8 +520,19 @@ def _decode_records(items: list[Any], where: str) -> tuple[Record, ...]:
             ):
                 append(Metric(run_id, key, value, ts, step))
                 continue
-        append(decode_record(item, f"{where}[{i}]"))
+        try:
+            append(decode_record(item, f"{where}[{i}]"))
+        except ProtocolError as exc:
+            append(Unreadable(_run_id_of(item), exc.message))
     return tuple(out)
+
+
+def _run_id_of(item: object) -> str | None:
+    if type(item) is list and len(item) > 1:
+        run_id = item[1]
+        if type(run_id) is str and len(run_id) <= _MAX_RUN_ID:
+            return run_id
+    return None
 
 
 def _decode_failure(item: object, where: str) -> Failure:
@@ -516,7 +549,7 @@ def _to_wire(kind_cls: type[Any], msg: Any) -> dict[str, Any]:
     for name, rule in _SCHEMA[kind_cls].items():
         v = getattr(msg, name)
         if rule == "records":
-            v = [record_to_wire(r) for r in v]
+            v = [_record_out(r) for r in v]
         elif rule == "failures":
             v = [
                 [None if f.record is None else record_to_wire(f.record), f.code, f.message]
@@ -524,6 +557,12 @@ def _to_wire(kind_cls: type[Any], msg: Any) -> dict[str, Any]:
             ]
         body[name] = v
     return body
+
+
+def _record_out(record: Record | Unreadable) -> list[Any]:
+    if isinstance(record, Unreadable):
+        raise ValueError(f"an unreadable record is not encoded ({record.problem})")
+    return record_to_wire(record)
 
 
 def encode(msg: Message) -> bytes:

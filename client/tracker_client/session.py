@@ -8,26 +8,39 @@ send again after a reconnect (:meth:`Session.hello`, then the ``Welcomed`` event
 ``journal_full`` refusal (:meth:`Session.resend_due`). No sockets, no threads, no clock of its own
 (``now`` is passed in): ``tests/unit/test_session.py`` drives it against a fake daemon.
 
+A sequenced frame the daemon refuses whole (it does not decode, or is over ``max_frame``: an
+``error`` with ``req`` nil and one of :data:`FRAME_REFUSALS`) would never be acknowledged, and
+every later barrier would wait for it. The session finds which unacked frames are refused by
+checking them as the daemon does, and replaces each with a ``data`` frame under the same seq
+holding the records the daemon can take (possibly none): the seq is filled, the barriers
+complete, and the records left out are failures reported at the next barrier
+(:meth:`Session.take_refused`).
+
 A request's future is an opaque token here: the session hands it back in the event that answers
 or refuses it, and the I/O thread resolves it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+import msgpack
+
 from . import protocol as p
-from .outbox import Unit
+from .outbox import RECORDS_PER_FRAME, Unit
 
 __all__ = [
+    "FRAME_REFUSALS",
     "JOURNAL_FULL_RETRY_S",
     "Accepted",
     "Acked",
     "Answered",
     "Event",
+    "FrameReplaced",
     "JournalFull",
     "Refused",
     "Session",
@@ -35,6 +48,20 @@ __all__ = [
 ]
 
 JOURNAL_FULL_RETRY_S = 1.0  # after a journal_full refusal, the unacked frames are resent this late
+# Error codes with which a daemon refuses a frame for what it holds (section 10 of PROTOCOL.md):
+# sent again unchanged, it would be refused again.
+FRAME_REFUSALS = frozenset(
+    {
+        "bad_msgpack",
+        "bad_envelope",
+        "unsupported_version",
+        "unknown_kind",
+        "bad_field",
+        "frame_too_large",
+        "frame_too_complex",
+    }
+)
+_VALUES = p.value_budget(RECORDS_PER_FRAME)  # what the least generous daemon decodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +114,19 @@ class Welcomed:
     resend: tuple[bytes, ...]
 
 
-Event: TypeAlias = Accepted | Acked | Answered | Refused | JournalFull | Welcomed
+@dataclass(frozen=True, slots=True)
+class FrameReplaced:
+    """The daemon refused sequenced frame ``seq`` whole; ``frame`` (kept in its place, to send
+    now) holds the records of it the daemon can take; ``later``: records (wire form) that did
+    not fit with them, to queue again at the front; ``failures``: the records left out."""
+
+    seq: int
+    frame: bytes
+    later: tuple[list[Any], ...]
+    failures: tuple[p.Failure, ...]
+
+
+Event: TypeAlias = Accepted | Acked | Answered | Refused | JournalFull | Welcomed | FrameReplaced
 
 
 class Session:
@@ -107,6 +146,11 @@ class Session:
         self.resend_req = -1  # the hello whose welcome triggers a resend
         self.resend_at = 0.0  # journal_full: when to resend the unacked frames (0: not armed)
         self.connected = False  # welcomed on the current connection
+        self.max_frame = p.DEFAULT_MAX_FRAME_BYTES  # the daemon's, once a welcome said it
+        # records left out of refused frames, (run_id, failure), until a barrier reports them;
+        # appended by the I/O thread, taken by the thread that waits for a barrier
+        self._refused: list[tuple[str | None, p.Failure]] = []
+        self._refused_lock = threading.Lock()
 
     # ------------------------------------------------------------------------- what to send
 
@@ -219,6 +263,36 @@ class Session:
     def disconnected(self) -> None:
         self.connected = False
 
+    def take_refused(self, run_id: str | None = None) -> list[p.Failure]:
+        """Records left out of refused frames, not reported yet: all, or those of ``run_id``
+        (as the daemon's failures at a barrier, PROTOCOL.md section 8)."""
+        with self._refused_lock:
+            if run_id is None:
+                out = [f for _, f in self._refused]
+                self._refused.clear()
+                return out
+            out = [f for r, f in self._refused if r == run_id]
+            self._refused = [(r, f) for r, f in self._refused if r != run_id]
+            return out
+
+    def _replace_refused(self, code: str) -> list[Event]:
+        """The daemon refused a sequenced frame (``code``), without saying which: each unacked
+        frame the daemon refuses (checked as it checks them) is replaced, under its seq, by the
+        records of it that it can take."""
+        events: list[Event] = []
+        for seq, frame in list(self.unacked.items()):
+            why = _refusal(frame, self.max_frame)
+            if why is None:
+                continue
+            replacement, later, failures = _salvage(self.client_id, seq, frame, why, self.max_frame)
+            self.unacked[seq] = replacement
+            with self._refused_lock:
+                self._refused += failures
+            events.append(
+                FrameReplaced(seq, replacement, tuple(later), tuple(f for _, f in failures))
+            )
+        return events
+
     def abandon(self, future: Future[Any]) -> None:
         """Forget a request the caller gave up on (not resent, not spooled)."""
         for req, entry in list(self.pending.items()):
@@ -258,5 +332,55 @@ class Session:
             self.resend_at = now + JOURNAL_FULL_RETRY_S
             return [JournalFull(msg.message, self.resend_at)]
         if entry is None:
-            return [Refused(None, msg.code, msg.message, msg.req)]
+            replaced = self._replace_refused(msg.code) if msg.code in FRAME_REFUSALS else []
+            return replaced or [Refused(None, msg.code, msg.message, msg.req)]
         return []  # an answered request nobody waits for
+
+
+def _refusal(frame: bytes, max_frame: int) -> str | None:
+    """Why a daemon refuses this frame whole (``code: message``), or None."""
+    try:
+        p.decode(frame, max_frame=max_frame, max_values=_VALUES)
+    except p.ProtocolError as exc:
+        return f"{exc.code}: {exc.message}"
+    return None
+
+
+def _salvage(
+    client_id: str, seq: int, frame: bytes, why: str, max_frame: int
+) -> tuple[bytes, list[Any], list[tuple[str | None, p.Failure]]]:
+    """For refused ``frame`` (this client's own): a data frame for ``seq`` with its records
+    that decode and fit in ``max_frame``, in order; the records after those that would fit a
+    frame of their own (to queue again); a failure for each record left out."""
+    try:
+        _, kind, body = msgpack.unpackb(frame, raw=False)
+        items = body["records"] if kind == "data" else []
+        what = "its frame" if kind == "data" else f"its {kind} message"
+    except Exception:  # not a frame this client made: nothing in it to salvage
+        items, what = [], "its frame"
+    kept: list[Any] = []
+    later: list[Any] = []
+    failures: list[tuple[str | None, p.Failure]] = []
+    full = room = max_frame - len(p.encode_data(client_id, seq, [])) - 4  # (array header)
+    for i, item in enumerate(items):
+        record: p.Record | None = None
+        try:
+            record = p.decode_record(item, f"data.records[{i}]")
+            size = len(msgpack.packb(item, use_bin_type=True))
+        except (p.ProtocolError, ValueError, TypeError):
+            size = full + 1
+        if record is not None and size <= room and not later:
+            kept.append(item)
+            room -= size
+            continue
+        if record is not None and size <= full:
+            later.append(item)  # fits a frame of its own: sent again in a later frame
+            continue
+        run_id = record.run_id if record is not None else None
+        run = f"run {run_id}: " if run_id is not None else ""
+        message = f"{run}not stored: the daemon refused {what} (seq {seq}): {why}"
+        failures.append((run_id, p.Failure(record, "INVALID_PARAMETER_VALUE", message[:2000])))
+    if not items:
+        message = f"the daemon refused {what} (seq {seq}): {why}"
+        failures.append((None, p.Failure(None, "INVALID_PARAMETER_VALUE", message[:2000])))
+    return p.encode_data(client_id, seq, kept), later, failures

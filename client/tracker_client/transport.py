@@ -41,7 +41,7 @@ from .address import no_answer
 from .curve import apply_curve, curve_from_env, curve_hint
 from .errors import DaemonError, DaemonUnavailable
 from .outbox import POLICIES, RECORDS_PER_FRAME, Call, FrameMaker, MakeMessage, Outbox
-from .session import Accepted, Answered, JournalFull, Refused, Session, Welcomed
+from .session import Accepted, Answered, FrameReplaced, JournalFull, Refused, Session, Welcomed
 from .spill import Spiller
 
 __all__ = ["POLICIES", "Request", "Transport"]
@@ -419,13 +419,30 @@ class Transport:
                         )
                 elif isinstance(event, JournalFull):
                     _log.warning("tracker-daemon is not accepting data: %s", event.message)
+                elif isinstance(event, FrameReplaced):
+                    self._replaced(sock, event)
+
+    def _replaced(self, sock: zmq.Socket[bytes], event: FrameReplaced) -> None:
+        """The daemon refused a frame whole: send what it can take under the same seq (so no
+        barrier waits for it), queue the rest again; the records left out fail at the next
+        barrier."""
+        _send(sock, event.frame)
+        if event.later:
+            self.outbox.queue.extendleft(reversed(event.later))
+        for f in event.failures:
+            _log.warning("tracker-client: a record was not sent: %s", f.message)
+
+    def take_refused(self, run_id: str | None = None) -> list[p.Failure]:
+        """Records of frames the daemon refused whole that could not be sent again, not
+        reported yet: all of them, or those of ``run_id``."""
+        return self.session.take_refused(run_id)
 
     def _welcomed(self, sock: zmq.Socket[bytes], event: Welcomed) -> None:
         welcome = event.welcome
         self.staging_dir = welcome.staging_dir
         self.spiller.use_dir(welcome.spool_dir)
         self.max_frame = min(self.max_frame, welcome.max_frame)
-        self.outbox.maker.max_bytes = self.max_frame
+        self.outbox.maker.max_bytes = self.session.max_frame = self.max_frame
         for frame in event.resend:
             _send(sock, frame)
         self.welcomed.set()

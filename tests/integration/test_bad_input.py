@@ -105,27 +105,6 @@ def bad_frames() -> list[Bad]:
         Bad("unknown kind", [pack([1, "ping", {"req": 6}])], "unknown_kind", 6, "'ping'"),
         Bad("kind an int", [pack([1, 7, {"req": 66}])], "unknown_kind", 66, "7"),
         Bad("data.seq a string", [data_frame(seq="1")], "bad_field", None, "data.seq"),
-        Bad(
-            "metric value a string",
-            [data_frame(records=[metric_wire(value="high")])],
-            "bad_field",
-            None,
-            "data.records[0].value",
-        ),
-        Bad(
-            "metric step a float",
-            [data_frame(records=[metric_wire(step=1.5)])],
-            "bad_field",
-            None,
-            "data.records[0].step",
-        ),
-        Bad(
-            "unknown record kind",
-            [data_frame(records=[["x", FAKE_RUN, "k", "v"]])],
-            "bad_field",
-            None,
-            "unknown record kind 'x'",
-        ),
         Bad("records a map", [data_frame(records={"m": 1})], "bad_field", None, "data.records"),
         Bad("flush.seq a string", [pack([1, "flush", flush_seq_str])], "bad_field", 7, "flush.seq"),
         Bad(
@@ -179,6 +158,14 @@ def bad_frames() -> list[Bad]:
     ]
 
 
+# Records that do not decode: each fails alone (PROTOCOL.md 7), their frame is accepted.
+UNREADABLE = [
+    (metric_wire(value="high"), "data.records[0].value"),
+    (metric_wire(step=1.5), "data.records[1].step"),
+    (["x", FAKE_RUN, "k", "v"], "unknown record kind 'x'"),
+]
+
+
 def log_points(address: str, result: dict[str, Any], started: threading.Event) -> None:
     """The well-behaved neighbour: 5,000 points over 2 keys with explicit steps."""
     try:
@@ -229,6 +216,19 @@ def test_bad_frames_are_rejected_while_a_good_client_logs(tmp_path: Path) -> Non
                 assert reply.code == case.code, (case.name, reply)
                 assert reply.req == case.req, (case.name, reply)
                 assert case.says in reply.message, (case.name, reply)
+            # a frame of records that do not decode is accepted; each fails alone
+            frame = data_frame(client_id="raw-unreadable", records=[r for r, _ in UNREADABLE])
+            sock.send(frame)
+            flush = p.encode(p.Flush(98, "raw-unreadable", 1, None))
+            replies = [request(sock, [flush], "flush after unreadable records")]
+            while len(replies) < 2:  # its done, and the frame's ack (in either order)
+                replies.append(recv_reply(sock, "flush after unreadable records"))
+            assert p.Ack(1) in replies, replies
+            (reply,) = [r for r in replies if not isinstance(r, p.Ack)]
+            assert isinstance(reply, p.Done), reply
+            assert len(reply.failures) == len(UNREADABLE)
+            for failure, (_, says) in zip(reply.failures, UNREADABLE, strict=True):
+                assert failure.record is None and says in failure.message, failure
             # the same connection still works after all those rejections
             reply = request(sock, [p.encode(p.StatusRequest(99))], "status after rejections")
             assert isinstance(reply, p.StatusReply)
@@ -262,8 +262,8 @@ def test_bad_frames_are_rejected_while_a_good_client_logs(tmp_path: Path) -> Non
 
         status = d.status()
         assert status["rejected_frames"] == len(cases)
-        assert status["received"] == status["committed"] == 5000
-        assert status["failed"] == 0
+        assert status["received"] == status["committed"] + len(UNREADABLE) == 5003
+        assert status["failed"] == len(UNREADABLE)  # the unreadable records, not the good ones
         assert status["duplicate_frames"] == 0
         assert d.proc is not None and d.proc.poll() is None
 

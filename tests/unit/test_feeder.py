@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from tests.support.fakes import FakeBackend
@@ -181,3 +182,35 @@ async def test_recover_indexes_the_journal_from_its_mark(tmp_path: Path) -> None
     assert w.artifacts == [(Origin("c2", 2), True)]
     assert await w.commit_all() == [2, 3, 4, 5]
     assert (w.ledger.committed_upto("c1"), w.ledger.committed_upto("c2")) == (2, 1)
+
+
+async def test_a_record_that_does_not_decode_fails_alone_live_and_at_replay(
+    tmp_path: Path,
+) -> None:
+    good = [["m", "run-b", "loss", 1.0, 1, s, None, None, None] for s in range(3)]
+    bad = ["m", "run-a", "bad", 1.0, 2**63, 0, None, None, None]  # timestamp outside int64
+    raw = msgpack.packb(
+        [1, "data", {"client_id": "c1", "seq": 1, "records": [good[0], bad, *good[1:]]}]
+    )
+    msg = p.decode(raw)
+    assert isinstance(msg, p.Data) and isinstance(msg.records[1], p.Unreadable)
+
+    for replay in (False, True):
+        w = World(tmp_path / f"journal-{replay}", budget=0 if replay else 100)
+        pos = w.journal.append(KIND_SEQUENCED + raw)  # intake journals the frame verbatim
+        w.settlement.journaled("c1", 1, len(msg.records), pos, 0.0)
+        w.feeder.offer(msg)
+        if replay:  # over the budget: read back from the journal, decoded there
+            assert w.feeder.spilling
+            await w.feeder.feed_once()
+        assert w.counters.failed == 1 and w.committer.lanes.pending == 3
+        assert w.clients["c1"].runs == {"run-b"}
+        assert await w.commit_all() == [0, 1, 2]
+        assert w.ledger.committed_upto("c1") == 1  # the frame is done: a barrier completes
+        assert w.ledger.take_failures("c1", "run-b") == []
+        (failure,) = w.ledger.take_failures("c1", "run-a")
+        assert failure.record is None and failure.code == "INVALID_PARAMETER_VALUE"
+        assert failure.message == (
+            "run run-a: record not stored, it does not decode: data.records[1].timestamp: "
+            "9223372036854775808 is outside int64 (-2**63 .. 2**63-1)"
+        )

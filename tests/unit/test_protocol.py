@@ -39,6 +39,7 @@ from tracker_client.protocol import (
     StatusReply,
     StatusRequest,
     Tag,
+    Unreadable,
     Welcome,
     decode,
     decode_record,
@@ -854,15 +855,62 @@ WRONG_TYPES: dict[str, tuple[bytes, str]] = {
 }
 
 
+# A record of a data frame that does not decode does not make the frame bad_field: it becomes an
+# Unreadable in its place, so that it fails alone and the frame's other records still count.
+UNREADABLE_RECORDS = {
+    case: WRONG_TYPES.pop(case)
+    for case in sorted(WRONG_TYPES)
+    if WRONG_TYPES[case][1].startswith("data.records[")
+}
+
+
 @pytest.mark.parametrize("case", sorted(WRONG_TYPES))
 def test_wrong_field_type(case: str) -> None:
     frame, fragment = WRONG_TYPES[case]
     _reject(frame, "bad_field", fragment)
 
 
+def test_record_level_cases_are_the_ones_expected() -> None:
+    assert len(UNREADABLE_RECORDS) == 29
+    assert {"records-map", "records-str", "records-nil"} <= set(WRONG_TYPES)  # not an array
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE_RECORDS))
+def test_a_record_that_does_not_decode_is_unreadable_in_place(case: str) -> None:
+    frame, fragment = UNREADABLE_RECORDS[case]
+    msg = decode(frame, max_values=BUDGET)
+    assert isinstance(msg, Data)
+    index = int(fragment[len("data.records[") :].split("]")[0])
+    bad = msg.records[index]
+    assert isinstance(bad, Unreadable), bad
+    assert bad.problem.startswith(fragment), bad.problem
+    others = [r for i, r in enumerate(msg.records) if i != index]
+    assert all(isinstance(r, Metric | Param | Tag) for r in others)
+    with pytest.raises(ValueError, match="unreadable record is not encoded"):
+        encode(msg)
+
+
+def test_an_unreadable_record_keeps_its_run_and_names_the_limit() -> None:
+    frame = _data(_metric(run_id="run-b"), _metric(run_id="run-a", timestamp=2**63))
+    msg = decode(frame, max_values=BUDGET)
+    assert isinstance(msg, Data)
+    assert isinstance(msg.records[0], Metric) and msg.records[0].run_id == "run-b"
+    assert msg.records[1] == Unreadable(
+        "run-a",
+        "data.records[1].timestamp: 9223372036854775808 is outside int64 (-2**63 .. 2**63-1)",
+    )
+    # a run id that is not a short string is not kept
+    for run_id in (1, None, "r" * 257, b"r"):
+        msg = decode(_data(["p", run_id, "k", 1]), max_values=BUDGET)
+        assert isinstance(msg, Data) and msg.records[0] == Unreadable(
+            None,
+            msg.records[0].problem,  # type: ignore[union-attr]
+        )
+    assert decode(_data(["p", "r" * 256, "k", 1])).records[0].run_id == "r" * 256  # type: ignore[union-attr]
+
+
 def test_error_messages_name_the_field() -> None:
     assert "data.seq" in str(_reject(WRONG_TYPES["int-str"][0], "bad_field"))
-    assert "data.records[0].step" in str(_reject(WRONG_TYPES["metric-step-bool"][0], "bad_field"))
     assert "start_run.tags" in str(_reject(WRONG_TYPES["tags-int-value"][0], "bad_field"))
     assert "flush.run_id" in str(_reject(WRONG_TYPES["optstr-int"][0], "bad_field"))
 
@@ -1171,12 +1219,11 @@ def test_fast_metric_path_matches_the_general_one() -> None:
             want: Any = decode_record(item, "data.records[0]")
         except ProtocolError as exc:
             want = (exc.code, exc.message)
-        try:
-            msg = decode(frame, max_values=BUDGET)
-            assert isinstance(msg, Data)
-            got: Any = msg.records[0]
-        except ProtocolError as exc:
-            got = (exc.code, exc.message)
+        msg = decode(frame, max_values=BUDGET)
+        assert isinstance(msg, Data)
+        got: Any = msg.records[0]
+        if isinstance(got, Unreadable):
+            got = ("bad_field", got.problem)
         assert got == want, item
         if isinstance(got, Metric):
             assert type(got.value) is float

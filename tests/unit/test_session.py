@@ -24,6 +24,7 @@ from tracker_client.session import (
     Acked,
     Answered,
     Event,
+    FrameReplaced,
     JournalFull,
     Refused,
     Session,
@@ -265,6 +266,63 @@ def test_refusals() -> None:
         Refused(None, "bad_msgpack", "x", None)
     ]
     assert s.receive(p.ErrorReply(77, "bad_field", "y")) == [Refused(None, "bad_field", "y", 77)]
+
+
+def test_a_frame_refused_whole_is_replaced_under_its_seq_and_no_barrier_waits_for_it() -> None:
+    pair = SessionPair(max_records=40)
+    s = pair.session
+    s.max_frame = 1500  # the daemon's limit; the frame maker (4 MiB) does not know it yet
+    other = "o" * 32
+    huge = p.metric_wire(other, "big", 1.0, 1, 0, "m" * 3000)  # over the limit on its own
+    pair.queue.extend([rec(0), rec(1), huge, *(rec(i) for i in range(2, 30))])
+    pair.online = False  # the frame is "refused": the fake daemon never sees it
+    pair.pump()
+    (seq,) = s.unacked
+    assert len(s.unacked[seq]) > s.max_frame
+
+    # errors that name no refused frame of ours stay plain refusals
+    assert s.receive(p.ErrorReply(None, "client_id_in_use", "x")) == [
+        Refused(None, "client_id_in_use", "x", None)
+    ]
+    events = s.receive(p.ErrorReply(None, "frame_too_large", "frame is 4000 bytes"))
+    (ev,) = events
+    assert isinstance(ev, FrameReplaced) and ev.seq == seq
+    assert s.unacked[seq] == ev.frame and len(ev.frame) <= s.max_frame
+    kept = p.decode(ev.frame, max_frame=s.max_frame)
+    assert isinstance(kept, p.Data) and kept.seq == seq
+    assert [r.step for r in kept.records] == list(range(len(kept.records)))  # type: ignore[union-attr]
+    # the records that did not fit with them are queued again, in order, after them
+    assert [r[5] for r in ev.later] == list(range(len(kept.records), 30))
+    (failure,) = ev.failures
+    assert failure.record is not None and failure.record.run_id == other
+    assert failure.message.startswith(f"run {other}: not stored: the daemon refused its frame")
+    assert "frame_too_large" in failure.message
+    # reported once, at a barrier of its run (or of all runs)
+    assert s.take_refused(RUN) == []
+    assert s.take_refused(other) == [failure]
+    assert s.take_refused() == []
+
+    # the replacement fills the seq: a barrier after it completes
+    pair.online = True
+    pair.send(ev.frame)
+    assert not s.unacked
+    pair.queue.extendleft(reversed(ev.later))
+    fut = pair.flush()
+    pair.pump()
+    assert isinstance(fut.result(0), p.Done)
+    assert sorted(steps(pair)) == list(range(30))
+
+
+def test_a_refused_frame_with_no_record_to_keep_becomes_an_empty_data_frame() -> None:
+    s = Session(CID, pid=1, host="h", version="t")
+    s.max_frame = 1024
+    frame = p.encode_data(CID, 1, [["p", RUN, "k", "v" * 2000]])
+    s.unacked[1] = frame
+    (ev,) = s.receive(p.ErrorReply(None, "frame_too_large", "too large"))
+    assert isinstance(ev, FrameReplaced)
+    assert p.decode(ev.frame) == p.Data(CID, 1, ())
+    assert ev.later == () and len(ev.failures) == 1
+    assert s.take_refused(RUN) == list(ev.failures)
 
 
 def test_journal_full_resends_the_unacked_frames_once_later() -> None:
