@@ -116,14 +116,12 @@ class Batch:
 
     @property
     def tags(self) -> list[Tag]:
-        """One tag per key: the value of the LAST record with that key (MLflow rejects duplicate
-        keys in one call). Keys are listed in order of first appearance. Every tag record,
-        superseded or not, is still in ``items``."""
-        by_key: dict[str, Tag] = {}
-        for r, _ in self.items:
-            if type(r) is Tag:
-                by_key[r.key] = r
-        return list(by_key.values())
+        """Every tag record, in arrival order, duplicate keys included: MLflow's ``log_batch``
+        applies its tags in order (``_set_tags``: the last value of a key wins, and each
+        ``mlflow.runName`` goes through ``set_tag``, where an empty name changes nothing), which
+        is exactly the result of the separate calls that logged them. Collapsing a key to its
+        last value would lose a rename followed by an empty name."""
+        return [r for r, _ in self.items if type(r) is Tag]
 
     def split(self) -> tuple[Batch, Batch]:
         """The first and second half of ``items`` (the first half is the smaller one when the

@@ -14,9 +14,11 @@ failing records):
   it never changes it).
 * params: ``_validate_param`` (truncation included), then insert-once: the same value again is
   a no-op, another value fails that record with ``_log_params``' message for one param.
-* tags: ``_validate_tag`` for every record; the last valid value of a key in an entry wins;
-  ``mlflow.runName`` with a non-empty value also sets ``runs.name`` (``update_run_info``), an
-  empty one changes nothing.
+* tags: ``_validate_tag`` for every record, then applied in arrival order, every value of a key
+  in turn (the last one that changes anything wins). ``mlflow.runName`` goes through
+  ``set_tag`` -> ``update_run_info`` in MLflow, for a ``set_tag`` call and for each such tag of
+  a ``log_batch`` call (``_set_tags``) alike: a non-empty value sets the tag and ``runs.name``,
+  an empty one changes nothing — so ``["renamed", ""]`` leaves ``renamed``.
 
 Validation messages carry the paths MLflow reports for a batch of one record (``params[0].key``),
 which is what the committer's bisection reports. :func:`run_failure` gives ``_get_run``'s and
@@ -140,7 +142,7 @@ class Decisions:
     def entry(self, run_id: str, records: Sequence[Record]) -> dict[int, Failure]:
         """Apply one entry of a live run; the failed records by index."""
         failures: dict[int, Failure] = {}
-        last_tag: dict[str, str] = {}  # key -> the last valid value of the entry
+        last_tag: dict[str, str] = {}  # key -> the last value of the entry that changes it
         ok_keys = self.metric_keys_ok
         metric_rows = self.metric_rows
         latest = self.latest
@@ -183,8 +185,6 @@ class Decisions:
                     failures[i] = problem
         for tag_key, tag_value in last_tag.items():
             if tag_key == RUN_NAME_TAG:
-                if not tag_value:  # update_run_info(run_name="") changes nothing
-                    continue
                 self.run_names[run_id] = tag_value
             self.tags[(run_id, tag_key)] = tag_value
         return failures
@@ -213,6 +213,8 @@ def _tag(rec: Record, last: dict[str, str]) -> Failure | None:
         tag = _validate_tag(rec.key, rec.value, path="tags[0]")  # type: ignore[no-untyped-call]
     except MlflowException as exc:
         return _mlflow_failure(exc)
+    if tag.key == RUN_NAME_TAG and not tag.value:
+        return None  # set_tag -> update_run_info(run_name=""): validated, changes nothing
     last[tag.key] = tag.value
     return None
 
