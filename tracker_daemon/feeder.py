@@ -5,7 +5,9 @@
     recover() (start)  ─► index the journal from its mark; spill from the first entry
     run(): spill_from ─► journal.read ─► deliver what is still outstanding, while the committer
            holds fewer than half the budget; reaching the journal head ends the spill
-    deliver(msg): data ─► checked record by record (bad ones fail at once) ─► committer.add
+    deliver(msg): data ─► checked record by record (bad ones fail at once) ─► committer.add;
+                  a unit (data.units) ─► one bad record fails the whole unit at once, reported
+                  once ─► else committer.add_unit, the unit kept whole
                   artifact ─► the artifact lane
 
 One path: a backlog over the budget and a restart's replay are both read from the journal.
@@ -23,7 +25,7 @@ from tracker_client import protocol as p
 from tracker_client.framing import HEADER
 from tracker_client.validation import record_problem
 
-from .batcher import Origin
+from .batcher import Origin, unit_failure
 from .clients import ClientInfo
 from .committer import Committer
 from .journal import SEGMENT_SUFFIX, Journal, Position
@@ -142,8 +144,19 @@ class Feeder:
             self._submit_artifact(origin, msg, replayed)
             return
         assert type(msg) is p.Data
+        if not msg.units:
+            self._records(origin, msg.records)
+            return
+        records, done = msg.records, 0
+        for first, count in msg.units:  # checked by the decoder: ascending, one run each
+            self._records(origin, records[done:first])
+            self._unit(origin, list(records[first : first + count]))
+            done = first + count
+        self._records(origin, records[done:])
+
+    def _records(self, origin: Origin, records: tuple[p.Record, ...]) -> None:
         good: list[p.Record] = []
-        for rec in msg.records:
+        for rec in records:
             problem = record_problem(rec)
             if problem is None:
                 good.append(rec)
@@ -152,8 +165,20 @@ class Feeder:
                 self.settlement.settle(origin, rec.run_id, rec, failure)
         if good:
             # every run the frame touches: a barrier of this client expedites exactly these
-            self._client(msg.client_id).runs.update({rec.run_id for rec in good})
+            self._client(origin.client_id).runs.update({rec.run_id for rec in good})
             self.committer.add(origin, good)
+
+    def _unit(self, origin: Origin, records: list[p.Record]) -> None:
+        """A unit is all-or-nothing: one bad record fails it whole, nothing of it committed."""
+        for i, rec in enumerate(records):
+            problem = record_problem(rec)
+            if problem is not None:
+                for s in unit_failure(origin, records, i, "INVALID_PARAMETER_VALUE", problem):
+                    rec = s.record
+                    self.settlement.settle(origin, rec.run_id, rec, s.failure, reported=s.reported)
+                return
+        self._client(origin.client_id).runs.add(records[0].run_id)
+        self.committer.add_unit(origin, records)
 
     async def run(self) -> None:
         """Deliver journaled-but-undelivered entries (replay, or a backlog over the memory

@@ -30,6 +30,7 @@ __all__ = [
     "Event",
     "JournalFull",
     "Refused",
+    "Rehello",
     "Session",
     "Welcomed",
 ]
@@ -87,7 +88,15 @@ class Welcomed:
     resend: tuple[bytes, ...]
 
 
-Event: TypeAlias = Accepted | Acked | Answered | Refused | JournalFull | Welcomed
+@dataclass(frozen=True, slots=True)
+class Rehello:
+    """The daemon refused a hello that announced features (a daemon older than them refuses the
+    field): send ``frame``, the same hello without them; the daemon then gets no feature."""
+
+    frame: bytes
+
+
+Event: TypeAlias = Accepted | Acked | Answered | Refused | JournalFull | Welcomed | Rehello
 
 
 class Session:
@@ -107,6 +116,12 @@ class Session:
         self.resend_req = -1  # the hello whose welcome triggers a resend
         self.resend_at = 0.0  # journal_full: when to resend the unacked frames (0: not armed)
         self.connected = False  # welcomed on the current connection
+        # Features (PROTOCOL.md 11.1): a hello announces p.FEATURES unless this connection's
+        # daemon refused that (then plain hellos until the next connection); ``features`` is
+        # what the last welcome announced (empty: an older daemon, send no feature's field).
+        self.plain_hello = False
+        self.hellos_with_features: dict[int, bool] = {}  # req -> resend, until answered
+        self.features: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------------- what to send
 
@@ -119,15 +134,22 @@ class Session:
         req = self.new_req()
         if resend:
             self.resend_req = req
-        return p.encode(self._hello(req))
+        if self.plain_hello:
+            return p.encode(self._hello(req))
+        if len(self.hellos_with_features) >= 64:  # unanswered ones of old connections
+            self.hellos_with_features.pop(next(iter(self.hellos_with_features)))
+        self.hellos_with_features[req] = resend
+        return p.encode(self._hello(req, features=p.FEATURES))
 
     def spool_hello(self) -> bytes:
         """The hello that opens a spool file (req 0: no reply is awaited)."""
         return p.encode(self._hello(0))
 
-    def _hello(self, req: int) -> p.Hello:
+    def _hello(self, req: int, *, features: tuple[str, ...] = ()) -> p.Hello:
         # the floor is what was acked, not our last seq: spooled frames may not be sent yet
-        return p.Hello(req, self.client_id, self.pid, self.host, self.version, self.acked_upto)
+        return p.Hello(
+            req, self.client_id, self.pid, self.host, self.version, self.acked_upto, features
+        )
 
     def placed(self, unit: Unit, *, in_flight: bool) -> None:
         """A unit was sent (``in_flight``) or written to the spool: its seq is used; a sent
@@ -218,6 +240,8 @@ class Session:
 
     def disconnected(self) -> None:
         self.connected = False
+        self.plain_hello = False  # the next connection may reach another daemon
+        self.features = frozenset()
 
     def abandon(self, future: Future[Any]) -> None:
         """Forget a request the caller gave up on (not resent, not spooled)."""
@@ -241,12 +265,18 @@ class Session:
         return Acked(upto)
 
     def _welcome(self, msg: p.Welcome) -> list[Event]:
+        self.hellos_with_features.pop(msg.req, None)
+        self.features = frozenset(msg.features)
         self._acked(msg.acked_seq)
         resend = tuple(self.in_send_order()) if msg.req == self.resend_req else ()
         self.connected = True
         return [Welcomed(msg, resend)]
 
     def _error(self, msg: p.ErrorReply, now: float) -> list[Event]:
+        refused_hello = self.hellos_with_features.pop(msg.req, None) if msg.req else None
+        if refused_hello is not None and msg.code == "bad_field":
+            self.plain_hello = True  # a daemon without features: say hello as before them
+            return [Rehello(self.hello(resend=refused_hello))]
         if msg.req is not None:
             self.accepted.discard(msg.req)
         entry = self.pending.pop(msg.req, None) if msg.req is not None else None
