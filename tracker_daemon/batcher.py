@@ -32,6 +32,16 @@ Params are write-once
     until :meth:`Batcher.forget_run`; the daemon calls :meth:`Batcher.release_run` when the run
     ends, which forgets it once nothing of it is buffered.
 
+Units
+    :meth:`Batcher.add_unit` buffers the records of one *unit* (one ``tracker://`` ``log_batch``
+    call, PROTOCOL.md 5.2: all-or-nothing). A unit is never split and never merged: it becomes
+    one :class:`Batch` of its own (``unit`` True), handed out after every record of its run that
+    arrived before it and before any that arrived after it. Params of a unit: if a key is known
+    with another value the whole unit settles at once as failed — one reported failure, with
+    MLflow's message listing every changed key, the other records settled unreported; a key
+    known with the same value is settled as a no-op and left out of the unit; a unit with
+    duplicate param keys is buffered untouched (the sink refuses it with MLflow's message).
+
 When a run is due
     A run with buffered records is *due* when ``now >= oldest_arrival + max_age`` (its oldest
     buffered record has waited ``max_age``), when it holds enough to fill a batch (metrics >=
@@ -63,7 +73,7 @@ from typing import Final, TypeAlias
 
 from tracker_client.protocol import Failure, Metric, Param, Record, Tag
 
-__all__ = ["Batch", "Batcher", "Origin", "Settled"]
+__all__ = ["Batch", "Batcher", "Origin", "Settled", "unit_failure"]
 
 INVALID_PARAMETER_VALUE: Final = "INVALID_PARAMETER_VALUE"
 _MAX_SHOWN: Final = 100  # characters of a param value quoted in an error message
@@ -89,6 +99,7 @@ class Settled:
     origin: Origin
     record: Record
     failure: Failure | None
+    reported: bool = True  # False: another record of a failed unit (reported once, not here)
 
 
 _Item: TypeAlias = tuple[Record, Origin]
@@ -105,6 +116,7 @@ class Batch:
 
     run_id: str
     items: list[_Item]
+    unit: bool = False  # the records of one unit: one log_batch call, all-or-nothing
 
     @property
     def metrics(self) -> list[Metric]:
@@ -116,14 +128,12 @@ class Batch:
 
     @property
     def tags(self) -> list[Tag]:
-        """One tag per key: the value of the LAST record with that key (MLflow rejects duplicate
-        keys in one call). Keys are listed in order of first appearance. Every tag record,
-        superseded or not, is still in ``items``."""
-        by_key: dict[str, Tag] = {}
-        for r, _ in self.items:
-            if type(r) is Tag:
-                by_key[r.key] = r
-        return list(by_key.values())
+        """Every tag record, in arrival order, duplicate keys included: MLflow's ``log_batch``
+        applies its tags in order (``_set_tags``: the last value of a key wins, and each
+        ``mlflow.runName`` goes through ``set_tag``, where an empty name changes nothing), which
+        is exactly the result of the separate calls that logged them. Collapsing a key to its
+        last value would lose a rename followed by an empty name."""
+        return [r for r, _ in self.items if type(r) is Tag]
 
     def split(self) -> tuple[Batch, Batch]:
         """The first and second half of ``items`` (the first half is the smaller one when the
@@ -131,6 +141,8 @@ class Batch:
         n = len(self.items)
         if n < 2:
             raise ValueError(f"cannot split a batch of {n} record(s)")
+        if self.unit:
+            raise ValueError("a unit is committed or fails as one: it is never split")
         mid = n // 2
         return Batch(self.run_id, self.items[:mid]), Batch(self.run_id, self.items[mid:])
 
@@ -194,6 +206,16 @@ class _Lane:
         return out
 
 
+@dataclass(slots=True)
+class _PendingUnit:
+    """A buffered unit: its records, when it arrived, and where each lane ended then (absolute
+    positions: the lane records before them arrived before the unit)."""
+
+    items: list[_Item]
+    arrival: float
+    marks: tuple[int, int, int]  # metrics, params, tags
+
+
 class _Run:
     """Everything the batcher knows about one run."""
 
@@ -207,6 +229,8 @@ class _Run:
         "run_id",
         "tags",
         "token",
+        "unit_records",
+        "units",
     )
 
     def __init__(self, run_id: str) -> None:
@@ -219,16 +243,50 @@ class _Run:
         self.expedited = False
         self.oldest = 0.0  # arrival time of the oldest buffered record (when active)
         self.token = -1  # serial of this run's live heap entry; -1 when not in the heap
+        self.units: deque[_PendingUnit] = deque()
+        self.unit_records = 0  # records in ``units``
 
     def oldest_arrival(self) -> float:
-        return min(lane.chunks[0][1] for lane in (self.metrics, self.params, self.tags) if lane)
+        times = [lane.chunks[0][1] for lane in (self.metrics, self.params, self.tags) if lane]
+        if self.units:
+            times.append(self.units[0].arrival)
+        return min(times)
 
     def buffered(self) -> int:
-        return len(self.metrics) + len(self.params) + len(self.tags)
+        return len(self.metrics) + len(self.params) + len(self.tags) + self.unit_records
+
+    def holds(self) -> bool:
+        return bool(self.metrics or self.params or self.tags or self.units)
+
+    def marks(self) -> tuple[int, int, int]:
+        return tuple(  # type: ignore[return-value]
+            lane.base + len(lane.buf) for lane in (self.metrics, self.params, self.tags)
+        )
 
 
 def _shown(value: str) -> str:
     return value if len(value) <= _MAX_SHOWN else value[: _MAX_SHOWN - 3] + "..."
+
+
+def _unit_conflict(run_id: str, changed: list[tuple[Param, str]]) -> str:
+    """MLflow's ``_log_params`` message for the params of one call that change stored ones."""
+    listed = [{"key": r.key, "old_value": old, "new_value": r.value} for r, old in changed]
+    return (
+        "Changing param values is not allowed. Params were already"
+        f" logged='{listed}' for run ID='{run_id}'."
+    )
+
+
+def unit_failure(
+    origin: Origin, records: list[Record], index: int, code: str, message: str
+) -> list[Settled]:
+    """Every record of a failed unit settled: ``records[index]`` with the reported failure, the
+    others with the same error, unreported (the unit is reported once)."""
+    out = []
+    for i, rec in enumerate(records):
+        text = message if i == index else f"not stored: its log_batch call failed: {message}"
+        out.append(Settled(origin, rec, Failure(rec, code, text), reported=i == index))
+    return out
 
 
 def _conflict(rec: Param, old: str) -> Failure:
@@ -328,6 +386,42 @@ class Batcher:
                 self._activate(touched, added, now)
         return settled
 
+    def add_unit(self, origin: Origin, records: list[Record], now: float) -> list[Settled]:
+        """Buffer one unit (records of one run, from the DATA frame ``origin``; see "Units" in
+        the module docstring). Returns the records settled at once: all of them when a param
+        changes a known one, else the params already known with the same value."""
+        if not records:
+            return []
+        run_id = records[0].run_id
+        run = self._runs.get(run_id)
+        if run is None:
+            run = self._runs[run_id] = _Run(run_id)
+        params = [r for r in records if type(r) is Param]
+        settled: list[Settled] = []
+        if len({r.key for r in params}) == len(params):  # duplicates: the sink refuses them
+            changed = [
+                (r, old) for r in params if (old := run.known.get(r.key)) not in (None, r.value)
+            ]
+            if changed:
+                at = records.index(changed[0][0])
+                message = _unit_conflict(run_id, changed)
+                return unit_failure(origin, records, at, INVALID_PARAMETER_VALUE, message)
+            kept: list[Record] = []
+            for rec in records:
+                if type(rec) is Param:
+                    if rec.key in run.known:  # the same value: a no-op
+                        settled.append(Settled(origin, rec, None))
+                        continue
+                    run.known[rec.key] = rec.value
+                kept.append(rec)
+            records = kept
+        if not records:
+            return settled
+        run.units.append(_PendingUnit([(r, origin) for r in records], now, run.marks()))
+        run.unit_records += len(records)
+        self._activate([run], len(records), now)
+        return settled
+
     def seed_params(self, run_id: str, params: Mapping[str, str]) -> None:
         """Declare params already stored in MLflow for ``run_id`` (a resumed run). They count as
         known: re-logging one with the same value is a no-op, with another value a failure.
@@ -360,6 +454,8 @@ class Batcher:
         run.metrics = _Lane()
         run.params = _Lane()
         run.tags = _Lane()
+        run.units.clear()
+        run.unit_records = 0
 
     def release_run(self, run_id: str) -> bool:
         """Forget an ended run's param memory if nothing of it is buffered; True if forgotten.
@@ -427,7 +523,7 @@ class Batcher:
         self._pending += added
         for run in touched:
             if not run.active:
-                if not (run.metrics or run.params or run.tags):
+                if not run.holds():
                     continue  # only already-known params for this run
                 run.active = True
                 self._active += 1
@@ -444,7 +540,7 @@ class Batcher:
             m >= self._max_metrics
             or p >= self._max_params
             or t >= self._max_tags
-            or m + p + t >= self._max_entities
+            or m + p + t + run.unit_records >= self._max_entities
         )
 
     def _top(self) -> tuple[float, int, _Run] | None:
@@ -458,10 +554,22 @@ class Batcher:
 
     def _take(self, run: _Run) -> Batch:
         mp, pp, tp = run.metrics, run.params, run.tags
-        n_p = min(len(pp), self._max_params, self._max_entities)
-        n_t = min(len(tp), self._max_tags, self._max_entities - n_p)
-        n_m = min(len(mp), self._max_metrics, self._max_entities - n_p - n_t)
-        if n_p == 0 and n_t == 0:
+        before_m, before_p, before_t = len(mp), len(pp), len(tp)
+        unit: _PendingUnit | None = None
+        if run.units:  # only the records that arrived before the first unit, or the unit
+            marks = run.units[0].marks
+            before_m = min(before_m, marks[0] - mp.base - mp.head)
+            before_p = min(before_p, marks[1] - pp.base - pp.head)
+            before_t = min(before_t, marks[2] - tp.base - tp.head)
+            if before_m <= 0 and before_p <= 0 and before_t <= 0:
+                unit = run.units.popleft()
+                run.unit_records -= len(unit.items)
+        n_p = min(before_p, self._max_params, self._max_entities)
+        n_t = min(before_t, self._max_tags, self._max_entities - n_p)
+        n_m = min(before_m, self._max_metrics, self._max_entities - n_p - n_t)
+        if unit is not None:
+            items = unit.items
+        elif n_p == 0 and n_t == 0:
             items = mp.take(n_m, None)
         elif n_m == 0 and n_t == 0:
             items = pp.take(n_p, None)
@@ -478,7 +586,7 @@ class Batcher:
                 items += out[lo:hi]
         self._pending -= len(items)
         old_token = run.token
-        if mp or pp or tp:
+        if run.holds():
             run.oldest = run.oldest_arrival()
             self._serial += 1
             run.token = self._serial
@@ -499,7 +607,7 @@ class Batcher:
             run.token = -1
             self._active -= 1
             self._urgent.discard(run)
-        return Batch(run.run_id, items)
+        return Batch(run.run_id, items, unit is not None)
 
 
 def _age_order(run: _Run) -> tuple[float, int]:

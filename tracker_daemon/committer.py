@@ -16,6 +16,9 @@
       a batch holding a metric with a model_id (MLflow 3 logged-model metrics) always goes to
       MLflow's log_batch, in its place in the order of the run's batches
     expedite_client(client) ─► only the runs that client touched become due now (a barrier)
+    add_unit(origin, records) ─► one unit (a tracker:// log_batch call) is one batch: in one SQL
+      transaction, decided as a whole by the writer, or one MLflow log_batch call; it is never
+      bisected, and when it fails it is reported once (its other records settle unreported)
 
 Retries of transient errors happen inside ``backend.write`` (forever: a batch is never given up
 on while the backend is merely unavailable).
@@ -33,7 +36,7 @@ from typing import Any, Protocol
 from tracker_client import protocol as p
 
 from .backend import Backend
-from .batcher import Batch, Origin
+from .batcher import Batch, Origin, Settled, unit_failure
 from .errors import PermanentSinkError, RunGone, SinkError
 from .lanes import Lanes
 from .offline_ids import Waiting, is_offline
@@ -56,7 +59,13 @@ class Settles(Protocol):
     def committed(self, per_origin: Mapping[Origin, int]) -> None: ...
 
     def settle(
-        self, origin: Origin, run_id: str | None, record: p.Record | None, failure: p.Failure | None
+        self,
+        origin: Origin,
+        run_id: str | None,
+        record: p.Record | None,
+        failure: p.Failure | None,
+        *,
+        reported: bool = True,
     ) -> None: ...
 
 
@@ -103,9 +112,20 @@ class Committer:
     def add(self, origin: Origin, records: list[p.Record]) -> None:
         """Buffer valid records of one message; records settled at once (a param re-logged
         with its value) are settled; the lanes that got records are woken."""
-        for settled in self.lanes.add(origin, records, self._clock()):
-            rec = settled.record
-            self.settlement.settle(settled.origin, rec.run_id, rec, settled.failure)
+        self._settle_now(self.lanes.add(origin, records, self._clock()))
+        self._wake_for(records)
+
+    def add_unit(self, origin: Origin, records: list[p.Record]) -> None:
+        """Buffer one unit of a message (valid records of one run, all-or-nothing)."""
+        self._settle_now(self.lanes.add_unit(origin, records, self._clock()))
+        self._wake_for(records)
+
+    def _settle_now(self, settled: list[Settled]) -> None:
+        for s in settled:
+            rec = s.record
+            self.settlement.settle(s.origin, rec.run_id, rec, s.failure, reported=s.reported)
+
+    def _wake_for(self, records: list[p.Record]) -> None:
         if len(self.wakes) == 1:
             self.wakes[0].set()
             return
@@ -255,9 +275,12 @@ class Committer:
         if not entries:
             return
         started = self._clock()
+        units = frozenset(i for i, (_, b) in enumerate(entries) if b.unit)
         try:
             outcomes = await self.backend.write(
-                self.write_entries, [(run_id, [r for r, _ in b.items]) for run_id, b in entries]
+                self.write_entries,
+                [(run_id, [r for r, _ in b.items]) for run_id, b in entries],
+                units,
             )
         except PermanentSinkError as exc:  # refused as a whole (e.g. another writer's rows)
             self.backend.note_error(exc)
@@ -276,6 +299,9 @@ class Committer:
         for (_, batch), outcome in zip(entries, outcomes, strict=True):
             if outcome is None:
                 committed.update(origin for _, origin in batch.items)
+            elif batch.unit:  # UnitFailed, or RunFailed: the unit fails as one
+                index = getattr(outcome, "index", 0)
+                self._unit_failed(batch, index, PermanentSinkError(outcome.code, outcome.message))
             elif isinstance(outcome, dict):
                 for i, (record, origin) in enumerate(batch.items):
                     failed = outcome.get(i)
@@ -299,7 +325,9 @@ class Committer:
             )
         except PermanentSinkError as exc:
             self.backend.note_error(exc)
-            if len(batch) > 1 and not isinstance(exc, RunGone):
+            if batch.unit:  # one MLflow log_batch call refused: nothing of it was stored
+                self._unit_failed(batch, 0, exc)
+            elif len(batch) > 1 and not isinstance(exc, RunGone):
                 first, second = batch.split()  # isolate the bad record(s) by bisection
                 await self.commit(first)
                 await self.commit(second)
@@ -327,6 +355,15 @@ class Committer:
         else:  # Waiting again since it was taken (a new start_run for it arrived): park it
             self._park(batch, verdict)
         return None
+
+    def _unit_failed(self, batch: Batch, index: int, error: SinkError) -> None:
+        """A unit failed as one: ``batch.items[index]`` carries the reported failure."""
+        records = [r for r, _ in batch.items]
+        for record in records:
+            if isinstance(record, p.Param):
+                self.lanes.param_failed(record.run_id, record.key)
+        origin = batch.items[0][1]  # a unit comes from one message
+        self._settle_now(unit_failure(origin, records, index, error.code, error.message))
 
     def _failed(self, batch: Batch, error: SinkError) -> None:
         for record, origin in batch.items:

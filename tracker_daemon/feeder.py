@@ -6,7 +6,9 @@
     run(): spill_from ─► journal.read ─► deliver what is still outstanding, while the committer
            holds fewer than half the budget; reaching the journal head ends the spill
     deliver(msg): data ─► checked record by record (bad ones, and ones that did not decode, fail
-                  at once, alone) ─► committer.add
+                  at once, alone) ─► committer.add;
+                  a unit (data.units) ─► one bad (or undecodable) record fails the whole unit at
+                  once, reported once ─► else committer.add_unit, the unit kept whole
                   artifact ─► the artifact lane
 
 One path: a backlog over the budget and a restart's replay are both read from the journal.
@@ -24,7 +26,7 @@ from tracker_client import protocol as p
 from tracker_client.framing import HEADER
 from tracker_client.validation import record_problem
 
-from .batcher import Origin
+from .batcher import Origin, unit_failure
 from .clients import ClientInfo
 from .committer import Committer
 from .journal import SEGMENT_SUFFIX, Journal, Position
@@ -155,8 +157,19 @@ class Feeder:
             self._submit_artifact(origin, msg, replayed)
             return
         assert type(msg) is p.Data
+        if not msg.units:
+            self._records(origin, msg.records)
+            return
+        records, done = msg.records, 0
+        for first, count in msg.units:  # checked by the decoder: ascending, one run each
+            self._records(origin, records[done:first])
+            self._unit(origin, list(records[first : first + count]))
+            done = first + count
+        self._records(origin, records[done:])
+
+    def _records(self, origin: Origin, records: tuple[p.Record | p.Unreadable, ...]) -> None:
         good: list[p.Record] = []
-        for rec in msg.records:
+        for rec in records:
             if isinstance(rec, p.Unreadable):  # fails alone: the frame's other records go on
                 failure = p.Failure(None, "INVALID_PARAMETER_VALUE", _unreadable(rec))
                 self.settlement.settle(origin, rec.run_id, None, failure)
@@ -169,8 +182,31 @@ class Feeder:
                 self.settlement.settle(origin, rec.run_id, rec, failure)
         if good:
             # every run the frame touches: a barrier of this client expedites exactly these
-            self._client(msg.client_id).runs.update({rec.run_id for rec in good})
+            self._client(origin.client_id).runs.update({rec.run_id for rec in good})
             self.committer.add(origin, good)
+
+    def _unit(self, origin: Origin, records: list[p.Record | p.Unreadable]) -> None:
+        """A unit is all-or-nothing: one bad record (or one that did not decode) fails it whole,
+        reported once, nothing of it committed."""
+        for i, rec in enumerate(records):
+            problem = _unreadable(rec) if isinstance(rec, p.Unreadable) else record_problem(rec)
+            if problem is None:
+                continue
+            readable = [r for r in records if not isinstance(r, p.Unreadable)]
+            index = readable.index(rec) if not isinstance(rec, p.Unreadable) else -1
+            for s in unit_failure(origin, readable, index, "INVALID_PARAMETER_VALUE", problem):
+                self.settlement.settle(
+                    origin, s.record.run_id, s.record, s.failure, reported=s.reported
+                )
+            for j, other in enumerate(records):  # what did not decode fails with the unit
+                if isinstance(other, p.Unreadable):
+                    text = problem if j == i else _unreadable(other)
+                    failure = p.Failure(None, "INVALID_PARAMETER_VALUE", text)
+                    self.settlement.settle(origin, other.run_id, None, failure, reported=j == i)
+            return
+        good = [r for r in records if not isinstance(r, p.Unreadable)]
+        self._client(origin.client_id).runs.add(good[0].run_id)
+        self.committer.add_unit(origin, good)
 
     async def run(self) -> None:
         """Deliver journaled-but-undelivered entries (replay, or a backlog over the memory

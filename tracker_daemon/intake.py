@@ -147,6 +147,8 @@ class Intake:
             w.staging_dir,
             w.max_frame,
             w.spool_dir,
+            # only a client that announced features reads them (an older one refuses the field)
+            p.FEATURES if msg.features else (),
         )
 
     def _on_sequenced(

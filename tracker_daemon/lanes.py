@@ -55,6 +55,10 @@ class Lanes:
             settled += self.lanes[lane].add(origin, recs, now)
         return settled
 
+    def add_unit(self, origin: Origin, records: list[Record], now: float) -> list[Settled]:
+        """One unit (records of one run): see Batcher.add_unit."""
+        return self._for(records[0].run_id).add_unit(origin, records, now) if records else []
+
     def pop_ready(self, lane: int, now: float) -> Batch | None:
         return self.lanes[lane].pop_ready(now)
 

@@ -76,12 +76,21 @@ class Settlement:
             )
 
     def settle(
-        self, origin: Origin, run_id: str | None, record: p.Record | None, failure: p.Failure | None
+        self,
+        origin: Origin,
+        run_id: str | None,
+        record: p.Record | None,
+        failure: p.Failure | None,
+        *,
+        reported: bool = True,
     ) -> None:
-        """One record (or artifact: ``record`` None) of ``origin`` is committed or failed."""
+        """One record (or artifact: ``record`` None) of ``origin`` is committed or failed.
+        A failure not ``reported`` (another record of a failed unit: the unit is reported once)
+        is counted and dead-lettered, not kept for the client's barrier."""
         if failure is not None:
             self.counters.failed += 1
-            self.ledger.fail(origin.client_id, run_id, failure)
+            if reported:
+                self.ledger.fail(origin.client_id, run_id, failure)
             self.dead_letter(origin, run_id, failure)
         else:
             self.counters.committed += 1

@@ -187,12 +187,17 @@ class Sink:
         except Exception as exc:
             raise classify(exc) from exc
 
-    def write_entries(self, entries: Sequence[tuple[str, Sequence[p.Record]]]) -> list[Outcome]:
-        """The records of many runs in one transaction (see :class:`~.sqlwriter.SqlWriter`)."""
+    def write_entries(
+        self,
+        entries: Sequence[tuple[str, Sequence[p.Record]]],
+        units: frozenset[int] = frozenset(),
+    ) -> list[Outcome]:
+        """The records of many runs in one transaction (see :class:`~.sqlwriter.SqlWriter`);
+        the entries at the indexes ``units`` are units (all-or-nothing)."""
         if self.writer is None:
             raise RuntimeError("the SQL writer is not in use")
         try:
-            return self.writer.write(entries)
+            return self.writer.write(entries, units)
         except Exception as exc:
             raise classify(exc) from exc
 

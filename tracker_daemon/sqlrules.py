@@ -14,13 +14,22 @@ failing records):
   it never changes it).
 * params: ``_validate_param`` (truncation included), then insert-once: the same value again is
   a no-op, another value fails that record with ``_log_params``' message for one param.
-* tags: ``_validate_tag`` for every record; the last valid value of a key in an entry wins;
-  ``mlflow.runName`` with a non-empty value also sets ``runs.name`` (``update_run_info``), an
-  empty one changes nothing.
+* tags: ``_validate_tag`` for every record, then applied in arrival order, every value of a key
+  in turn (the last one that changes anything wins). ``mlflow.runName`` goes through
+  ``set_tag`` -> ``update_run_info`` in MLflow, for a ``set_tag`` call and for each such tag of
+  a ``log_batch`` call (``_set_tags``) alike: a non-empty value sets the tag and ``runs.name``,
+  an empty one changes nothing — so ``["renamed", ""]`` leaves ``renamed``.
 
 Validation messages carry the paths MLflow reports for a batch of one record (``params[0].key``),
-which is what the committer's bisection reports. :func:`run_failure` gives ``_get_run``'s and
-``_check_run_is_active``'s errors.
+which is what the committer's bisection reports.
+
+A *unit* (the records of one ``tracker://`` ``log_batch`` call, PROTOCOL.md 5.2) is decided as
+MLflow's ``log_batch`` decides one call, all-or-nothing: :func:`unit_problem` makes its checks
+before the run is looked at (each record's validation with its path in the call, the batch
+limits, duplicate param keys — MLflow's own functions), :meth:`Decisions.unit` the changed-param
+check against the params stored and decided so far (``_log_params``' message, listing every
+changed key); a unit that fails leaves no trace in the decisions (:class:`UnitFailed`).
+:func:`run_failure` gives ``_get_run``'s and ``_check_run_is_active``'s errors.
 """
 
 from __future__ import annotations
@@ -32,15 +41,27 @@ from typing import Any, Final, TypeAlias
 
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import (
+    _validate_batch_log_limits,
     _validate_metric,
     _validate_param,
+    _validate_param_keys_unique,
     _validate_run_id,
     _validate_tag,
 )
 
-from tracker_client.protocol import Metric, Param, Record
+from tracker_client.protocol import Metric, Param, Record, Tag
 
-__all__ = ["Decisions", "Failure", "Key", "Outcome", "RunFailed", "bad_run_id", "run_failure"]
+__all__ = [
+    "Decisions",
+    "Failure",
+    "Key",
+    "Outcome",
+    "RunFailed",
+    "UnitFailed",
+    "bad_run_id",
+    "run_failure",
+    "unit_problem",
+]
 
 RUN_NAME_TAG: Final = "mlflow.runName"
 _MAX_FLOAT: Final = 1.7976931348623157e308
@@ -57,9 +78,20 @@ class RunFailed:
     message: str
 
 
-Outcome: TypeAlias = RunFailed | dict[int, tuple[str, str]] | None
-"""None: every record committed; RunFailed: none did; a dict: index into the entry's records ->
-(code, message) of each record that failed (the others committed)."""
+@dataclass(frozen=True, slots=True)
+class UnitFailed:
+    """A unit failed as one and nothing of it was written: ``index`` is the record (into the
+    entry's records) MLflow's error is about; ``code`` and ``message`` are MLflow's."""
+
+    index: int
+    code: str
+    message: str
+
+
+Outcome: TypeAlias = RunFailed | UnitFailed | dict[int, tuple[str, str]] | None
+"""None: every record committed; RunFailed: none did; UnitFailed: none of a unit did; a dict:
+index into the entry's records -> (code, message) of each record that failed (the others
+committed)."""
 
 Failure: TypeAlias = tuple[str, str]
 Key: TypeAlias = tuple[str, str]  # (run_uuid, key)
@@ -109,6 +141,53 @@ def run_failure(
     return {i: invalid.get(i, (failed.code, failed.message)) for i in range(len(records))}
 
 
+def unit_problem(records: Sequence[Record], keys_ok: set[str]) -> UnitFailed | None:
+    """The checks MLflow's ``log_batch`` makes on one call before it looks at the run, in its
+    order, with its messages: every metric, then param, then tag (path ``metrics[i]`` etc., ``i``
+    counting that kind in the call), the batch limits, duplicate param keys. A metric of a name
+    MLflow already accepted (``keys_ok``) with plainly valid values skips the validator, as in
+    :meth:`Decisions.entry`."""
+    metrics = [(i, r) for i, r in enumerate(records) if type(r) is Metric]
+    params = [(i, r) for i, r in enumerate(records) if type(r) is Param]
+    tags = [(i, r) for i, r in enumerate(records) if type(r) is Tag]
+    checks: list[tuple[int, Any, tuple[Any, ...], str]] = [
+        *(
+            (i, _validate_metric, (r.key, r.value, r.timestamp, r.step), f"metrics[{n}]")
+            for n, (i, r) in enumerate(metrics)
+            if not (
+                r.key in keys_ok
+                and type(r.value) is float
+                and type(r.timestamp) is int
+                and r.timestamp >= 0
+                and type(r.step) is int
+            )
+        ),
+        *(
+            (i, _validate_param, (r.key, r.value), f"params[{n}]")
+            for n, (i, r) in enumerate(params)
+        ),
+        *((i, _validate_tag, (r.key, r.value), f"tags[{n}]") for n, (i, r) in enumerate(tags)),
+    ]
+    at = 0
+    try:
+        for at, check, args, path in checks:  # noqa: B007 (``at`` names the failing record)
+            check(*args, path=path)
+            if check is _validate_metric:
+                _remember(keys_ok, args[0])
+        at = 0
+        _validate_batch_log_limits(metrics, params, tags)  # type: ignore[no-untyped-call]
+        seen: set[str] = set()
+        for i, prm in params:
+            if prm.key in seen:
+                at = i
+                break
+            seen.add(prm.key)
+        _validate_param_keys_unique([prm for _, prm in params])  # type: ignore[no-untyped-call]
+    except MlflowException as exc:
+        return UnitFailed(at, *_mlflow_failure(exc))
+    return None
+
+
 class Decisions:
     """What one transaction read and decided: the state its records are applied to, in order."""
 
@@ -140,7 +219,7 @@ class Decisions:
     def entry(self, run_id: str, records: Sequence[Record]) -> dict[int, Failure]:
         """Apply one entry of a live run; the failed records by index."""
         failures: dict[int, Failure] = {}
-        last_tag: dict[str, str] = {}  # key -> the last valid value of the entry
+        last_tag: dict[str, str] = {}  # key -> the last value of the entry that changes it
         ok_keys = self.metric_keys_ok
         metric_rows = self.metric_rows
         latest = self.latest
@@ -183,11 +262,35 @@ class Decisions:
                     failures[i] = problem
         for tag_key, tag_value in last_tag.items():
             if tag_key == RUN_NAME_TAG:
-                if not tag_value:  # update_run_info(run_name="") changes nothing
-                    continue
                 self.run_names[run_id] = tag_value
             self.tags[(run_id, tag_key)] = tag_value
         return failures
+
+    def unit(self, run_id: str, records: Sequence[Record]) -> UnitFailed | None:
+        """Apply one unit of a live run (it passed :func:`unit_problem`) all-or-nothing:
+        ``_log_params``' changed-param check first, for every param of the unit."""
+        changed: list[dict[str, str]] = []
+        first = 0
+        for i, rec in enumerate(records):
+            if type(rec) is Param:
+                _, key, value = _param_problem(rec)
+                old = self.params.get((run_id, key))
+                if old is not None and old != value:
+                    if not changed:
+                        first = i
+                    changed.append({"key": key, "old_value": old, "new_value": value})
+        if changed:
+            return UnitFailed(
+                first,
+                "INVALID_PARAMETER_VALUE",
+                "Changing param values is not allowed. Params were already"
+                f" logged='{changed}' for run ID='{run_id}'.",
+            )
+        failures = self.entry(run_id, records)
+        if failures:  # not expected after unit_problem; reported, though written
+            i = min(failures)
+            return UnitFailed(i, *failures[i])
+        return None
 
     def _param(self, run_id: str, rec: Param) -> Failure | None:
         problem, key, value = _param_problem(rec)
@@ -213,6 +316,8 @@ def _tag(rec: Record, last: dict[str, str]) -> Failure | None:
         tag = _validate_tag(rec.key, rec.value, path="tags[0]")  # type: ignore[no-untyped-call]
     except MlflowException as exc:
         return _mlflow_failure(exc)
+    if tag.key == RUN_NAME_TAG and not tag.value:
+        return None  # set_tag -> update_run_info(run_name=""): validated, changes nothing
     last[tag.key] = tag.value
     return None
 
@@ -222,10 +327,15 @@ def _metric_problem(rec: Metric, keys_ok: set[str]) -> Failure | None:
         _validate_metric(rec.key, rec.value, rec.timestamp, rec.step, path="metrics[0]")  # type: ignore[no-untyped-call]
     except MlflowException as exc:
         return _mlflow_failure(exc)
+    _remember(keys_ok, rec.key)
+    return None
+
+
+def _remember(keys_ok: set[str], key: str) -> None:
+    """A metric name MLflow's rules accepted (the cache is bounded)."""
     if len(keys_ok) >= _MAX_CACHED_KEYS:
         keys_ok.clear()
-    keys_ok.add(rec.key)
-    return None
+    keys_ok.add(key)
 
 
 def _param_problem(rec: Param) -> tuple[Failure | None, str, str]:

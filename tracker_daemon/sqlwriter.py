@@ -43,10 +43,18 @@ from mlflow.store.tracking.dbmodels.models import (
 
 from tracker_client.protocol import Metric, Record, Tag
 
-from .sqlrules import Decisions, Outcome, RunFailed, bad_run_id, run_failure
+from .sqlrules import (
+    Decisions,
+    Outcome,
+    RunFailed,
+    UnitFailed,
+    bad_run_id,
+    run_failure,
+    unit_problem,
+)
 from .sqlschema import schema_problem
 
-__all__ = ["Outcome", "RunFailed", "SqlWriter", "schema_problem"]
+__all__ = ["Outcome", "RunFailed", "SqlWriter", "UnitFailed", "schema_problem"]
 
 _IN_CHUNK: Final = 500  # keys per IN (...) list, like MLflow's batches of 500
 
@@ -151,10 +159,16 @@ class SqlWriter:
 
     # ------------------------------------------------------------------ the transaction
 
-    def write(self, entries: Sequence[tuple[str, Sequence[Record]]]) -> list[Outcome]:
+    def write(
+        self,
+        entries: Sequence[tuple[str, Sequence[Record]]],
+        units: frozenset[int] = frozenset(),
+    ) -> list[Outcome]:
         """Commit every entry in ONE transaction, applied in list order; one Outcome per entry.
-        Uses the entry's run id, never ``record.run_id``. Raises ValueError for a Metric with a
-        ``model_id`` (before touching the database); database errors propagate."""
+        The entries whose index is in ``units`` are units: each is decided as one MLflow
+        ``log_batch`` call, all-or-nothing (sqlrules.py). Uses the entry's run id, never
+        ``record.run_id``. Raises ValueError for a Metric with a ``model_id`` (before touching
+        the database); database errors propagate."""
         outcomes: list[Outcome] = [None] * len(entries)
         run_ids: dict[str, None] = {}
         for n, (run_id, records) in enumerate(entries):
@@ -164,6 +178,9 @@ class SqlWriter:
                         f"metric {rec.key!r} has a model_id: route it to MLflow's log_batch"
                     )
             outcomes[n] = bad_run_id(run_id)
+            if outcomes[n] is None and n in units:
+                # checked before the run, as MLflow does
+                outcomes[n] = unit_problem(records, self._metric_keys_ok)
             if outcomes[n] is None:
                 run_ids[run_id] = None
         if not run_ids:
@@ -177,7 +194,7 @@ class SqlWriter:
                 # (An engine whose "begin" event already emits BEGIN is left to it.)
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
-                self._apply(conn, entries, list(run_ids), outcomes)
+                self._apply(conn, entries, list(run_ids), outcomes, units)
                 conn.commit()
             except BaseException:
                 conn.rollback()
@@ -190,6 +207,7 @@ class SqlWriter:
         entries: Sequence[tuple[str, Sequence[Record]]],
         run_ids: list[str],
         outcomes: list[Outcome],
+        units: frozenset[int],
     ) -> None:
         stages = {
             str(r): str(s) for r, s in conn.execute(self._select_runs, {"ids": run_ids}).all()
@@ -201,7 +219,8 @@ class SqlWriter:
         for n, (run_id, records) in enumerate(entries):
             if outcomes[n] is not None:
                 continue
-            outcomes[n] = run_failure(run_id, stages.get(run_id), records, self._metric_keys_ok)
+            checked = () if n in units else records  # a unit's records passed unit_problem
+            outcomes[n] = run_failure(run_id, stages.get(run_id), checked, self._metric_keys_ok)
             if outcomes[n] is None:
                 live[run_id] = None
                 for rec in records:
@@ -218,6 +237,9 @@ class SqlWriter:
         self._read(conn, tx, list(live), has_params, sorted(metric_keys), sorted(tag_keys))
         for n, (run_id, records) in enumerate(entries):
             if outcomes[n] is None:
+                if n in units:
+                    outcomes[n] = tx.unit(run_id, records)
+                    continue
                 failures = tx.entry(run_id, records)
                 outcomes[n] = failures or None
         self._flush(conn, tx)

@@ -186,6 +186,25 @@ def _forward_all(cls: type, base: type, target: str, local: frozenset[str]) -> N
         setattr(cls, name, _forwarder(target, name, inspect.signature(member)))
 
 
+def _checked_batch(
+    run_id: str, metrics: Sequence[Any], params: Sequence[Any], tags: Sequence[Any]
+) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any]]:
+    """The checks MLflow's ``SqlAlchemyStore.log_batch`` makes before it touches the database,
+    MLflow's own functions (its exceptions, its truncation of long values)."""
+    from mlflow.utils.validation import (
+        _validate_batch_log_data,
+        _validate_batch_log_limits,
+        _validate_param_keys_unique,
+        _validate_run_id,
+    )
+
+    _validate_run_id(run_id)  # type: ignore[no-untyped-call]
+    metrics, params, tags = _validate_batch_log_data(metrics, params, tags)  # type: ignore[no-untyped-call]
+    _validate_batch_log_limits(metrics, params, tags)  # type: ignore[no-untyped-call]
+    _validate_param_keys_unique(params)  # type: ignore[no-untyped-call]
+    return metrics, params, tags
+
+
 def _invalid(message: str) -> MlflowException:
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -298,13 +317,25 @@ class TrackerStore(_TrackingBase):  # type: ignore[misc, unused-ignore]
     def log_batch(
         self, run_id: str, metrics: Sequence[Any], params: Sequence[Any], tags: Sequence[Any]
     ) -> None:
-        # every element is checked before any is sent
+        """One unit, as MLflow's ``log_batch``: MLflow's own checks of the call raise here,
+        before anything is sent; what only the store decides (a changed param) fails the whole
+        unit in the daemon, which stores none of it (reported at the next blocking call)."""
+        metrics, params, tags = _checked_batch(run_id, metrics, params, tags)
         records = [param_wire(run_id, x) for x in params]
-        records += [metric_wire(run_id, x) for x in metrics]
+        records += [metric_wire(run_id, x) for x in metrics]  # int64 columns: MLflow's DB fails
         records += [tag_wire(run_id, x) for x in tags]
-        put = self._tracker._transport.put
-        for record in records:
-            put(record)
+        transport = self._tracker._transport
+        if len(records) < 2:
+            for record in records:
+                transport.put(record)
+            return
+        if not transport.welcomed.is_set():
+            # units go only to a daemon that announced them: know which one this is first
+            try:
+                transport.wait_welcome(CONNECT_TIMEOUT)
+            except DaemonUnavailable as exc:
+                raise _mlflow_error("TEMPORARILY_UNAVAILABLE", str(exc)) from None
+        transport.put_unit(records)
 
     def log_metric(self, run_id: str, metric: Any) -> None:
         self._tracker._transport.put(metric_wire(run_id, metric))

@@ -11,7 +11,11 @@ next barrier). Control items (requests, artifacts) are never dropped.
 
 :class:`FrameMaker` takes items off the front of the queue only to frame them: a run of records
 becomes one ``data`` frame of at most ``max_records`` records and ``max_bytes`` bytes; a control
-item (a request or a sequenced message such as an artifact) becomes its own frame. The caller then
+item (a request or a sequenced message such as an artifact) becomes its own frame. A
+:class:`UnitRecords` item (the records of one MLflow ``log_batch`` call) is never split across
+frames: for a daemon that announced ``units`` its records go into one frame as one entry of
+``data.units`` (committed all-or-nothing); otherwise — an older daemon, or a unit larger than a
+frame — they go as independent records, as before units existed. The caller then
 places the frame (sends it, or writes it to the spool) and either keeps it — only then does the
 frame's seq count as used — or calls :meth:`FrameMaker.give_back`, which puts the items back at
 the front of the queue in their order. A frame is encoded with the seq the caller passes as
@@ -41,6 +45,7 @@ __all__ = [
     "MakeMessage",
     "Outbox",
     "Unit",
+    "UnitRecords",
     "records_in",
 ]
 
@@ -78,6 +83,15 @@ class Call:
         self.sequenced = sequenced
 
 
+class UnitRecords:
+    """A queue item: records (wire form, one run) that commit all-or-nothing."""
+
+    __slots__ = ("records",)
+
+    def __init__(self, records: list[list[Any]]) -> None:
+        self.records = records
+
+
 @dataclass(frozen=True, slots=True)
 class Unit:
     """One frame made from the queue. ``seq``: for a data frame or a sequenced control item, the
@@ -88,6 +102,7 @@ class Unit:
     call: Control | None
     seq: int
     req: int = 0
+    items: list[Any] | None = None  # a data frame's queue items (records and UnitRecords)
 
     @property
     def sequenced(self) -> bool:
@@ -111,19 +126,33 @@ class FrameMaker:
         self.client_id = client_id
         self.max_records = max_records
         self.max_bytes = max_bytes
+        self.units = False  # the daemon announced "units" (set from its welcome)
 
     def take(self, next_seq: int, new_req: Callable[[], int]) -> Unit | None:
         """The next frame from the front of the queue, or None when the queue is empty. A request
         whose caller gave up (its future is cancelled) is dropped from the queue, not framed."""
         q = self.queue
-        recs: list[list[Any]] = []
-        while q and len(recs) < self.max_records:
+        recs: list[Any] = []  # queue items: records and UnitRecords
+        n = 0  # records in them
+        while q and n < self.max_records:
             try:
                 item = q.popleft()
             except IndexError:  # a producer dropped the last item meanwhile (drop-oldest)
                 break
             if type(item) is list:
                 recs.append(item)
+                n += 1
+                continue
+            if type(item) is UnitRecords:
+                size = len(item.records)
+                if not self.units or size < 2:  # plain records (an older daemon)
+                    q.extendleft(reversed(item.records))
+                elif n and n + size > self.max_records:
+                    q.appendleft(item)  # whole, in the next frame
+                    break
+                else:
+                    recs.append(item)
+                    n += size
                 continue
             if recs:  # the records before a control item go first, in their own frame
                 q.appendleft(item)
@@ -137,27 +166,45 @@ class FrameMaker:
             return Unit(p.encode(item.make(req, next_seq - 1)), [], item, next_seq - 1, req)
         if not recs:
             return None
-        return self._data(recs, next_seq)
+        unit = self._data(recs, next_seq)
+        if unit is None:  # a unit larger than a frame went back as independent records
+            return self.take(next_seq, new_req)
+        return unit
 
     def give_back(self, unit: Unit) -> None:
         """Put a unit's items back at the front of the queue (give back the last unit first)."""
         if unit.call is not None:
             self.queue.appendleft(unit.call)
         else:
-            self.queue.extendleft(reversed(unit.records))
+            self.queue.extendleft(reversed(unit.records if unit.items is None else unit.items))
 
-    def _data(self, recs: list[list[Any]], seq: int) -> Unit:
+    def _data(self, items: list[Any], seq: int) -> Unit | None:
         cid = self.client_id()
-        frame = p.encode_data(cid, seq, recs)
-        n = len(recs)
-        while len(frame) > self.max_bytes and n > 1:
-            # shrink in proportion (with a margin), then halve until it fits
-            n = max(1, min(n // 2 + n % 2, n * self.max_bytes * 9 // (10 * len(frame))))
-            frame = p.encode_data(cid, seq, recs[:n])
-        if n < len(recs):  # the rest goes back to the front, for the next frame
-            self.queue.extendleft(reversed(recs[n:]))
-            recs = recs[:n]
-        return Unit(frame, recs, None, seq)
+        k = len(items)
+        frame, recs = self._encode(cid, seq, items)
+        while len(frame) > self.max_bytes and k > 1:
+            # shrink in proportion (with a margin), then halve until it fits; whole items only
+            k = max(1, min(k // 2 + k % 2, k * self.max_bytes * 9 // (10 * len(frame))))
+            frame, recs = self._encode(cid, seq, items[:k])
+        if k < len(items):  # the rest goes back to the front, for the next frame
+            self.queue.extendleft(reversed(items[k:]))
+            items = items[:k]
+        if len(frame) > self.max_bytes and type(items[0]) is UnitRecords:
+            self.queue.extendleft(reversed(items[0].records))  # cannot go as one unit
+            return None
+        return Unit(frame, recs, None, seq, items=items)
+
+    @staticmethod
+    def _encode(cid: str, seq: int, items: list[Any]) -> tuple[bytes, list[list[Any]]]:
+        recs: list[list[Any]] = []
+        units: list[list[int]] = []
+        for item in items:
+            if type(item) is list:
+                recs.append(item)
+            else:
+                units.append([len(recs), len(item.records)])
+                recs.extend(item.records)
+        return p.encode_data(cid, seq, recs, units), recs
 
 
 def records_in(frame: bytes) -> int:
@@ -233,6 +280,15 @@ class Outbox:
         and must not wait for a spill that never comes."""
         return self.policy == "spool" and len(self.queue) >= self.max_buffer
 
+    def put_unit(self, records: list[list[Any]]) -> None:
+        """Queue records of one run that commit all-or-nothing (counts as one item)."""
+        q = self.queue
+        if len(q) >= self.max_buffer:
+            self._overflow()
+        q.append(UnitRecords(records))
+        if self.idle:
+            self._wake()
+
     def put_control(self, item: Control) -> None:
         """Queue a request or a sequenced control message (never dropped, never waits)."""
         self.queue.append(item)
@@ -298,6 +354,9 @@ class Outbox:
                     item = q.popleft()
                 except IndexError:
                     break
+                if type(item) is UnitRecords:  # dropped whole
+                    n += len(item.records)
+                    continue
                 if type(item) is not list:  # never drop a control request
                     q.appendleft(item)
                     break

@@ -36,7 +36,10 @@ from .bounds import (
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_RECORDS",
+    "FEATURES",
+    "FEATURE_UNITS",
     "OPTIONAL_FIELDS",
+    "SENT_WHEN_SET",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Accepted",
@@ -79,6 +82,11 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = frozenset({1})
 DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+
+# Features (PROTOCOL.md 11.1): what this implementation understands beyond version 1 as first
+# published. A peer sends a feature's fields only to a peer that announced the feature.
+FEATURE_UNITS: Final = "units"  # data.units: records committed all-or-nothing (section 5.2)
+FEATURES: Final = (FEATURE_UNITS,)
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -252,6 +260,7 @@ class Hello:
     host: str
     version: str
     acked_floor: int = 0  # every seq <= this was acked by a daemon before (resume after restart)
+    features: tuple[str, ...] = ()  # what the client understands (sent only when not empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +268,9 @@ class Data:
     client_id: str
     seq: int
     records: tuple[Record | Unreadable, ...]  # an Unreadable only in a decoded frame
+    # (first, count) of each unit: records of one run committed all-or-nothing, as one MLflow
+    # log_batch call; ascending, not overlapping. Sent only to a daemon announcing "units".
+    units: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +355,7 @@ class Welcome:
     staging_dir: str
     max_frame: int
     spool_dir: str = ""
+    features: tuple[str, ...] = ()  # what the daemon understands; only to a hello with features
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +442,8 @@ _RULES: Final[dict[str, str]] = {
     "dict[str, str]": "tags",
     "tuple[Record | Unreadable, ...]": "records",
     "tuple[Failure, ...]": "failures",
+    "tuple[str, ...]": "strs",
+    "tuple[tuple[int, int], ...]": "units",
 }
 
 
@@ -447,7 +462,18 @@ _SCHEMA: Final[dict[type[Any], dict[str, str]]] = {cls: _schema_of(cls) for cls 
 # sends them, a decoder takes a missing one as its default (so older spools still import).
 OPTIONAL_FIELDS: Final[dict[type[Any], frozenset[str]]] = {
     StartRun: frozenset({"experiment_tags", "artifact_location", "resume"}),
+    Hello: frozenset({"features"}),
+    Welcome: frozenset({"features"}),
+    Data: frozenset({"units"}),
 }
+# Fields of a feature (PROTOCOL.md 11.1): an encoder leaves them out when empty, so a peer that
+# did not announce the feature never sees them; a decoder takes a missing one as empty.
+SENT_WHEN_SET: Final[dict[type[Any], frozenset[str]]] = {
+    Hello: frozenset({"features"}),
+    Welcome: frozenset({"features"}),
+    Data: frozenset({"units"}),
+}
+_MAX_FEATURES: Final = 64
 
 
 def _tname(v: object) -> str:
@@ -489,11 +515,34 @@ def _check(rule: str, v: object, where: str) -> object:
         if not isinstance(v, list):
             raise ProtocolError("bad_field", f"{where}: expected an array, got {_tname(v)}")
         return _decode_records(v, where)
+    if base in ("failures", "strs", "units"):
+        return _check_array(base, v, where)
+    raise AssertionError(rule)  # pragma: no cover - schema typo
+
+
+def _check_array(base: str, v: object, where: str) -> object:
+    """Failures, and the fields of features (section 11.1): ``hello/welcome.features``,
+    ``data.units``."""
     if base == "failures":
         if not isinstance(v, list):
             raise ProtocolError("bad_field", f"{where}: expected an array, got {_tname(v)}")
         return tuple(_decode_failure(item, f"{where}[{i}]") for i, item in enumerate(v))
-    raise AssertionError(rule)  # pragma: no cover - schema typo
+    if base == "strs":
+        if not isinstance(v, list) or len(v) > _MAX_FEATURES:
+            raise ProtocolError(
+                "bad_field", f"{where}: expected an array of at most {_MAX_FEATURES} strings"
+            )
+        for i, item in enumerate(v):
+            _need_str(item, f"{where}[{i}]")
+        return tuple(v)
+    if not isinstance(v, list):
+        raise ProtocolError("bad_field", f"{where}: expected an array, got {_tname(v)}")
+    out = []
+    for i, item in enumerate(v):
+        if not (isinstance(item, list) and len(item) == 2 and all(map(_is_int, item))):
+            raise ProtocolError("bad_field", f"{where}[{i}]: expected [first, count] (ints)")
+        out.append((item[0], item[1]))
+    return tuple(out)
 
 
 def _decode_records(items: list[Any], where: str) -> tuple[Record | Unreadable, ...]:
@@ -546,9 +595,14 @@ def _decode_failure(item: object, where: str) -> Failure:
 
 def _to_wire(kind_cls: type[Any], msg: Any) -> dict[str, Any]:
     body: dict[str, Any] = {}
+    when_set = SENT_WHEN_SET.get(kind_cls, frozenset())
     for name, rule in _SCHEMA[kind_cls].items():
         v = getattr(msg, name)
-        if rule == "records":
+        if name in when_set:
+            if not v:
+                continue
+            v = [list(x) for x in v] if rule == "units" else list(v)
+        elif rule == "records":
             v = [_record_out(r) for r in v]
         elif rule == "failures":
             v = [
@@ -572,9 +626,17 @@ def encode(msg: Message) -> bytes:
     return msgpack.packb([PROTOCOL_VERSION, _KIND_OF[cls], body], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def encode_data(client_id: str, seq: int, wire_records: list[list[Any]]) -> bytes:
-    """Fast path for the client: records already in wire form (see :func:`record_to_wire`)."""
-    body = {"client_id": client_id, "seq": seq, "records": wire_records}
+def encode_data(
+    client_id: str,
+    seq: int,
+    wire_records: list[list[Any]],
+    units: list[list[int]] | None = None,
+) -> bytes:
+    """Fast path for the client: records already in wire form (see :func:`record_to_wire`);
+    ``units`` ([first, count] each) only for a daemon that announced them."""
+    body: dict[str, Any] = {"client_id": client_id, "seq": seq, "records": wire_records}
+    if units:
+        body["units"] = units
     return msgpack.packb([PROTOCOL_VERSION, "data", body], use_bin_type=True)  # type: ignore[no-any-return]
 
 
@@ -686,4 +748,28 @@ def _decode_envelope(obj: object) -> Message:
         for name, rule in schema.items()
         if name in body
     }
+    if cls is Data and values.get("units"):
+        _check_units(values["units"], values["records"])  # type: ignore[arg-type]
     return cls(**values)  # type: ignore[no-any-return]
+
+
+def _check_units(
+    units: tuple[tuple[int, int], ...], records: tuple[Record | Unreadable, ...]
+) -> None:
+    """Units are ascending, do not overlap, lie within the records and hold one run each (an
+    Unreadable record does not count: it fails its whole unit, in the daemon)."""
+    end = 0
+    for i, (first, count) in enumerate(units):
+        where = f"data.units[{i}]"
+        if count < 1 or first < end or first + count > len(records):
+            raise ProtocolError(
+                "bad_field",
+                f"{where}: [{first}, {count}] must hold at least one record, start at or after "
+                f"the previous unit's end ({end}) and end within the {len(records)} records",
+            )
+        runs = {r.run_id for r in records[first : first + count] if not isinstance(r, Unreadable)}
+        if len(runs) > 1:
+            raise ProtocolError(
+                "bad_field", f"{where}: every record of a unit must have the same run_id"
+            )
+        end = first + count

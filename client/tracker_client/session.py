@@ -43,6 +43,7 @@ __all__ = [
     "FrameReplaced",
     "JournalFull",
     "Refused",
+    "Rehello",
     "Session",
     "Welcomed",
 ]
@@ -126,7 +127,17 @@ class FrameReplaced:
     failures: tuple[p.Failure, ...]
 
 
-Event: TypeAlias = Accepted | Acked | Answered | Refused | JournalFull | Welcomed | FrameReplaced
+@dataclass(frozen=True, slots=True)
+class Rehello:
+    """The daemon refused a hello that announced features (a daemon older than them refuses the
+    field): send ``frame``, the same hello without them; the daemon then gets no feature."""
+
+    frame: bytes
+
+
+Event: TypeAlias = (
+    Accepted | Acked | Answered | Refused | JournalFull | Welcomed | FrameReplaced | Rehello
+)
 
 
 class Session:
@@ -151,6 +162,12 @@ class Session:
         # appended by the I/O thread, taken by the thread that waits for a barrier
         self._refused: list[tuple[str | None, p.Failure]] = []
         self._refused_lock = threading.Lock()
+        # Features (PROTOCOL.md 11.1): a hello announces p.FEATURES unless this connection's
+        # daemon refused that (then plain hellos until the next connection); ``features`` is
+        # what the last welcome announced (empty: an older daemon, send no feature's field).
+        self.plain_hello = False
+        self.hellos_with_features: dict[int, bool] = {}  # req -> resend, until answered
+        self.features: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------------- what to send
 
@@ -163,15 +180,22 @@ class Session:
         req = self.new_req()
         if resend:
             self.resend_req = req
-        return p.encode(self._hello(req))
+        if self.plain_hello:
+            return p.encode(self._hello(req))
+        if len(self.hellos_with_features) >= 64:  # unanswered ones of old connections
+            self.hellos_with_features.pop(next(iter(self.hellos_with_features)))
+        self.hellos_with_features[req] = resend
+        return p.encode(self._hello(req, features=p.FEATURES))
 
     def spool_hello(self) -> bytes:
         """The hello that opens a spool file (req 0: no reply is awaited)."""
         return p.encode(self._hello(0))
 
-    def _hello(self, req: int) -> p.Hello:
+    def _hello(self, req: int, *, features: tuple[str, ...] = ()) -> p.Hello:
         # the floor is what was acked, not our last seq: spooled frames may not be sent yet
-        return p.Hello(req, self.client_id, self.pid, self.host, self.version, self.acked_upto)
+        return p.Hello(
+            req, self.client_id, self.pid, self.host, self.version, self.acked_upto, features
+        )
 
     def placed(self, unit: Unit, *, in_flight: bool) -> None:
         """A unit was sent (``in_flight``) or written to the spool: its seq is used; a sent
@@ -262,6 +286,8 @@ class Session:
 
     def disconnected(self) -> None:
         self.connected = False
+        self.plain_hello = False  # the next connection may reach another daemon
+        self.features = frozenset()
 
     def take_refused(self, run_id: str | None = None) -> list[p.Failure]:
         """Records left out of refused frames, not reported yet: all, or those of ``run_id``
@@ -315,12 +341,18 @@ class Session:
         return Acked(upto)
 
     def _welcome(self, msg: p.Welcome) -> list[Event]:
+        self.hellos_with_features.pop(msg.req, None)
+        self.features = frozenset(msg.features)
         self._acked(msg.acked_seq)
         resend = tuple(self.in_send_order()) if msg.req == self.resend_req else ()
         self.connected = True
         return [Welcomed(msg, resend)]
 
     def _error(self, msg: p.ErrorReply, now: float) -> list[Event]:
+        refused_hello = self.hellos_with_features.pop(msg.req, None) if msg.req else None
+        if refused_hello is not None and msg.code == "bad_field":
+            self.plain_hello = True  # a daemon without features: say hello as before them
+            return [Rehello(self.hello(resend=refused_hello))]
         if msg.req is not None:
             self.accepted.discard(msg.req)
         entry = self.pending.pop(msg.req, None) if msg.req is not None else None

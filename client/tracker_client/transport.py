@@ -41,7 +41,16 @@ from .address import no_answer
 from .curve import apply_curve, curve_from_env, curve_hint
 from .errors import DaemonError, DaemonUnavailable
 from .outbox import POLICIES, RECORDS_PER_FRAME, Call, FrameMaker, MakeMessage, Outbox
-from .session import Accepted, Answered, FrameReplaced, JournalFull, Refused, Session, Welcomed
+from .session import (
+    Accepted,
+    Answered,
+    FrameReplaced,
+    JournalFull,
+    Refused,
+    Rehello,
+    Session,
+    Welcomed,
+)
 from .spill import Spiller
 
 __all__ = ["POLICIES", "Request", "Transport"]
@@ -153,6 +162,12 @@ class Transport:
         fut = Request()
         self.outbox.put_control(Call(make, fut, sequenced=False))
         return fut
+
+    def put_unit(self, records: list[list[Any]]) -> None:
+        """Queue records (wire form, one run) that commit all-or-nothing, as one MLflow
+        ``log_batch`` call: one ``data.units`` entry for a daemon that announced units, else
+        (an older daemon) records like any others."""
+        self.outbox.put_unit(records)
 
     def send_sequenced(self, make: MakeMessage) -> None:
         """Queue a sequenced message (kept until acked, like DATA) without waiting."""
@@ -348,6 +363,7 @@ class Transport:
         event = recv_monitor_message(monitor)
         if event["event"] == zmq.EVENT_DISCONNECTED:
             self.session.disconnected()
+            self.outbox.maker.units = False  # until a welcome says this daemon takes units
         elif event["event"] == zmq.EVENT_CONNECTED:
             connections += 1
             if connections > 1:
@@ -410,6 +426,8 @@ class Transport:
                         event.future.accepted.set()
                 elif isinstance(event, Welcomed):
                     self._welcomed(sock, event)
+                elif isinstance(event, Rehello):
+                    _send(sock, event.frame)
                 elif isinstance(event, Refused):
                     if event.future is not None:
                         event.future.set_exception(DaemonError(event.code, event.message))
@@ -443,6 +461,7 @@ class Transport:
         self.spiller.use_dir(welcome.spool_dir)
         self.max_frame = min(self.max_frame, welcome.max_frame)
         self.outbox.maker.max_bytes = self.session.max_frame = self.max_frame
+        self.outbox.maker.units = p.FEATURE_UNITS in welcome.features
         for frame in event.resend:
             _send(sock, frame)
         self.welcomed.set()

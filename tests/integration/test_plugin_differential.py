@@ -53,8 +53,6 @@ OPS = REPO / "tests" / "plugin_ops.py"
 # (remove a family when its fix lands; TRACKER_DIFF_FAMILIES=all runs them too).
 PENDING_FAMILIES = frozenset(
     {
-        "run_name_sequences",  # item 2: ["renamed", ""] in one batch leaves the old name
-        "batch_atomicity",  # item 3: tracker:// log_batch stores its valid elements
     }
 )
 # Tags the daemon adds by design: none for runs created through tracker:// (create_run is a

@@ -227,8 +227,8 @@ async def test_the_batches_of_many_runs_commit_in_one_transaction() -> None:
 
     def answer(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         assert fn is write_entries
-        (entries,) = args
-        assert [run for run, _ in entries] == ["a", "b", "c"]
+        entries, units = args
+        assert [run for run, _ in entries] == ["a", "b", "c"] and units == frozenset()
         # a: all committed; b: its second record failed; c: the run is gone
         return [None, {1: ("INVALID_PARAMETER_VALUE", "b's param")}, RunFailed("X", "c is gone")]
 

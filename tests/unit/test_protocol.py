@@ -88,6 +88,34 @@ EXPECTED: dict[str, Message] = {
     "hello_reconnect": Hello(
         req=8, client_id=CID, pid=4242, host="gpu-node-01", version="0.1.0", acked_floor=12
     ),
+    "hello_features": Hello(
+        req=1,
+        client_id=CID,
+        pid=4242,
+        host="gpu-node-01",
+        version="0.1.0",
+        acked_floor=0,
+        features=("units",),
+    ),
+    "welcome_features": Welcome(
+        req=1,
+        daemon_version="0.1.0",
+        acked_seq=0,
+        staging_dir=STAGING,
+        max_frame=4194304,
+        spool_dir=SPOOL,
+        features=("units",),
+    ),
+    "data_units": Data(
+        client_id=CID,
+        seq=5,
+        records=(
+            Param(RUN, "lr", "0.01"),
+            Metric(RUN, "loss", 0.25, 1700000003000, 3),
+            Tag(RUN, "phase", "warmup"),
+        ),
+        units=((0, 3),),
+    ),
     "welcome": Welcome(
         req=1,
         daemon_version="0.1.0",
@@ -336,7 +364,7 @@ DATA_FRAME = encode(EXPECTED["data"])
 
 
 def test_spec_contains_every_vector() -> None:
-    assert len(VALID_VECTORS) == len(EXPECTED) == 27
+    assert len(VALID_VECTORS) == len(EXPECTED) == 30
     assert set(VALID_VECTORS) == set(EXPECTED)
     assert len(INVALID_VECTORS) == 8
     assert {type(m) for m in EXPECTED.values()} == ALL_CLASSES  # all 16 kinds
@@ -492,7 +520,8 @@ def test_round_trip_nan_metric() -> None:
 )
 def test_encode_data_matches_encode(msg: Data) -> None:
     wire = [record_to_wire(r) for r in msg.records]
-    assert encode_data(msg.client_id, msg.seq, wire) == encode(msg)
+    units = [list(u) for u in msg.units]
+    assert encode_data(msg.client_id, msg.seq, wire, units) == encode(msg)
 
 
 def test_record_to_wire_shapes() -> None:
