@@ -386,19 +386,30 @@ class Daemon:
         gc.collect()
         gc.freeze()
         cfg = self.cfg
-        log.info(
-            "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d durability=%s",
-            __version__,
-            redact_uri(cfg.backend_uri),
-            cfg.artifact_root,
-            cfg.bind_address,
-            os.getpid(),
-            cfg.durability,
-        )
-        log.info(
-            "event=hint view_runs=%r",
-            mlflow_ui_command(redact_uri(cfg.backend_uri)),
-        )
+        if self.until_idle:  # it serves no client: say what it does instead
+            log.info(
+                "event=draining version=%s backend=%s journal_records=%d pid=%d "
+                "note=committing_the_journal_and_spools_then_exiting",
+                __version__,
+                redact_uri(cfg.backend_uri),
+                self.counters.replayed,
+                os.getpid(),
+            )
+        else:
+            log.info(
+                "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d "
+                "durability=%s",
+                __version__,
+                redact_uri(cfg.backend_uri),
+                cfg.artifact_root,
+                cfg.bind_address,
+                os.getpid(),
+                cfg.durability,
+            )
+            log.info(
+                "event=hint view_runs=%r",
+                mlflow_ui_command(redact_uri(cfg.backend_uri)),
+            )
         try:
             if cfg.metrics_address and not self.until_idle:
                 self._start_metrics()
@@ -419,9 +430,10 @@ class Daemon:
                 with contextlib.suppress(OSError):  # the private tempdir of its socket
                     Path(self.address[len("ipc://") :]).parent.rmdir()
             self.lock.release()
-            log.info(
-                "event=stopped received=%d committed=%d failed=%d left_in_journal=%d",
+            log.info(  # replayed: from the journal at start; received: from clients since
+                "event=stopped received=%d replayed=%d committed=%d failed=%d left_in_journal=%d",
                 self.counters.received,
+                self.counters.replayed,
                 self.counters.committed,
                 self.counters.failed,
                 self.journal.outstanding,
