@@ -13,10 +13,12 @@ setup: $(STAMP)
 # Installs the committed lock (constraints.txt: every package of the tree at an exact version,
 # pip and setuptools included; the pyprojects keep ranges), so the same commit installs the same
 # versions next month. Re-installs only when a pyproject or the lock changes, so a second
-# `make setup` takes well under a second. Quiet by design: errors, then one summary line.
+# `make setup` takes well under a second. Quiet by design: one line saying what it installs
+# (so a first run does not look hung), errors, then one summary line.
 LOCK        := constraints.txt
 PIP_INSTALL := PIP_ROOT_USER_ACTION=ignore $(BIN)/python -m pip install -q -q --disable-pip-version-check
 $(STAMP): pyproject.toml client/pyproject.toml client/tracker_client/VERSION $(LOCK)
+	@echo "installing the locked dependencies ($(LOCK)) into $(VENV) (first time: a minute or two)..."
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(PIP_INSTALL) -c $(LOCK) pip setuptools wheel
 	@$(PIP_INSTALL) -c $(LOCK) --no-build-isolation -e ./client -e '.[test,postgres]'

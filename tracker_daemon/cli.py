@@ -1,8 +1,8 @@
 """``tracker-daemon`` command line: ``run``, ``status``, ``check-config``, ``import``, ``keygen``.
 
 The only module that exits the process. Exit codes: 0 ok, 1 unhealthy/failed (``status``: the
-daemon is unreachable or unhealthy), 2 bad usage or configuration, 3 another daemon already owns
-the state dir or socket (or the metrics port).
+daemon is unreachable or unhealthy), 2 bad usage or configuration (also a SQLite store that can
+never open), 3 another daemon already owns the state dir or socket (or the tcp or metrics port).
 
 Logs go to stderr, one line per event, as key=value pairs (see :class:`KeyValueFormatter`).
 """

@@ -69,7 +69,7 @@ from .progress import Progress, to_log
 from .request_slots import RequestSlots
 from .run_service import RunService
 from .runs import RunBook
-from .server import CurveSetup, Server
+from .server import CurveSetup, Server, check_tcp_free
 from .settlement import Settlement
 from .sink import Sink
 from .spool_imports import SpoolImports, acting_uid
@@ -97,7 +97,11 @@ class Daemon:
             public, secret = load_server_curve(cfg)
             self.curve = CurveSetup(public, secret, Path(cfg.curve_allowed_clients_dir))
         self.sink = Sink(
-            cfg.backend_uri, cfg.artifact_root, mode=cfg.sink, sqlite_wal=cfg.sqlite_wal
+            cfg.backend_uri,
+            cfg.artifact_root,
+            mode=cfg.sink,
+            sqlite_wal=cfg.sqlite_wal,
+            make_parents=not cfg.backend_store_uri,  # only the default store's tree is made
         )
         self.calls: StoreCalls | None = None  # created once MLflow is loaded
         self.address = _import_address(state) if until_idle else cfg.bind_address
@@ -328,6 +332,7 @@ class Daemon:
 
     def prepare(self) -> None:
         """Everything before serving: lock, directories, journal replay, backend, socket."""
+        self._refuse_early()
         self.lock.acquire()
         for shared in (self.staging_dir, self.spool_dir):
             # group members (clients) write here; setgid keeps the group on what they create
@@ -364,6 +369,21 @@ class Daemon:
         )
         self.server.bind()
 
+    def _refuse_early(self) -> None:
+        """What would refuse the start later, found before the journal or the store is made: a
+        busy address or metrics port (AlreadyRunning), a store that can never open
+        (ConfigError). A daemon on this state dir is named by the lock instead."""
+        if self.cfg.state_path.is_dir():
+            self.lock.acquire()
+        self.server.check_free()
+        if self.cfg.metrics_address and not self.until_idle:
+            host, port = metrics_host_port(self.cfg)
+            shown = f"[{host}]" if ":" in host else host
+            check_tcp_free(
+                host, port, f"metrics_address {shown}:{port}", "stop it or choose another port"
+            )
+        self.sink.check()
+
     async def run(self) -> None:
         await anyio.to_thread.run_sync(self.prepare)
         # MLflow and SQLAlchemy leave ~1M long-lived objects; move them out of the collector's
@@ -371,19 +391,30 @@ class Daemon:
         gc.collect()
         gc.freeze()
         cfg = self.cfg
-        log.info(
-            "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d durability=%s",
-            __version__,
-            redact_uri(cfg.backend_uri),
-            cfg.artifact_root,
-            cfg.bind_address,
-            os.getpid(),
-            cfg.durability,
-        )
-        log.info(
-            "event=hint view_runs=%r",
-            mlflow_ui_command(redact_uri(cfg.backend_uri)),
-        )
+        if self.until_idle:  # it serves no client: say what it does instead
+            log.info(
+                "event=draining version=%s backend=%s journal_records=%d pid=%d "
+                "note=committing_the_journal_and_spools_then_exiting",
+                __version__,
+                redact_uri(cfg.backend_uri),
+                self.counters.replayed,
+                os.getpid(),
+            )
+        else:
+            log.info(
+                "event=ready version=%s backend=%s artifact_root=%s address=%s pid=%d "
+                "durability=%s",
+                __version__,
+                redact_uri(cfg.backend_uri),
+                cfg.artifact_root,
+                cfg.bind_address,
+                os.getpid(),
+                cfg.durability,
+            )
+            log.info(
+                "event=hint view_runs=%r",
+                mlflow_ui_command(redact_uri(cfg.backend_uri)),
+            )
         try:
             if cfg.metrics_address and not self.until_idle:
                 self._start_metrics()
@@ -404,9 +435,10 @@ class Daemon:
                 with contextlib.suppress(OSError):  # the private tempdir of its socket
                     Path(self.address[len("ipc://") :]).parent.rmdir()
             self.lock.release()
-            log.info(
-                "event=stopped received=%d committed=%d failed=%d left_in_journal=%d",
+            log.info(  # replayed: from the journal at start; received: from clients since
+                "event=stopped received=%d replayed=%d committed=%d failed=%d left_in_journal=%d",
                 self.counters.received,
+                self.counters.replayed,
                 self.counters.committed,
                 self.counters.failed,
                 self.journal.outstanding,

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import logging
 import os
 import socket
@@ -61,7 +62,7 @@ from .clients import Peer, peer_from
 from .errors import AlreadyRunning
 from .throttle import LogThrottle, RateBudget
 
-__all__ = ["CurveSetup", "Dispatch", "Server"]
+__all__ = ["CurveSetup", "Dispatch", "Server", "check_tcp_free"]
 
 log = logging.getLogger("tracker_daemon.server")
 
@@ -78,6 +79,7 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 PEER_CACHE = 65_536  # peers remembered by routing identity (the oldest is dropped beyond)
 REPLY_QUEUE = 1000  # messages queued for one peer (SNDHWM); a peer that lets it fill is dropped
 DROPPED = "peer_dropped"  # the log code of a peer dropped for not reading its replies
+ADDRESS_FIX = "stop that process first, or give this daemon another --address"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,17 @@ class Server:
         """The ``limit_rejections`` the server counts (frames refused before decoding)."""
         return {"max_frame_bytes": self.rejected_by_code["frame_too_large"]}
 
+    def check_free(self) -> None:
+        """Raise AlreadyRunning now if the address is taken, before the daemon makes any file
+        (:meth:`bind` checks again)."""
+        path = ipc_path(self.address)
+        if path is not None:
+            _refuse_live_socket(path)
+            return
+        host, _, port = self.address.removeprefix("tcp://").rpartition(":")
+        if self.address.startswith("tcp://") and port.isdigit():
+            check_tcp_free(host.strip("[]"), int(port), self.address, ADDRESS_FIX)
+
     def bind(self) -> None:
         _return_large_buffers_to_os()
         path = ipc_path(self.address)
@@ -216,7 +229,7 @@ class Server:
             self._stop_auth()
             if exc.errno == zmq.EADDRINUSE:
                 raise AlreadyRunning(
-                    f"{self.address} is already in use by another process"
+                    f"{self.address} is already in use by another process; {ADDRESS_FIX}"
                 ) from None
             raise
         if path is not None:
@@ -422,10 +435,17 @@ def _prepare_ipc_path(path: Path) -> None:
         pass  # an existing directory (e.g. systemd's RuntimeDirectory=, /tmp) keeps its mode
     else:
         os.chmod(path.parent, 0o770)
+    if not _refuse_live_socket(path):
+        path.unlink(missing_ok=True)  # stale socket of a daemon that is gone
+
+
+def _refuse_live_socket(path: Path) -> bool:
+    """Raise AlreadyRunning if another daemon answers on ``path`` (or it is no socket); returns
+    whether a (stale) socket file is there."""
     try:
         st = path.lstat()
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return False
     if not stat.S_ISSOCK(st.st_mode):
         raise AlreadyRunning(f"{path} exists and is not a socket; refusing to replace it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -433,8 +453,7 @@ def _prepare_ipc_path(path: Path) -> None:
         probe.settimeout(1.0)
         probe.connect(str(path))
     except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)  # stale socket of a daemon that is gone
-        return
+        return True
     except OSError:
         pass
     finally:
@@ -443,3 +462,30 @@ def _prepare_ipc_path(path: Path) -> None:
         f"another tracker-daemon is listening on {path}; stop it first "
         "(or give this one another --address and --state-dir)"
     )
+
+
+def check_tcp_free(host: str, port: int, what: str, fix: str) -> None:
+    """Raise AlreadyRunning naming ``what`` (the setting and its value) and ``fix`` if another
+    process holds ``host:port``. A test bind with SO_REUSEADDR, as ZeroMQ and http.server bind;
+    an address this cannot resolve (an interface name) or an ephemeral port is left to the bind."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            "0.0.0.0" if host in ("*", "") else host,  # ZeroMQ binds "*" on IPv4
+            port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
+        )
+    except (OSError, UnicodeError):
+        return
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AlreadyRunning(
+                    f"{what} is already in use by another process; {fix}"
+                ) from None

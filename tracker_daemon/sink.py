@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tracker_client import protocol as p
 
 from .errors import ConfigError, PermanentSinkError, RetryableSinkError, RunGone, SinkError
+from .store_check import check_sqlite_store
 
 if TYPE_CHECKING:
     from .sqlwriter import Outcome, SqlWriter
@@ -83,8 +84,10 @@ class Sink:
         *,
         mode: str = "auto",
         sqlite_wal: bool = True,
+        make_parents: bool = True,
     ) -> None:
         self.backend_uri = backend_uri
+        self.make_parents = make_parents  # False: an explicit store path (store_check)
         self.artifact_root = artifact_root
         self.mode = mode
         self.sqlite_wal = sqlite_wal
@@ -93,13 +96,15 @@ class Sink:
         self._store: Any = None
         self._lock = threading.Lock()
 
+    def check(self) -> None:
+        """Raise ConfigError naming the path and the cause if the store can never be opened
+        (a SQLite file: see :mod:`~tracker_daemon.store_check`); other faults are retried."""
+        check_sqlite_store(self.backend_uri, make_parents=self.make_parents)
+
     def open(self) -> None:
         """Create the store (and, for SQLite, the database and its schema). Blocking, slow once."""
+        self.check()
         try:
-            if self.backend_uri.startswith("sqlite:///"):
-                Path(self.backend_uri[len("sqlite:///") :]).parent.mkdir(
-                    parents=True, exist_ok=True
-                )
             if "://" not in self.artifact_root:
                 Path(self.artifact_root).mkdir(parents=True, exist_ok=True)
             from mlflow.tracking._tracking_service.utils import _get_store

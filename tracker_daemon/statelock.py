@@ -20,7 +20,9 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise AlreadyRunning naming the holder's pid."""
+        """Take the lock or raise AlreadyRunning naming the holder's pid (held: a no-op)."""
+        if self._fd is not None:
+            return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:

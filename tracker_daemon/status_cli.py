@@ -39,7 +39,17 @@ class Refresh:
 
 def query(address: str | None, timeout: float) -> Refresh:
     import tracker_client
+    from tracker_client.address import client_default_address
 
+    address = address or client_default_address()
+    missing = _no_socket(address)
+    if missing:  # nothing can answer: say so now instead of after the timeout
+        doc = {
+            "reachable": False,
+            "healthy": False,
+            "unhealthy_reasons": [f"unreachable: {missing}"],
+        }
+        return Refresh(doc, missing)
     try:
         status: dict[str, Any] = tracker_client.query_status(address, timeout=timeout)
     except tracker_client.TrackerError as exc:
@@ -49,6 +59,29 @@ def query(address: str | None, timeout: float) -> Refresh:
     status.setdefault("healthy", True)  # an older daemon without the health rule
     status["reachable"] = True
     return Refresh(status, "")
+
+
+def _no_socket(address: str) -> str:
+    """Why no daemon can answer on an ipc ``address`` (its socket is missing or closed to this
+    user), or "" when one may."""
+    from tracker_client.address import access_problem, ipc_path
+
+    path = ipc_path(address)
+    if path is None:
+        return ""
+    problem = access_problem(path)
+    if problem is not None:
+        return f"cannot reach tracker-daemon at {address}: {problem}"
+    try:
+        if path.exists():
+            return ""
+    except OSError:
+        return ""
+    return (
+        f"no tracker-daemon at {address}: the socket {path} does not exist. Is the daemon "
+        "running? Start it with `tracker-daemon run`, or pass --address (or set "
+        "TRACKER_DAEMON_ADDRESS) if it listens elsewhere"
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

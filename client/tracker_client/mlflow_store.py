@@ -71,16 +71,33 @@ _trackers: dict[str, Tracker] = {}
 _lock = threading.Lock()
 _looked_up_missing: dict[str, float] = {}  # experiment name -> when a lookup found nothing
 _RACE_WINDOW_S = 60.0
+_uris: dict[str, str] = {}  # address -> the tracking URI that named it first (for messages)
 
 
 def _tracker(store_uri: str) -> Tracker:
     address = address_of(store_uri)
+    _uris.setdefault(address, store_uri)
     with _lock:
         tracker = _trackers.get(address)
         if tracker is None:
             # Reads and blocking writes must not go "offline": fail clearly instead.
             tracker = _trackers[address] = Tracker(address, offline=False)
         return tracker
+
+
+def _for_uri(message: str, uri: str) -> str:
+    """A no-answer message in the plugin's terms: its address comes from the tracking URI (only
+    a bare ``tracker://`` reads ``$TRACKER_DAEMON_ADDRESS``)."""
+    if uri.rstrip("/") in ("tracker:", ""):
+        return message.replace(
+            " or set TRACKER_DAEMON_ADDRESS",
+            " or set TRACKER_DAEMON_ADDRESS (the tracking URI tracker:// uses it)",
+        )
+    return message.replace(
+        " or set TRACKER_DAEMON_ADDRESS",
+        f" or point the tracking URI {uri} at the daemon's socket (tracker:///PATH/TO.sock or "
+        "tracker+tcp://HOST:PORT)",
+    )
 
 
 def _call(
@@ -103,7 +120,8 @@ def _call(
     except DaemonError as exc:
         raise _mlflow_error(exc.code, exc.message) from None
     except DaemonUnavailable as exc:
-        raise _mlflow_error("TEMPORARILY_UNAVAILABLE", str(exc)) from None
+        message = _for_uri(str(exc), _uris.get(transport.address, ""))
+        raise _mlflow_error("TEMPORARILY_UNAVAILABLE", message) from None
     assert isinstance(reply, p.Result)
     failures = [*reply.failures, *transport.take_refused()]
     if failures:

@@ -33,6 +33,10 @@ def test_until_idle_commits_the_journal_of_a_killed_daemon_and_exits(tmp_path: P
     )
     assert drained.returncode == 0, drained.stderr
     assert "event=idle" in drained.stderr
+    # it served no client: no "ready" nor the UI hint, but what it does; records counted by origin
+    assert "event=ready" not in drained.stderr and "event=hint" not in drained.stderr
+    assert "event=draining " in drained.stderr and "journal_records=3000" in drained.stderr
+    assert "event=stopped received=0 replayed=3000 committed=3000 failed=0" in drained.stderr
     assert not Path(d.address[len("ipc://") :]).exists()  # it never listened
     client = MlflowClient(tracking_uri=d.backend_uri)
     assert sorted(m.step for m in client.get_metric_history(run.run_id, "loss")) == list(

@@ -460,6 +460,9 @@ def test_no_daemon_fails_fast_and_leaves_nothing_to_replay(tmp_path: Path) -> No
     assert proc.returncode == 1
     assert "MlflowException" in proc.stderr and "within 2 s" in proc.stderr, proc.stderr
     assert "does not exist" in proc.stderr  # names the missing socket
+    # the plugin's address comes from its URI, not from $TRACKER_DAEMON_ADDRESS: it says so
+    assert f"point the tracking URI tracker://{tmp_path}/nobody.sock at the daemon" in proc.stderr
+    assert "TRACKER_DAEMON_ADDRESS" not in proc.stderr, proc.stderr
     # the failed call is not kept for a later replay
     assert not spool.exists() or list(spool.iterdir()) == []
 

@@ -242,14 +242,28 @@ def test_unhealthy_while_the_journal_is_full_and_the_backend_stalls(tmp_path: Pa
 
 @pytest.mark.timeout(60)
 def test_status_of_an_unreachable_daemon_exits_1(tmp_path: Path) -> None:
-    address = f"ipc://{tmp_path}/nobody.sock"
-    code, out = cli_status(address, "--timeout", "0.5")
+    from tests.support.net import free_port
+
+    # (a missing ipc socket is said at once: the next test; a tcp port waits for an answer)
+    code, out = cli_status(f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5")
     assert code == 1 and "no status from tracker-daemon" in out
+    address = f"ipc://{tmp_path}/nobody.sock"
     res = daemon_cli("status", "--address", address, "--json", "--timeout", "0.5", timeout=60)
     assert res.returncode == 1
     doc = json.loads(res.stdout)
     assert doc["healthy"] is False and doc["reachable"] is False
     assert doc["unhealthy_reasons"][0].startswith("unreachable: ")
+
+
+@pytest.mark.timeout(60)
+def test_status_without_a_socket_says_so_at_once(tmp_path: Path) -> None:
+    sock = tmp_path / "nobody.sock"
+    started = time.monotonic()
+    code, out = cli_status(f"ipc://{sock}", "--timeout", "30")
+    assert code == 1
+    assert f"no tracker-daemon at ipc://{sock}: the socket {sock} does not exist" in out
+    assert "Start it with `tracker-daemon run`" in out
+    assert time.monotonic() - started < 15  # not the 30 s timeout (the rest: Python's start)
 
 
 @pytest.mark.timeout(120)
