@@ -51,10 +51,7 @@ OPS = REPO / "tests" / "plugin_ops.py"
 
 # Families whose differences the fixes of issue 18 remove; left out of the test while listed
 # (remove a family when its fix lands; TRACKER_DIFF_FAMILIES=all runs them too).
-PENDING_FAMILIES = frozenset(
-    {
-    }
-)
+PENDING_FAMILIES = frozenset({})
 # Tags the daemon adds by design: none for runs created through tracker:// (create_run is a
 # call run on the backend store as is; tracker.offline_id and tracker.end_reason belong to the
 # native client's offline runs and to runs the daemon ends for a dead process). Listed so a
