@@ -1,7 +1,8 @@
 """The committer: the sink lanes (lanes.py) and what commits their batches.
 
     add(origin, records) ─► lanes.add ─► wake the lanes that got records (only those)
-    lane loop: pop_ready (every due batch, up to TXN_RECORDS, when a SQL writer is in use)
+    lane loop: the batcher's max age from the arrival rate (pacing.py), then pop_ready: with a
+      SQL writer, once a batch is due every buffered batch, up to TXN_RECORDS
       SQL writer ─► commit_all: resolve the run ids, backend.write(write_entries): ONE transaction
         for the batches of many runs; the writer decides conflicts before writing and reports, per
         batch, ok / the run is gone / which records failed ─► settlement
@@ -21,6 +22,7 @@ on while the backend is merely unavailable).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -32,6 +34,7 @@ from .backend import Backend
 from .batcher import Batch, Origin
 from .errors import PermanentSinkError, RunGone, SinkError
 from .lanes import Lanes
+from .pacing import CommitPacer
 from .status import Counters
 from .wakeup import Wakeup
 
@@ -69,6 +72,7 @@ class Committer:
         runs_of: Callable[[str], Iterable[str]],
         after_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        pacer: CommitPacer | None = None,
     ) -> None:
         self.lanes = lanes
         self.backend = backend
@@ -81,6 +85,7 @@ class Committer:
         self._runs_of = runs_of
         self._after_commit = after_commit
         self._clock = clock
+        self.pacer = pacer  # None: the batcher's max age stays as configured
         self.wakes = [Wakeup() for _ in range(len(lanes))]
         self.idle = Wakeup()  # set when a lane finds nothing to do and nothing is committing
         self.committing = 0
@@ -90,7 +95,10 @@ class Committer:
     def add(self, origin: Origin, records: list[p.Record]) -> None:
         """Buffer valid records of one message; records settled at once (a param re-logged
         with its value) are settled; the lanes that got records are woken."""
-        for settled in self.lanes.add(origin, records, self._clock()):
+        now = self._clock()
+        if self.pacer is not None:
+            self.pacer.note(len(records), now)
+        for settled in self.lanes.add(origin, records, now):
             rec = settled.record
             self.settlement.settle(settled.origin, rec.run_id, rec, settled.failure)
         if len(self.wakes) == 1:
@@ -124,6 +132,9 @@ class Committer:
         """One lane: commits the batches of its runs, one at a time, in order."""
         wake = self.wakes[lane]
         while True:
+            if self.pacer is not None:  # one transaction takes every run; log_batch one run
+                share = 1 if self.write_entries is not None else self.lanes.runs(lane)
+                self.lanes.set_max_age(lane, self.pacer.max_age(self._clock(), share))
             batches = self._take(lane)
             if not batches:
                 if not self.committing:
@@ -142,14 +153,14 @@ class Committer:
             self._after_commit()
 
     def _take(self, lane: int) -> list[Batch]:
-        """One due batch; with the SQL writer, every due batch of the lane up to TXN_RECORDS."""
-        now = self._clock()
-        batch = self.lanes.pop_ready(lane, now)
+        """One due batch; with the SQL writer, once one is due, every batch of the lane (its
+        transaction's fixed cost is paid once for them) up to TXN_RECORDS."""
+        batch = self.lanes.pop_ready(lane, self._clock())
         if batch is None:
             return []
         batches, total = [batch], len(batch)
         while self.write_entries is not None and total < TXN_RECORDS:
-            batch = self.lanes.pop_ready(lane, now)
+            batch = self.lanes.pop_ready(lane, math.inf)
             if batch is None:
                 break
             batches.append(batch)
