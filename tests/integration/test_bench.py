@@ -154,7 +154,7 @@ def test_bench_client_throughput_drain_json() -> None:
 def test_bench_rejects_unknown_scenario() -> None:
     proc = bench("warp-speed", timeout=50)
     assert proc.returncode == 2
-    assert "client, throughput, latency, drain, memory, rest, postgres" in proc.stderr
+    assert "client, throughput, latency, everyday, drain, memory, rest, postgres" in proc.stderr
 
 
 @pytest.mark.timeout(300)
