@@ -506,6 +506,15 @@ class Batcher:
         return top[0] if self._urgent else top[0] + self._max_age
 
     @property
+    def max_age(self) -> float:
+        """How long a record waits before its run is due (may be changed at any time)."""
+        return self._max_age
+
+    @max_age.setter
+    def max_age(self, value: float) -> None:
+        self._max_age = float(value)
+
+    @property
     def pending(self) -> int:
         """Records buffered, not yet handed out in a batch."""
         return self._pending

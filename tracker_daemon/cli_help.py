@@ -135,7 +135,15 @@ _RUN_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
         "batch_max_age_ms",
         "MS",
         int,
-        "longest a record waits for its batch to be written (1 to 60000)",
+        "longest a record waits for its batch to be written under load (1 to 60000)",
+        "",
+    ),
+    (
+        "commit_interval_ms",
+        "MS",
+        int,
+        "longest a record waits when the load is light: commits are spaced to carry about "
+        "1,000 records, between --batch-max-age-ms and this (1 to 60000)",
         "",
     ),
     (

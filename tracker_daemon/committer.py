@@ -1,7 +1,8 @@
 """The committer: the sink lanes (lanes.py) and what commits their batches.
 
     add(origin, records) ─► lanes.add ─► wake the lanes that got records (only those)
-    lane loop: pop_ready (every due batch, up to TXN_RECORDS, when a SQL writer is in use)
+    lane loop: the batcher's max age from the arrival rate (pacing.py), then pop_ready: with a
+      SQL writer, once a batch is due every buffered batch, up to TXN_RECORDS
       a batch of an offline run whose start_run may still come (offline_ids.py: Waiting) is
         parked, with the later batches of that run, until it is handled or its deadline passes;
         the lane goes on with the others (nobody waits for an unknown offline id)
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +42,7 @@ from .batcher import Batch, Origin, Settled, unit_failure
 from .errors import PermanentSinkError, RunGone, SinkError
 from .lanes import Lanes
 from .offline_ids import Waiting, is_offline
+from .pacing import CommitPacer
 from .status import Counters
 from .wakeup import Wakeup
 
@@ -84,6 +87,7 @@ class Committer:
         runs_of: Callable[[str], Iterable[str]],
         after_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        pacer: CommitPacer | None = None,
     ) -> None:
         self.lanes = lanes
         self.backend = backend
@@ -97,6 +101,7 @@ class Committer:
         self._runs_of = runs_of
         self._after_commit = after_commit
         self._clock = clock
+        self.pacer = pacer  # None: the batcher's max age stays as configured
         self.wakes = [Wakeup() for _ in range(len(lanes))]
         self.idle = Wakeup()  # set when a lane finds nothing to do and nothing is committing
         self.committing = 0
@@ -112,12 +117,18 @@ class Committer:
     def add(self, origin: Origin, records: list[p.Record]) -> None:
         """Buffer valid records of one message; records settled at once (a param re-logged
         with its value) are settled; the lanes that got records are woken."""
-        self._settle_now(self.lanes.add(origin, records, self._clock()))
+        now = self._clock()
+        if self.pacer is not None:
+            self.pacer.note(len(records), now)
+        self._settle_now(self.lanes.add(origin, records, now))
         self._wake_for(records)
 
     def add_unit(self, origin: Origin, records: list[p.Record]) -> None:
         """Buffer one unit of a message (valid records of one run, all-or-nothing)."""
-        self._settle_now(self.lanes.add_unit(origin, records, self._clock()))
+        now = self._clock()
+        if self.pacer is not None:
+            self.pacer.note(len(records), now)
+        self._settle_now(self.lanes.add_unit(origin, records, now))
         self._wake_for(records)
 
     def _settle_now(self, settled: list[Settled]) -> None:
@@ -168,6 +179,9 @@ class Committer:
         """One lane: commits the batches of its runs, one at a time, in order."""
         wake = self.wakes[lane]
         while True:
+            if self.pacer is not None:  # one transaction takes every run; log_batch one run
+                share = 1 if self.write_entries is not None else self.lanes.runs(lane)
+                self.lanes.set_max_age(lane, self.pacer.max_age(self._clock(), share))
             batches = self._take(lane)
             if not batches:
                 if not self.committing:
@@ -188,19 +202,23 @@ class Committer:
 
     def _take(self, lane: int) -> list[Batch]:
         """The parked batches that are decided now, then one due batch; with the SQL writer,
-        every due batch of the lane up to TXN_RECORDS. A batch of an offline run still Waiting
-        is parked instead."""
+        once one is due, every buffered batch of the lane (its transaction's fixed cost is paid
+        once for them) up to TXN_RECORDS. A batch of an offline run still Waiting is parked."""
         now = self._clock()
         batches = self._unpark(lane, now)
         total = sum(len(b) for b in batches)
-        while total < TXN_RECORDS and (self.write_entries is not None or not batches):
-            batch = self.lanes.pop_ready(lane, now)
+        sql = self.write_entries is not None
+        due = math.inf if (sql and batches) else now
+        while total < TXN_RECORDS and (sql or not batches):
+            batch = self.lanes.pop_ready(lane, due)
             if batch is None:
                 break
             if self._park(batch):
                 continue
             batches.append(batch)
             total += len(batch)
+            if sql:
+                due = math.inf  # one is due: every buffered batch rides its transaction
         return batches
 
     def _park(self, batch: Batch, verdict: str | Waiting | RunGone | None = None) -> bool:

@@ -61,6 +61,7 @@ class Config:
     address: str = ""
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     batch_max_age_ms: int = 50
+    commit_interval_ms: int = 500  # light load: commits this far apart at most (pacing.py)
     sink_concurrency: int = 0  # 0: 1 for SQLite (one writer), 4 for other backends
     sink: str = "auto"  # "sql": the SQL writer; "mlflow": MLflow's log_batch; "auto": see sqlwriter
     sqlite_wal: bool = (
@@ -190,6 +191,8 @@ def _check(cfg: Config) -> Config:
         raise ConfigError(f"max_frame_bytes = {cfg.max_frame_bytes}: must be 1 KiB .. 256 MiB")
     if not 1 <= cfg.batch_max_age_ms <= 60_000:
         raise ConfigError(f"batch_max_age_ms = {cfg.batch_max_age_ms}: must be 1 .. 60000")
+    if not 1 <= cfg.commit_interval_ms <= 60_000:
+        raise ConfigError(f"commit_interval_ms = {cfg.commit_interval_ms}: must be 1 .. 60000")
     if cfg.sink_concurrency < 0 or cfg.sink_concurrency > 64:
         raise ConfigError(f"sink_concurrency = {cfg.sink_concurrency}: must be 0 (auto) .. 64")
     if cfg.is_sqlite and cfg.sink_concurrency > 1:

@@ -65,6 +65,7 @@ from .limits import Limits
 from .liveness import PidWatcher
 from .notify import Notifier
 from .orphans import Orphans
+from .pacing import CommitPacer
 from .progress import Progress, to_log
 from .request_slots import RequestSlots
 from .run_service import RunService
@@ -190,6 +191,10 @@ class Daemon:
             replayed=lambda origin: self.feeder.replayed(origin),
             runs_of=lambda cid: info.runs if (info := self.table.clients.get(cid)) else (),
             after_commit=lambda: self.feeder.poke(),
+            pacer=CommitPacer(
+                floor=cfg.batch_max_age_ms / 1000,
+                ceiling=max(cfg.batch_max_age_ms, cfg.commit_interval_ms) / 1000,
+            ),
         )
         self.artifacts = ArtifactLane(
             StagingArea(self.staging_dir, cfg.state_path / "uploads"),

@@ -128,6 +128,7 @@ class JournalSync:
                     self.disk.failed("journal mark.json", exc, "mark_kept_in_memory_retried")
                 else:
                     self.disk.ok("journal mark.json")
+                    self.counters.mark_writes += 1
                     last = (low, floors)
             await self._after_mark()
 

@@ -65,6 +65,13 @@ class Lanes:
     def next_deadline(self, lane: int) -> float | None:
         return self.lanes[lane].next_deadline()
 
+    def set_max_age(self, lane: int, max_age: float) -> None:
+        self.lanes[lane].max_age = max_age
+
+    def runs(self, lane: int) -> int:
+        """Runs of ``lane`` with buffered records."""
+        return self.lanes[lane].runs
+
     def expedite(self, run_id: str | None = None) -> None:
         if run_id is not None:
             self._for(run_id).expedite(run_id)

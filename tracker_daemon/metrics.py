@@ -53,6 +53,7 @@ COUNTERS = (
     ("ends_applied", "ends_applied", "end_run requests applied (status set) since the start."),
     ("spools_imported", "spools_imported", "Spool files of dead clients imported."),
     ("fsyncs", "fsyncs", "Journal fsyncs."),
+    ("mark_writes", "mark_writes", "Journal marks written (each with its fsyncs)."),
     (
         "journal_full_rejections",
         "journal_full_rejections",

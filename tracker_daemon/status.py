@@ -75,6 +75,7 @@ class Counters:
     journal_full_rejections: int = 0
     fsyncs: int = 0
     fsync_seconds: float = 0.0
+    mark_writes: int = 0  # journal marks written (each fsyncs the journal and the mark file)
     last_sink_error: str = ""
     last_sink_error_at: float = 0.0  # time.time() of the last sink error, 0 if none
     last_sink_ok_at: float = 0.0  # time.time() of the last successful sink write
@@ -137,6 +138,7 @@ class Counters:
             "fsync_ms_avg": (
                 round(self.fsync_seconds / self.fsyncs * 1000, 3) if self.fsyncs else 0.0
             ),
+            "mark_writes": self.mark_writes,
             "commit_rate": self.commit_rate(now),
             "last_sink_error": self.last_sink_error,
             "last_sink_error_at": round(self.last_sink_error_at, 3),

@@ -154,7 +154,7 @@ def test_bench_client_throughput_drain_json() -> None:
 def test_bench_rejects_unknown_scenario() -> None:
     proc = bench("warp-speed", timeout=50)
     assert proc.returncode == 2
-    assert "client, throughput, latency, drain, memory, rest, postgres" in proc.stderr
+    assert "client, throughput, latency, everyday, drain, memory, rest, postgres" in proc.stderr
 
 
 @pytest.mark.timeout(300)
@@ -180,3 +180,60 @@ def test_bench_rest_measures_both_journal_modes_in_one_repeat() -> None:
     }
     for check in checks.values():
         assert check["ok"] is True and check["committed"] == check["sent"] == 2 * 50 * 10
+
+
+@pytest.mark.timeout(600)
+def test_bench_everyday_reports_cost_visibility_and_idle() -> None:
+    """Two small rates, both sinks, one repeat: every figure is there and positive where it
+    must be, the idle figure is measured, and every point sent was committed once."""
+    proc = bench(
+        "everyday",
+        "--json",
+        "--repeat",
+        "1",
+        "--quick",
+        "--rates",
+        "400,1500",
+        "--duration",
+        "1.5",
+        "--paced-workers",
+        "2",
+        "--idle-seconds",
+        "1",
+        timeout=560,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    res = doc["scenarios"]["everyday"]
+    assert doc["ok"] is True and "error" not in res, res
+    per_rate = {
+        "offered_per_s",
+        "cpu_us_per_point",
+        "core_pct",
+        "visible_p50_ms",
+        "visible_p99_ms",
+        "fsyncs_per_s",
+        "sink_commits_per_s",
+        "frames_per_s",
+    }
+    names = {
+        f"{prefix}{name}_{label}"
+        for prefix in ("", "mlflow_sink_")
+        for name in per_rate
+        for label in ("400", "1.5k")
+    }
+    assert set(res["figures"]) == names | {"idle_core_pct"}
+    for name in names:
+        fig = res["figures"][name]
+        assert fig["min"] > 0, (name, fig)
+    for label, rate in (("400", 400), ("1.5k", 1500)):
+        offered = res["figures"][f"offered_per_s_{label}"]["median"]
+        assert 0.5 * rate < offered < 1.5 * rate, (label, offered)
+    assert res["figures"]["visible_p99_ms_1.5k"]["target"] == "<= 1000"
+    assert res["figures"]["idle_core_pct"]["min"] >= 0
+    assert res["figures"]["idle_core_pct"]["target"] == "<= 1"
+    checks = res["checks"]
+    assert len(checks) == 2 * 2 * 3  # rates x sinks x (store, status, poller)
+    for check in checks:
+        assert check["ok"] is True and check["committed"] == check["sent"] > 0, check
+    assert {c["method"] for c in checks} == {"sql-count", "status", "poll"}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tracker_daemon.bench.report import FIGURES, judge, summarize, table, verdicts
+from tracker_daemon.bench.report import FIGURES, figure, judge, summarize, table, verdicts
 
 
 @pytest.mark.parametrize(
@@ -92,3 +92,27 @@ def test_verdicts_and_table_from_given_figures() -> None:
     lines = text.splitlines()
     assert any("daemon / raw" in line and line.endswith("PASS") for line in lines)
     assert any("daemon / daemon --sink mlflow" in line and line.endswith("MISS") for line in lines)
+
+
+def test_everyday_targets_of_the_issue() -> None:
+    """At 5,000 points/s: the writer <= 20 us/point and <= 10 % of a core, the log_batch path
+    <= half a core; log -> visible p99 <= 1 s at every everyday rate; idle < 1 % of a core."""
+    assert FIGURES["everyday/cpu_us_per_point_5k"][2:] == ("<=", 20)
+    assert FIGURES["everyday/core_pct_5k"][2:] == ("<=", 10)
+    assert FIGURES["everyday/mlflow_sink_core_pct_5k"][2:] == ("<=", 50)
+    for label in ("1k", "5k", "20k"):
+        assert FIGURES[f"everyday/visible_p99_ms_{label}"][2:] == ("<=", 1000)
+    assert FIGURES["everyday/cpu_us_per_point_1k"][2] == ""  # informational off 5k
+    assert FIGURES["everyday/core_pct_20k"][2] == ""
+    assert FIGURES["everyday/idle_core_pct"][2:] == ("<=", 1)
+
+
+def test_everyday_figures_at_any_rate() -> None:
+    """--rates 2500: its figures are made for that rate, informational but for visibility."""
+    assert "everyday/core_pct_2.5k" not in FIGURES
+    fig = summarize("everyday/core_pct_2.5k", [3.0, 4.0, 5.0])
+    assert fig["label"].startswith("2.5k/s writer") and fig["target"] is None
+    p99 = summarize("everyday/mlflow_sink_visible_p99_ms_800", [900.0])
+    assert p99["label"].startswith("800/s --sink mlflow") and p99["target"] is None
+    assert summarize("everyday/visible_p99_ms_800", [1200.0])["pass"] is False
+    assert figure("everyday/cpu_us_per_point_5k") == FIGURES["everyday/cpu_us_per_point_5k"]

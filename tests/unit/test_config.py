@@ -32,6 +32,7 @@ def test_defaults_with_nothing_configured() -> None:
     assert cfg.state_dir == ""
     assert cfg.max_frame_bytes == DEFAULT_MAX_FRAME_BYTES == 4 * 1024 * 1024
     assert cfg.batch_max_age_ms == 50
+    assert cfg.commit_interval_ms == 500
     assert cfg.sink_concurrency == 0
     assert cfg.barrier_timeout_s == 600.0
     assert cfg.retry_max_backoff_s == 30.0
@@ -237,6 +238,8 @@ def test_non_int_override_names_the_flag() -> None:
         ({"max_frame_bytes": 256 * 1024 * 1024 + 1}, "max_frame_bytes"),
         ({"max_frame_bytes": 0}, "max_frame_bytes"),
         ({"batch_max_age_ms": 0}, "batch_max_age_ms"),
+        ({"commit_interval_ms": 0}, "commit_interval_ms"),
+        ({"commit_interval_ms": 60_001}, "commit_interval_ms"),
         ({"batch_max_age_ms": 60_001}, "batch_max_age_ms"),
         ({"sink_concurrency": -1}, "sink_concurrency"),
         ({"sink_concurrency": 2}, "sink_concurrency"),  # SQLite: one writer

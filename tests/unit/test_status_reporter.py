@@ -23,6 +23,7 @@ KEYS = {
     "received", "replayed", "committed", "failed", "dead_lettered", "orphaned_runs",
     "spools_imported", "queue_depth", "spilled", "artifacts_pending", "artifacts_retrying",
     "artifacts", "batches", "sink_retries", "sink_latency_ms", "fsyncs", "fsync_ms_avg",
+    "mark_writes",
     "commit_rate", "last_sink_error", "last_sink_error_at", "last_sink_error_age_s",
     "oldest_uncommitted_age_s", "journal_max_bytes", "journal_full_rejections", "journal_bytes",
     "journal_segments", "journal_outstanding_entries", "journal_full", "journal_mark",

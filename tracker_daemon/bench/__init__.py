@@ -13,6 +13,9 @@ Each repeat of a scenario starts its own daemon on a fresh temporary state dir (
               mlflow.log_metric, time-capped); daemon CPU per committed record (all threads)
   latency     log -> visible in the store at an offered load (default: half the default
               daemon's committed/s)
+  everyday    paced workers at fixed total rates (--rates, default 1k, 5k, 20k points/s), the
+              default sink and --sink mlflow: daemon CPU per point and share of a core,
+              log -> visible p50/p99, fsyncs/s, frames/s; a daemon with 50 idle clients: CPU
   drain       Run.end() after a burst of 100k metrics
   memory      daemon RSS and CPU/record while a 5M-record backlog is held with the sink paused
               (another process holds an exclusive lock on the SQLite store)

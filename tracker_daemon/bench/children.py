@@ -13,6 +13,7 @@ from typing import Any
 
 import tracker_client
 
+from .everyday import child_idle, child_paced
 from .harness import TS0, sqlite_path
 from .report import pct
 
@@ -313,4 +314,6 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], None]] = {
     "poll": child_poll,
     "lock": child_lock,
     "count": child_count,
+    "paced": child_paced,
+    "idle": child_idle,
 }

@@ -19,6 +19,7 @@ import tracker_client
 from .. import __version__
 from ..progress import Progress
 from . import __doc__ as _PACKAGE_DOC
+from .everyday import EVERYDAY_RATES
 from .harness import BenchError, Ctx, Procs, Skipped
 from .report import summarize, table, verdicts
 from .scenarios import RUNNERS, SCENARIOS
@@ -36,6 +37,8 @@ DEFAULTS = {  # option: (default, --quick)
     "cap": (20.0, 5.0),
     "rate": (0.0, 500.0),
     "duration": (10.0, 2.0),
+    "paced_workers": (8, 4),
+    "idle_seconds": (10.0, 3.0),
     "burst": (100_000, 10_000),
     "rest_metrics": (1_000, 50),
     "rest_seconds": (20.0, 1.0),
@@ -90,7 +93,9 @@ def add_parser(sub: Any) -> None:
         ("keys", int, "throughput: keys/step"),
         ("cap", float, "throughput: time cap (s) of the ceiling and direct runs"),
         ("rate", float, "latency: offered metrics/s (0: half the default daemon's committed/s)"),
-        ("duration", float, "latency: seconds of load"),
+        ("duration", float, "latency, everyday: seconds of load"),
+        ("paced_workers", int, "everyday: paced worker processes"),
+        ("idle_seconds", float, "everyday: seconds the idle daemon's CPU is measured over"),
         ("burst", int, "drain: metrics"),
         ("rest_metrics", int, "rest: steps per worker of the full-rate write, at least"),
         ("rest_seconds", float, "rest: seconds idle; the write is sized to last as long"),
@@ -105,11 +110,29 @@ def add_parser(sub: Any) -> None:
             help=f"{text} (default: {full:g}; --quick: {quick:g})".replace("e+06", " million"),
         )
     ap.add_argument(
+        "--rates",
+        type=_rates,
+        default=EVERYDAY_RATES,
+        metavar="R,R,...",
+        help="everyday: total points/s, one daemon per rate and sink (default: "
+        f"{','.join(str(r) for r in EVERYDAY_RATES)})",
+    )
+    ap.add_argument(
         "--memory-drain",
         action="store_true",
         help="memory: also time the drain of the held backlog (default: off)",
     )
     ap.set_defaults(func=run_bench)
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"rates must be > 0: {text!r}")
+    return rates
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -14,13 +14,23 @@ from typing import Any
 
 import tracker_client
 
+from .everyday import scenario_everyday
 from .harness import TS0, BenchError, Ctx, clean_env, count_metrics, daemon, send_line
 from .load import run_load
 from .procfs import CLK_TCK, cpu_ticks, proc_kb
 from .remote import scenario_postgres, scenario_rest
 from .report import pct
 
-SCENARIOS = ("client", "throughput", "latency", "drain", "memory", "rest", "postgres")
+SCENARIOS = (
+    "client",
+    "throughput",
+    "latency",
+    "everyday",
+    "drain",
+    "memory",
+    "rest",
+    "postgres",
+)
 
 
 def best_wall(cmd: list[str], env: dict[str, str], tries: int = 3) -> float:
@@ -302,6 +312,7 @@ RUNNERS: dict[str, Callable[[Ctx, int, Path], dict[str, float]]] = {
     "client": scenario_client,
     "throughput": scenario_throughput,
     "latency": scenario_latency,
+    "everyday": scenario_everyday,
     "drain": scenario_drain,
     "memory": scenario_memory,
     "rest": scenario_rest,
