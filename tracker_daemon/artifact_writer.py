@@ -23,13 +23,13 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 
 from .artifact_roots import ArtifactRoots, LocalPlace, LocationRefused, refusal
 from .errors import PermanentSinkError
 from .sink import classify
-from .staging import MAX_DEPTH, PARTIAL_PREFIX, copy_bytes
+from .staging import MAX_DEPTH, PARTIAL_PREFIX, closing_fd, copy_bytes
 
 __all__ = ["ArtifactWriter", "NameLimits", "name_problem", "write_local"]
 
@@ -84,14 +84,6 @@ def name_problem(root: str, parts: tuple[str, ...], limits: NameLimits) -> str |
     return None
 
 
-@contextmanager
-def _fd(fd: int) -> Iterator[int]:
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
 def _shown(place: LocalPlace, parts: tuple[str, ...]) -> str:
     return "/".join((place.root.rstrip("/"), *parts))[:400]
 
@@ -124,7 +116,7 @@ def _publish(src: int, dst_dir: int, name: str, shown: str, keep: os.stat_result
     else:
         raise _refused(f"{shown!r}: no free temporary name in its directory")
     try:
-        with _fd(out):
+        with closing_fd(out):
             copy_bytes(src, out, os.fstat(src).st_size)
             if keep is not None:
                 os.fchmod(out, stat.S_IMODE(keep.st_mode) & 0o777)
@@ -150,7 +142,7 @@ def _source_entries(
             if depth >= MAX_DEPTH:
                 raise _refused(f"{'/'.join(rel)[:200]!r} is nested deeper than {MAX_DEPTH}")
             yield rel, True
-            with _fd(os.open(name, _DIR, dir_fd=src)) as sub:
+            with closing_fd(os.open(name, _DIR, dir_fd=src)) as sub:
                 yield from _source_entries(sub, rel, depth + 1)
         elif stat.S_ISREG(st.st_mode):
             yield rel, False
@@ -163,10 +155,13 @@ def _write_tree(src: int, dst: int, place: LocalPlace, at: tuple[str, ...]) -> N
         st = os.stat(name, dir_fd=src, follow_symlinks=False)
         shown = _shown(place, (*at, name))
         if stat.S_ISDIR(st.st_mode):
-            with _fd(os.open(name, _DIR, dir_fd=src)) as sub, _fd(_enter(dst, name, shown)) as d:
+            with (
+                closing_fd(os.open(name, _DIR, dir_fd=src)) as sub,
+                closing_fd(_enter(dst, name, shown)) as d,
+            ):
                 _write_tree(sub, d, place, (*at, name))
         else:
-            with _fd(os.open(name, _READ, dir_fd=src)) as f:
+            with closing_fd(os.open(name, _READ, dir_fd=src)) as f:
                 _publish(f, dst, name, shown, None)
 
 
@@ -176,7 +171,7 @@ def write_local(place: LocalPlace, source: str, artifact_path: str | None) -> No
     sub = tuple(artifact_path.split("/")) if artifact_path else ()
     base = (*place.parts, *sub)
     name = os.path.basename(source.rstrip("/"))
-    with _fd(os.open(source, _READ | os.O_NONBLOCK)) as src:
+    with closing_fd(os.open(source, _READ | os.O_NONBLOCK)) as src:
         st = os.fstat(src)
         is_dir = stat.S_ISDIR(st.st_mode)
         if is_dir:
@@ -191,7 +186,7 @@ def write_local(place: LocalPlace, source: str, artifact_path: str | None) -> No
             if problem is not None:
                 raise _refused(problem)
         try:
-            with _fd(os.open(place.root, _ROOT)) as top:
+            with closing_fd(os.open(place.root, _ROOT)) as top:
                 _write_below(top, src, place, base, st, name if not is_dir else None)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:

@@ -33,6 +33,7 @@ __all__ = [
     "StagingArea",
     "StagingRefused",
     "clean_partial_uploads",
+    "closing_fd",
     "copy_bytes",
     "local_root",
     "parse_staged",
@@ -106,7 +107,7 @@ def _open_dir(name: str, dir_fd: int | None, what: str) -> int:
 
 
 @contextmanager
-def _fd(fd: int) -> Iterator[int]:
+def closing_fd(fd: int) -> Iterator[int]:
     try:
         yield fd
     finally:
@@ -180,20 +181,20 @@ class StagingArea:
 
     @contextmanager
     def _client_dir(self, ref: SlotRef) -> Iterator[int]:
-        with _fd(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as root:
+        with closing_fd(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as root:
             what = f"client staging dir {ref.client_id!r}"
-            with _fd(_open_dir(ref.client_id, root, what)) as cdir:
+            with closing_fd(_open_dir(ref.client_id, root, what)) as cdir:
                 yield cdir
 
     def snapshot(self, ref: SlotRef) -> Path:
         """Copy the slot's entry, verified, into a fresh private dir; return the copy's path.
         Raises StagingRefused (never uploadable), SlotMissing, or OSError (I/O)."""
         with self._client_dir(ref) as cdir:
-            with _fd(_open_dir(ref.slot, cdir, f"slot {ref.slot!r}")) as slot:
+            with closing_fd(_open_dir(ref.slot, cdir, f"slot {ref.slot!r}")) as slot:
                 owner = os.fstat(slot).st_uid
                 dest = Path(tempfile.mkdtemp(prefix="upload-", dir=self.private))
                 try:
-                    with _fd(os.open(dest, _DIR)) as dest_fd:
+                    with closing_fd(os.open(dest, _DIR)) as dest_fd:
                         self._copy_entry(slot, ref.entry, dest_fd, owner, ref.entry, 0)
                 except BaseException:
                     shutil.rmtree(dest, ignore_errors=True)
@@ -210,11 +211,11 @@ class StagingArea:
         if stat.S_ISDIR(st.st_mode):
             if depth >= MAX_DEPTH:
                 raise StagingRefused(f"staged entry {rel!r} is nested deeper than {MAX_DEPTH}")
-            with _fd(_open_dir(name, src_dir, f"staged entry {rel!r}")) as sub:
+            with closing_fd(_open_dir(name, src_dir, f"staged entry {rel!r}")) as sub:
                 st = os.fstat(sub)  # what was opened, not what was looked at
                 _check_owner(st, owner, rel)
                 os.mkdir(name, 0o700, dir_fd=dst_dir)
-                with _fd(os.open(name, _DIR, dir_fd=dst_dir)) as dsub:
+                with closing_fd(os.open(name, _DIR, dir_fd=dst_dir)) as dsub:
                     for child in sorted(os.listdir(sub)):
                         try:
                             self._copy_entry(sub, child, dsub, owner, f"{rel}/{child}", depth + 1)
@@ -235,12 +236,12 @@ class StagingArea:
             if exc.errno == errno.ELOOP:
                 raise StagingRefused(f"staged entry {rel!r} is a symlink") from None
             raise
-        with _fd(fd):
+        with closing_fd(fd):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise StagingRefused(f"staged entry {rel!r} is {_kind(st.st_mode)}")
             _check_owner(st, owner, rel)
-            with _fd(os.open(name, _NEW_FILE, 0o600, dir_fd=dst_dir)) as out:
+            with closing_fd(os.open(name, _NEW_FILE, 0o600, dir_fd=dst_dir)) as out:
                 copy_bytes(fd, out, st.st_size)
                 os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
 
@@ -292,7 +293,7 @@ def clean_partial_uploads(artifact_root: str) -> int:
         top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return 0
-    with _fd(top):
+    with closing_fd(top):
         return _clean(top, 0)
 
 
@@ -309,7 +310,7 @@ def _clean(dir_fd: int, depth: int) -> int:
                 os.unlink(name, dir_fd=dir_fd)
                 removed += 1
             elif stat.S_ISDIR(st.st_mode) and depth < 4 * MAX_DEPTH:
-                with _fd(os.open(name, _DIR, dir_fd=dir_fd)) as sub:
+                with closing_fd(os.open(name, _DIR, dir_fd=dir_fd)) as sub:
                     removed += _clean(sub, depth + 1)
         except OSError:
             continue  # vanished, or not ours to read: leave it
