@@ -8,8 +8,11 @@ dependency missing from a pyproject fails these tests rather than being hidden b
 
 from __future__ import annotations
 
+import email
+import email.message
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -41,6 +44,24 @@ with tracker.start_run(experiment="wheel", run_name="from-wheel") as run:
 print(json.dumps({"run_id": run.run_id, "file": tracker_client.__file__,
                   "version": tracker_client.__version__, "mlflow": "mlflow" in sys.modules}))
 """
+
+
+CLASSIFIERS = [
+    "Development Status :: 4 - Beta",
+    "Operating System :: POSIX :: Linux",
+    "Programming Language :: Python :: 3",
+    "Programming Language :: Python :: 3.11",
+    "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    "Topic :: System :: Logging",
+]
+CLIENT_README = REPO / "client" / "README.md"
+
+
+def _metadata(wheel: Path) -> email.message.Message:
+    """The wheel's METADATA, parsed (headers, and the long description as the body)."""
+    with zipfile.ZipFile(wheel) as zf:
+        [name] = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+        return email.message_from_string(zf.read(name).decode("utf-8"))
 
 
 def _env() -> dict[str, str]:
@@ -120,6 +141,62 @@ def test_build_makes_sdist_and_wheel_of_both_with_licence_and_shared_version(dis
             root = sdist.removesuffix(".tar.gz")
             member = tf.extractfile(f"{root}/LICENSE")
             assert member is not None and member.read() == licence
+
+
+@pytest.mark.timeout(420)
+def test_both_wheels_carry_authors_classifiers_and_their_own_long_description(dist: Path) -> None:
+    for wheel, readme in ((CLIENT_WHEEL, CLIENT_README), (DAEMON_WHEEL, REPO / "README.md")):
+        meta = _metadata(dist / wheel)
+        assert meta["Author"] == "tracker-daemon developers", wheel
+        assert meta["Maintainer"] == "tracker-daemon developers", wheel
+        assert meta.get_all("Classifier") == CLASSIFIERS, wheel
+        assert meta["License-Expression"] == "Apache-2.0", wheel
+        # PEP 639: with License-Expression a "License ::" classifier is not allowed (setuptools
+        # >= 77 refuses to build); the licence is the expression and the LICENSE file.
+        assert not [c for c in meta.get_all("Classifier", []) if c.startswith("License ::")]
+        # no public URL exists yet: none is invented
+        assert meta.get_all("Project-URL") is None and meta["Home-page"] is None, wheel
+        assert meta["Description-Content-Type"] == "text/markdown", wheel
+        body = meta.get_payload()
+        assert isinstance(body, str)
+        assert body.strip() == readme.read_text(encoding="utf-8").strip(), wheel
+    client_body = _metadata(dist / CLIENT_WHEEL).get_payload()
+    assert isinstance(client_body, str)
+    assert "PROTOCOL.md" in client_body and len(client_body.splitlines()) < 80
+    # the sdist still ships the wire spec the README links to
+    sdist = f"tracker_client-{VERSION}.tar.gz"
+    with tarfile.open(dist / sdist) as tf:
+        root = sdist.removesuffix(".tar.gz")
+        for name in ("README.md", "PROTOCOL.md"):
+            member = tf.extractfile(f"{root}/{name}")
+            assert member is not None
+            assert member.read() == (REPO / "client" / name).read_bytes()
+
+
+def test_client_readme_usage_example_logs_a_run_through_a_daemon(tmp_path: Path) -> None:
+    """The long description's example, executed as written against a real daemon."""
+    text = CLIENT_README.read_text(encoding="utf-8")
+    [code] = re.findall(r"^```python\n(.*?)^```$", text, flags=re.S | re.M)
+    with running_daemon(tmp_path) as d:
+        env = {**_env(), "TRACKER_DAEMON_ADDRESS": d.address}
+        proc = subprocess.run(
+            [sys.executable, "-c", code + "print(run.run_id)\n"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[-1]
+    client = MlflowClient(tracking_uri=d.backend_uri)
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "mnist"
+    assert (run.info.run_name, run.info.status) == ("lr-0.1", "FINISHED")
+    assert run.data.params == {"lr": "0.1", "batch_size": "64"}
+    assert run.data.tags["phase"] == "train"
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(s, 1.0 / (s + 1)) for s in range(100)]
 
 
 @pytest.mark.timeout(300)

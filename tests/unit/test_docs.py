@@ -21,7 +21,12 @@ from tracker_daemon.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-CHECKED = [ROOT / "README.md", ROOT / "client" / "PROTOCOL.md", *DOCS]
+CHECKED = [
+    ROOT / "README.md",
+    ROOT / "client" / "README.md",
+    ROOT / "client" / "PROTOCOL.md",
+    *DOCS,
+]
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
