@@ -19,16 +19,17 @@ from pathlib import Path
 
 from tests.support.daemon import REPO, daemon_env
 from tests.support.net import free_port
+from tests.support.prereq import require
 from tracker_daemon.bench.servers import wait_healthy
 
 
 def pg_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        raise AssertionError(
-            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); "
-            ".ci/run installs the Debian package 'postgresql'"
-        )
+    require(
+        "PostgreSQL server (/usr/lib/postgresql/*/bin/initdb)",
+        bool(found),
+        "apt-get install -y --no-install-recommends postgresql postgresql-client",
+    )
     return Path(found[-1]).parent
 
 

@@ -1,6 +1,7 @@
 """A client in another language, written from client/PROTOCOL.md alone: tests/conformance/client.c
 (libzmq + msgpack-c; Debian packages libzmq3-dev and libmsgpack-dev, installed by .ci/run), built
 here with ``cc`` and run against a real daemon process; the MLflow SQLite store is then read back.
+A missing compiler or header skips the test with the install command (fails it with CI=true).
 
 The scenario: two runs, metrics with NaN and ±inf, params, tags, an experiment tag, a staged
 artifact, a flush; then the daemon is stopped (SIGSTOP) while the client sends five frames, killed
@@ -25,6 +26,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.support.daemon import REPO, running_daemon
+from tests.support.prereq import require
 from tests.unit.test_protocol import VALID_VECTORS
 
 pytestmark = pytest.mark.integration
@@ -32,11 +34,28 @@ pytestmark = pytest.mark.integration
 SOURCE = REPO / "tests" / "conformance" / "client.c"
 
 
+APT = "apt-get install -y --no-install-recommends"
+
+
+def _has_header(cc: str, header: str) -> bool:
+    """Whether ``cc`` finds ``header`` (preprocesses an #include of it)."""
+    probe = subprocess.run(
+        [cc, "-E", "-x", "c", "-o", "/dev/null", "-"],
+        input=f"#include <{header}>\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return probe.returncode == 0
+
+
 @pytest.fixture(scope="module")
 def client_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cc = shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler (cc) on PATH: the C conformance client cannot be built")
+    require("C compiler (cc)", cc is not None, f"{APT} gcc libc6-dev")
+    assert cc is not None
+    for header, package in (("zmq.h", "libzmq3-dev"), ("msgpack.h", "libmsgpack-dev")):
+        require(header, _has_header(cc, header), f"{APT} {package}")
     out = tmp_path_factory.mktemp("conformance") / "client"
     build = subprocess.run(
         [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-o", str(out), str(SOURCE)]

@@ -26,6 +26,7 @@ import pytest
 
 import tracker_client
 from tests.support.daemon import REPO, daemon_command, daemon_env, short_tmpdir
+from tests.support.prereq import require
 from tests.support.store import sqlite_locked
 from tests.support.waiting import wait_for
 from tracker_daemon.config import ENV_PREFIX, Config, load_config
@@ -42,13 +43,10 @@ MAX_EXPOSURE = 2.0
 
 
 def _tool(name: str) -> str:
-    """systemd tools are a hard requirement of this suite: missing means a broken CI image."""
+    """A systemd tool: skipped with the install command when missing, failed in CI."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
-    if path is None:
-        pytest.fail(
-            f"{name} not found: .ci/run should install it before `make test` "
-            "(DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd)"
-        )
+    require(name, path is not None, "apt-get install -y --no-install-recommends systemd")
+    assert path is not None
     return path
 
 

@@ -8,7 +8,8 @@ primary group of its own, as ordinary users added with ``usermod -aG tracker``).
 one of them through util-linux ``setpriv`` (:func:`as_user`), with that user's groups.
 
 These tests need root (CI runs as root) and an interpreter the other users can execute; when
-either is missing, :func:`test_users` skips the calling test and says which. Files the users
+either is missing, :func:`test_users` skips the calling test and says which (root, setpriv,
+useradd or groupadd missing with ``CI=true``: fails, tests/support/prereq.py). Files the users
 share live in :func:`shared_tmpdir` (mode 0755 under /tmp: pytest's own tmp_path is 0700 root).
 """
 
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.prereq import require
 
 __all__ = ["TestUser", "TestUsers", "as_user", "run_python_as", "shared_tmpdir", "test_users"]
 
@@ -111,11 +114,14 @@ def _user(name: str, *, primary: str, extra_group: str | None) -> TestUser:
 def test_users() -> TestUsers:
     """The group and users (made on first use); skips without root, setpriv or an interpreter
     the users can run."""
-    if os.geteuid() != 0:
-        pytest.skip("owner checks need distinct uids: run as root (CI does)")
+    require("root", os.geteuid() == 0, "owner checks need distinct uids: run as root (CI does)")
     for tool in ("setpriv", "useradd", "groupadd"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} (util-linux / passwd) is not installed")
+        require(
+            tool,
+            shutil.which(tool) is not None,
+            f"{tool} (util-linux / passwd) is not installed: "
+            "apt-get install -y --no-install-recommends util-linux passwd",
+        )
     try:
         group_gid = grp.getgrnam(GROUP).gr_gid
     except KeyError:
