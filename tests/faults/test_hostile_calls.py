@@ -9,16 +9,14 @@ drains and exits 0 on SIGTERM."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 import zmq
-from mlflow import MlflowClient
 
-import tracker_client
+from tests.support import workers
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.net import raw_dealer, recv_reply
 from tracker_client import protocol as p
@@ -41,22 +39,7 @@ def raw_call(sock: zmq.Socket[bytes], req: int, method: str, args: list[Any]) ->
 
 
 def good_client(d: Daemon) -> float:
-    """A well-formed client: 200 points, flush, end. Returns the flush's seconds; checks that
-    every point landed in the store."""
-    t = tracker_client.connect(d.address, offline=False)
-    try:
-        run = t.start_run("after-hostile-calls", run_name="good", timeout=30)
-        for i in range(POINTS):
-            run.log_metric("good", float(i), step=i)
-        started = time.monotonic()
-        run.flush(timeout=30)
-        flushed = time.monotonic() - started
-        run.end()
-    finally:
-        t.close()
-    history = MlflowClient(tracking_uri=d.backend_uri).get_metric_history(run.run_id, "good")
-    assert sorted(m.step for m in history) == list(range(POINTS))
-    return flushed
+    return workers.good_client(d.address, d.backend_uri, "after-hostile-calls", POINTS)
 
 
 @pytest.mark.timeout(120)

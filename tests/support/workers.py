@@ -45,3 +45,26 @@ def finish_workers(procs: list[subprocess.Popen[bytes]], timeout: float) -> list
             raise AssertionError(f"worker {proc.pid} exited {proc.returncode}:\n{err.decode()}")
         errors.append(err.decode())
     return errors
+
+
+def good_client(address: str, backend_uri: str, experiment: str, points: int = 200) -> float:
+    """A well-formed client beside a hostile one: ``points`` points, flush, end; checks every
+    point landed in the store. Returns the flush's seconds."""
+    from mlflow import MlflowClient
+
+    import tracker_client
+
+    t = tracker_client.connect(address, offline=False)
+    try:
+        run = t.start_run(experiment, run_name="good", timeout=30)
+        for i in range(points):
+            run.log_metric("good", float(i), step=i)
+        started = time.monotonic()
+        run.flush(timeout=30)
+        flushed = time.monotonic() - started
+        run.end()
+    finally:
+        t.close()
+    history = MlflowClient(tracking_uri=backend_uri).get_metric_history(run.run_id, "good")
+    assert sorted(m.step for m in history) == list(range(points))
+    return flushed
