@@ -200,6 +200,21 @@ _RUN_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
         "",
     ),
     (
+        "system_metrics_interval_s",
+        "SECONDS",
+        float,
+        "seconds between samples of the runs that ask for system metrics "
+        "(start_run(system_metrics=True)); 0 turns the sampler off",
+        "",
+    ),
+    (
+        "system_metrics_gpu",
+        "MODE",
+        str,
+        "system metrics of GPUs: auto (NVML, when nvidia-ml-py is installed) or off",
+        "",
+    ),
+    (
         "metrics_address",
         "HOST:PORT",
         str,

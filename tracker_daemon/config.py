@@ -89,6 +89,10 @@ class Config:
     max_clients: int = 10_000
     max_requests_per_client: int = 128  # start_run/end_run/flush/call in progress, one client
     max_requests: int = 4096  # ... over all clients
+    # system metrics of runs that ask (sampler.py): seconds between samples, 0 = off; the GPU
+    # part: "auto" (NVML, when nvidia-ml-py is installed) or "off"
+    system_metrics_interval_s: float = 10.0
+    system_metrics_gpu: str = "auto"
 
     # ---- derived values
 
@@ -255,6 +259,13 @@ def _check_operations(cfg: Config) -> None:
         raise ConfigError(f"retry_max_backoff_s = {cfg.retry_max_backoff_s}: must be > 0")
     if cfg.health_stall_s <= 0:
         raise ConfigError(f"health_stall_s = {cfg.health_stall_s}: must be > 0")
+    interval = cfg.system_metrics_interval_s
+    if interval != 0 and not 0.1 <= interval <= 3600:
+        raise ConfigError(f"system_metrics_interval_s = {interval}: must be 0 (off) or 0.1 – 3600")
+    if cfg.system_metrics_gpu not in ("auto", "off"):
+        raise ConfigError(
+            f"system_metrics_gpu = {cfg.system_metrics_gpu!r}: must be 'auto' or 'off'"
+        )
     if cfg.metrics_address:
         _parse_host_port("metrics_address", cfg.metrics_address)
     if not MIN_RECORDS_PER_FRAME <= cfg.max_records_per_frame <= 10_000_000:

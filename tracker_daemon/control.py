@@ -77,6 +77,7 @@ class Control:
         last_sink_error: Callable[[], str],
         queue: int = CONTROL_QUEUE,
         slots: RequestSlots | None = None,
+        started: Callable[[p.StartRun, str], None] = lambda msg, run_id: None,
     ) -> None:
         self.runs = runs
         self.ledger = ledger  # failures taken at a barrier
@@ -92,6 +93,7 @@ class Control:
         self.refused = 0  # requests answered REQUEST_LIMIT_EXCEEDED (queue full)
         self.stats = CallStats()  # calls by kind: counts, failures, latency
         self.slots = slots if slots is not None else RequestSlots()  # requests in progress
+        self._started = started  # a start_run succeeded (its message, the run id)
         self._in: MemoryObjectSendStream[tuple[bytes, ControlRequest]]
         self._out: MemoryObjectReceiveStream[tuple[bytes, ControlRequest]]
         self._in, self._out = anyio.create_memory_object_stream[tuple[bytes, ControlRequest]](queue)
@@ -171,6 +173,7 @@ class Control:
         except SinkError as exc:
             await self._send(identity, p.ErrorReply(msg.req, exc.code, exc.message))
             return
+        self._started(msg, handle.run_id)
         await self._send(
             identity,
             p.RunStarted(

@@ -49,7 +49,13 @@ from .batcher import Origin
 from .calls import StoreCalls
 from .clients import ClientTable, Peer
 from .committer import Committer
-from .config import Config, load_server_curve, metrics_host_port, redact_uri
+from .config import (
+    MIN_RECORDS_PER_FRAME,
+    Config,
+    load_server_curve,
+    metrics_host_port,
+    redact_uri,
+)
 from .control import Control
 from .diskspace import DiskProblems
 from .endings import Endings
@@ -78,6 +84,7 @@ from .staging import StagingArea
 from .statelock import StateLock
 from .status import Counters, StatusReporter
 from .supervise import Supervisor, Tasks
+from .system_metrics import ProcessReader, SystemMetrics, targets_of
 
 __all__ = ["Daemon", "run_daemon"]
 
@@ -136,6 +143,7 @@ class Daemon:
         self._stopping = False
         self._build_data_path()
         self._build_control()
+        self._build_system_metrics()
         self.reporter = self._build_status()
 
     def _build_data_path(self) -> None:
@@ -264,6 +272,7 @@ class Daemon:
             barrier_timeout_s=cfg.barrier_timeout_s,
             last_sink_error=lambda: self.counters.last_sink_error,
             slots=RequestSlots(cfg.max_requests_per_client, cfg.max_requests),
+            started=self._run_started,
         )
         welcome = Welcome(
             __version__, str(self.staging_dir), self.max_frame, str(self.spool_dir), self.hostname
@@ -315,6 +324,7 @@ class Daemon:
             self.endings,
             self.artifacts,
             self.journal,
+            self.system_metrics,
         )
         return StatusReporter(
             static,
@@ -472,6 +482,7 @@ class Daemon:
         tasks.loop("rate", self.counters.sample_rates)
         tasks.loop("liveness", self.liveness.run)
         tasks.loop("orphans", self.orphans.run)
+        tasks.loop("system_metrics", self.system_metrics.run)
         self.feeder.wake.set()
         self.endings.restore()  # before orphans: a run with a held END is no orphan
         self.orphans.watch_restored_owners()
@@ -621,6 +632,41 @@ class Daemon:
         if peer.pid is not None:
             return peer.pid == os.getpid()
         return self.curve is not None and peer.key == self.curve.public.decode()
+
+    # ------------------------------------------------------------------ system metrics
+
+    def _build_system_metrics(self) -> None:
+        """The sampler (system_metrics.py): its records enter the data path as a DATA frame of
+        a client id of the daemon's own (new at each start), sent by the daemon itself."""
+        cfg = self.cfg
+        self.own_client_id = f"tracker-daemon.system-metrics.{os.urandom(8).hex()}"
+        self._own_peer = Peer(b"tracker-daemon/system-metrics", os.getuid(), os.getpid())
+        self.system_metrics = SystemMetrics(
+            cfg.system_metrics_interval_s,
+            self.hostname,
+            targets=lambda wanted: targets_of(
+                wanted, self.runbook.open, self.table.clients, self.hostname
+            ),
+            emit=self._emit_own,
+            reader=lambda: ProcessReader(gpu=cfg.system_metrics_gpu == "auto"),
+        )
+
+    def _run_started(self, msg: p.StartRun, run_id: str) -> None:
+        if msg.system_metrics:
+            self.system_metrics.want(run_id)
+
+    def _emit_own(self, records: list[p.Metric | p.Tag]) -> None:
+        """Hand the daemon's own records to intake as DATA frames (journaled, then committed)."""
+        cid, step = self.own_client_id, MIN_RECORDS_PER_FRAME
+        for first in range(0, len(records), step):
+            msg = p.Data(
+                cid, self.ledger.received_upto(cid) + 1, tuple(records[first : first + step])
+            )
+            reply = self.intake.handle(self._own_peer, msg, p.encode(msg), time.monotonic())
+            if isinstance(reply, p.ErrorReply):  # journal full: this sample is lost (said)
+                log.warning(
+                    "event=system_metrics_dropped code=%s records=%d", reply.code, len(msg.records)
+                )
 
     # ------------------------------------------------------------------ status
 

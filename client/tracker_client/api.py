@@ -168,6 +168,7 @@ class Tracker:
         experiment_tags: Mapping[str, Any] | None = None,
         artifact_location: str | None = None,
         resume_by_name: bool = False,
+        system_metrics: bool = False,
         timeout: float = CONNECT_TIMEOUT,
     ) -> Run:
         """Create a run (in experiment ``experiment`` by name, get-or-create, or ``experiment_id``),
@@ -176,7 +177,12 @@ class Tracker:
         ``experiment_tags`` are set on the experiment (replacing values); ``artifact_location``
         is used when the daemon creates the experiment ``experiment`` (an existing one keeps its
         own). ``resume_by_name``: resume the latest run named ``run_name`` in the experiment if
-        there is one (its tags and parent are left as they are), else create it."""
+        there is one (its tags and parent are left as they are), else create it.
+
+        ``system_metrics``: the daemon samples this run's processes (and their children) and the
+        host every ``system_metrics_interval_s`` and logs them as ``system/...`` metrics (no
+        thread in this process); asked only of a daemon that announces the feature (an older
+        one: a warning, and the run has none)."""
         if experiment is not None:
             experiment = v.check_experiment_name(experiment)
         if artifact_location is not None:
@@ -202,7 +208,11 @@ class Tracker:
         cid = self._transport.client_id
         offline_id = f"offline-{uuid.uuid4().hex}" if run_id is None else None
 
+        if system_metrics:  # the option goes only to a daemon that announced it: know first
+            self._know_features(timeout)
+
         def make(req: int, seq: int) -> p.ClientMessage:
+            sampled = system_metrics and self._announced(p.FEATURE_SYSTEM_METRICS)
             return p.StartRun(
                 req,
                 cid,
@@ -217,6 +227,7 @@ class Tracker:
                 exp_tags,
                 artifact_location,
                 "by_name" if resume_by_name else None,
+                int(sampled),
             )
 
         fut = self._transport.request_async(make)
@@ -243,6 +254,24 @@ class Tracker:
         run = Run(self._link, reply.run_id, reply.experiment_id, reply.artifact_uri, reply.run_name)
         self._open_runs[run.run_id] = run
         return run
+
+    def _know_features(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) for the daemon's welcome, which says what it announces."""
+        try:
+            self._transport.wait_welcome(timeout)
+        except DaemonUnavailable:
+            pass  # offline: a request goes to the spool, without any feature's field
+
+    def _announced(self, feature: str) -> bool:
+        """Does the daemon announce ``feature``? (Warned when not: what asked for it is off.)"""
+        if feature in self._transport.session.features:
+            return True
+        _log.warning(
+            "tracker-client: the daemon does not announce %r (an older daemon, or the request "
+            "went to the spool): this run goes without it",
+            feature,
+        )
+        return False
 
     def flush(self, timeout: float = BARRIER_TIMEOUT) -> None:
         """Barrier over all runs of this process."""

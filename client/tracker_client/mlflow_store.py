@@ -36,7 +36,7 @@ from . import protocol as p
 from . import validation as v
 from .api import Tracker
 from .entities import decode_value, encode_value, result_value_budget
-from .errors import DaemonError, DaemonUnavailable
+from .errors import DaemonError, DaemonUnavailable, TrackerError
 from .mlflow_plugin import address_of
 from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT
 
@@ -83,6 +83,46 @@ def _tracker(store_uri: str) -> Tracker:
             # Reads and blocking writes must not go "offline": fail clearly instead.
             tracker = _trackers[address] = Tracker(address, offline=False)
         return tracker
+
+
+_MONITOR_THREAD = "SystemMetricsMonitor"  # the thread MLflow's in-process monitor logs from
+_sampled: dict[str, bool] = {}  # run id -> the daemon samples it (the worker's monitor stops)
+
+
+def _daemon_samples(tracker: Tracker, run_id: str) -> bool:
+    """MLflow's in-process monitor logs for ``run_id`` (``log_system_metrics=True``,
+    ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING``, ``mlflow.enable_system_metrics_logging()``): hand
+    the run to the daemon's sampler once (``start_run`` resuming it with ``system_metrics``) and
+    stop that monitor. False, and the monitor keeps logging as with any store, when the daemon
+    does not announce the feature or does not answer."""
+    with _lock:
+        known = _sampled.get(run_id)
+    if known is not None:
+        return known
+    transport = tracker._transport
+    cid = transport.client_id
+    taken = p.FEATURE_SYSTEM_METRICS in transport.session.features
+    if taken:
+
+        def make(req: int, seq: int) -> p.ClientMessage:
+            return p.StartRun(req, cid, run_id=run_id, system_metrics=1)
+
+        try:
+            transport.request(make, CONNECT_TIMEOUT)
+        except TrackerError:
+            taken = False
+    if taken:
+        from mlflow.tracking import fluent
+
+        monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).get(run_id)
+        stop = getattr(monitor, "_shutdown_event", None)
+        if isinstance(stop, threading.Event):
+            stop.set()  # its loop ends; mlflow.end_run() joins it as usual
+    with _lock:
+        if len(_sampled) >= 10_000:
+            _sampled.pop(next(iter(_sampled)))
+        _sampled[run_id] = taken
+    return taken
 
 
 def _for_uri(message: str, uri: str) -> str:
@@ -339,6 +379,10 @@ class TrackerStore(_TrackingBase):  # type: ignore[misc, unused-ignore]
         before anything is sent; what only the store decides (a changed param) fails the whole
         unit in the daemon, which stores none of it (reported at the next blocking call)."""
         metrics, params, tags = _checked_batch(run_id, metrics, params, tags)
+        if threading.current_thread().name == _MONITOR_THREAD and _daemon_samples(
+            self._tracker, run_id
+        ):
+            return  # the daemon samples this run: the worker's own figures are not logged
         records = [param_wire(run_id, x) for x in params]
         records += [metric_wire(run_id, x) for x in metrics]  # int64 columns: MLflow's DB fails
         records += [tag_wire(run_id, x) for x in tags]

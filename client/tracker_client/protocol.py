@@ -86,7 +86,9 @@ DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 # Features (PROTOCOL.md 11.1): what this implementation understands beyond version 1 as first
 # published. A peer sends a feature's fields only to a peer that announced the feature.
 FEATURE_UNITS: Final = "units"  # data.units: records committed all-or-nothing (section 5.2)
-FEATURES: Final = (FEATURE_UNITS,)
+# start_run.system_metrics: the daemon samples the run's processes (section 11.1)
+FEATURE_SYSTEM_METRICS: Final = "system_metrics"
+FEATURES: Final = (FEATURE_UNITS, FEATURE_SYSTEM_METRICS)
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -298,6 +300,8 @@ class StartRun:
     experiment_tags: dict[str, str] = field(default_factory=dict)
     artifact_location: str | None = None
     resume: str | None = None  # "by_name": resume the latest run named run_name, else create it
+    # 1: the daemon samples the run's processes and the host (feature "system_metrics")
+    system_metrics: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,7 +465,7 @@ _SCHEMA: Final[dict[type[Any], dict[str, str]]] = {cls: _schema_of(cls) for cls 
 # Fields added to version 1 after spool files and clients without them existed: an encoder always
 # sends them, a decoder takes a missing one as its default (so older spools still import).
 OPTIONAL_FIELDS: Final[dict[type[Any], frozenset[str]]] = {
-    StartRun: frozenset({"experiment_tags", "artifact_location", "resume"}),
+    StartRun: frozenset({"experiment_tags", "artifact_location", "resume", "system_metrics"}),
     Hello: frozenset({"features"}),
     Welcome: frozenset({"features"}),
     Data: frozenset({"units"}),
@@ -472,6 +476,7 @@ SENT_WHEN_SET: Final[dict[type[Any], frozenset[str]]] = {
     Hello: frozenset({"features"}),
     Welcome: frozenset({"features"}),
     Data: frozenset({"units"}),
+    StartRun: frozenset({"system_metrics"}),
 }
 _MAX_FEATURES: Final = 64
 
@@ -601,7 +606,10 @@ def _to_wire(kind_cls: type[Any], msg: Any) -> dict[str, Any]:
         if name in when_set:
             if not v:
                 continue
-            v = [list(x) for x in v] if rule == "units" else list(v)
+            if rule == "units":
+                v = [list(x) for x in v]
+            elif rule == "strs":
+                v = list(v)
         elif rule == "records":
             v = [_record_out(r) for r in v]
         elif rule == "failures":

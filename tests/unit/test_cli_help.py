@@ -79,7 +79,7 @@ def test_config_flags_name_default_and_environment_variable(command: str) -> Non
     defaults = Config()
     flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
     config_flags = [a for a in flags if a.dest in fields]
-    assert len(config_flags) == 19  # each --flag of a Config key; a new one needs its help
+    assert len(config_flags) == 21  # each --flag of a Config key; a new one needs its help
     for action in flags:
         assert action.help is not None
         assert "(default: " in action.help, action.dest
