@@ -186,3 +186,29 @@ def test_mlflow_log_system_metrics_through_tracker_uri_is_sampled_by_the_daemon(
             m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage")
         ]
         assert steps and len(steps) == len(set(steps)), steps
+
+
+def _nvml_problem() -> str:
+    try:
+        import pynvml  # type: ignore[import-not-found,unused-ignore]
+
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+    except Exception as exc:
+        return f"no NVIDIA GPU reachable through NVML (nvidia-ml-py): {type(exc).__name__}: {exc}"
+    return "" if count else "NVML reports no GPU"
+
+
+@pytest.mark.timeout(120)
+def test_gpu_figures_through_nvml(tmp_path: Path) -> None:
+    problem = _nvml_problem()
+    if problem:
+        pytest.skip(problem)
+    with running_daemon(tmp_path, "--system-metrics-interval-s", "0.5") as d:
+        client = MlflowClient(tracking_uri=d.backend_uri)
+        with worker(d, "sleep") as (run_id, _):
+            key = "system/gpu_0_utilization_percentage"
+            wait_for(lambda: len(history(client, run_id, key)) >= 2, 60, "GPU samples", 0.5)
+            assert history(client, run_id, "system/gpu_0_memory_usage_megabytes")
+        assert d.status()["system_metrics"]["gpu"] == "nvml"
