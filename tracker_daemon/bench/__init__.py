@@ -23,6 +23,9 @@ Each repeat of a scenario starts its own daemon on a fresh temporary state dir (
               vs. while the daemon writes at full rate; WAL and rollback journal, same repeat
   postgres    2 daemons -> a private PostgreSQL directly vs. 2 daemons -> mlflow server on it
               (skipped, with the reason, without PostgreSQL or a driver)
+  sampler     the system-metrics sampler at 100 open runs that asked for it: its CPU as a share
+              of a core (sampling every 1 s, and scaled to the default 10 s), the daemon's
+              CPU, one sample's time, records/s
 
 Exit status 0 when every scenario ran (or was skipped) and every count matched (a missed target
 is reported, not fatal), else 1. ``--json``: the JSON document on stdout (its "targets": every

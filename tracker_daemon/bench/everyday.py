@@ -204,7 +204,8 @@ def child_idle(spec: dict[str, Any]) -> None:
         tracker_client.connect(spec["address"], policy="block", offline=False)
         for _ in range(spec["clients"])
     ]
-    runs = [t.start_run("tracker-daemon-bench-idle") for t in trackers]
+    sampled = bool(spec.get("system_metrics"))  # the sampler scenario (sampling.py)
+    runs = [t.start_run("tracker-daemon-bench-idle", system_metrics=sampled) for t in trackers]
     _say({"runs": len(runs)})
     sys.stdin.readline()
     _say({"done": True})

@@ -20,6 +20,7 @@ from .load import run_load
 from .procfs import CLK_TCK, cpu_ticks, proc_kb
 from .remote import scenario_postgres, scenario_rest
 from .report import pct
+from .sampling import scenario_sampler
 
 SCENARIOS = (
     "client",
@@ -30,6 +31,7 @@ SCENARIOS = (
     "memory",
     "rest",
     "postgres",
+    "sampler",
 )
 
 
@@ -317,4 +319,5 @@ RUNNERS: dict[str, Callable[[Ctx, int, Path], dict[str, float]]] = {
     "memory": scenario_memory,
     "rest": scenario_rest,
     "postgres": scenario_postgres,
+    "sampler": scenario_sampler,
 }
