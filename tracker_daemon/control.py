@@ -77,6 +77,7 @@ class Control:
         last_sink_error: Callable[[], str],
         queue: int = CONTROL_QUEUE,
         slots: RequestSlots | None = None,
+        announced: Callable[[str], frozenset[str]] = lambda client_id: frozenset(),
     ) -> None:
         self.runs = runs
         self.ledger = ledger  # failures taken at a barrier
@@ -89,6 +90,7 @@ class Control:
         self._calls = calls  # None until MLflow is loaded
         self.barrier_timeout_s = barrier_timeout_s
         self._last_sink_error = last_sink_error
+        self._announced = announced  # client id -> the features its hello announced
         self.refused = 0  # requests answered REQUEST_LIMIT_EXCEEDED (queue full)
         self.stats = CallStats()  # calls by kind: counts, failures, latency
         self.slots = slots if slots is not None else RequestSlots()  # requests in progress
@@ -189,7 +191,11 @@ class Control:
         ending = self.endings.receive(msg)  # the one submit took (None: applied already)
         if ending is not None:
             await ending.durable.wait()
-            if ending.saved and self.ledger.received_upto(msg.client_id) >= msg.seq:
+            if (
+                ending.saved
+                and self.ledger.received_upto(msg.client_id) >= msg.seq
+                and p.FEATURE_ACCEPTED in self._announced(msg.client_id)  # else not a known kind
+            ):
                 await self._send(identity, p.Accepted(msg.req))  # the process may exit now
             with anyio.move_on_after(self.barrier_timeout_s):
                 await ending.done.wait()

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_RECORDS",
     "FEATURES",
+    "FEATURE_ACCEPTED",
     "FEATURE_UNITS",
     "OPTIONAL_FIELDS",
     "SENT_WHEN_SET",
@@ -86,7 +87,11 @@ DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 # Features (PROTOCOL.md 11.1): what this implementation understands beyond version 1 as first
 # published. A peer sends a feature's fields only to a peer that announced the feature.
 FEATURE_UNITS: Final = "units"  # data.units: records committed all-or-nothing (section 5.2)
-FEATURES: Final = (FEATURE_UNITS,)
+FEATURE_ACCEPTED: Final = "accepted"  # the interim reply `accepted` to end_run (sections 5.5, 6.8)
+FEATURES: Final = (
+    FEATURE_UNITS,
+    FEATURE_ACCEPTED,
+)
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
