@@ -1294,3 +1294,13 @@ def test_invalid_request_lists_every_daemon_kind() -> None:
     listed = set(re.findall(r"`([a-z_]+)`", row.split("(", 1)[1].split(")", 1)[0]))
     daemon_kinds = {k for k, cls in p._KINDS.items() if cls in typing.get_args(p.DaemonMessage)}
     assert daemon_kinds == listed, daemon_kinds ^ listed
+
+
+def test_the_spec_settles_curve_with_one_variable_as_the_client_does() -> None:
+    """PROTOCOL.md 1.1: only one CURVE variable set is an error naming the missing one; the
+    spec quotes the reference client's message exactly."""
+    from tracker_client.curve import CurveConfigError, curve_from_env
+
+    with pytest.raises(CurveConfigError) as err:
+        curve_from_env({"TRACKER_CURVE_SERVER_KEY": "/etc/server.key"})
+    assert f"`{err.value}`" in " ".join(SPEC_TEXT.split())
