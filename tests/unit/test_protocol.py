@@ -1304,3 +1304,11 @@ def test_the_spec_settles_curve_with_one_variable_as_the_client_does() -> None:
     with pytest.raises(CurveConfigError) as err:
         curve_from_env({"TRACKER_CURVE_SERVER_KEY": "/etc/server.key"})
     assert f"`{err.value}`" in " ".join(SPEC_TEXT.split())
+
+
+def test_the_spec_answers_both_by_name_questions() -> None:
+    """PROTOCOL.md 5.4 (tested against a real daemon in tests/integration/test_resume_by_name.py):
+    a found run takes the new offline id, and experiment_tags apply to it."""
+    text = " ".join(SPEC_TEXT.split())
+    assert "its `experiment_tags` **are** set on that experiment, whether the run is found" in text
+    assert "its `offline_id` names the found run" in text
