@@ -38,7 +38,8 @@ Settings (for run and check-config) come from, in increasing precedence: the bui
 a TOML file (--config), environment variables TRACKER_DAEMON_<KEY> and the flags.
 
 Exit status: 0 ok; 1 failed, or (status) the daemon is unreachable or unhealthy; 2 bad usage or
-configuration; 3 another daemon already owns the state dir, the socket or the metrics port.
+configuration; 3 another daemon already owns the state dir or the socket, or the tcp port
+(--address tcp://...) or the metrics port is in use.
 
 'tracker-daemon COMMAND --help' describes each command."""
 
@@ -75,7 +76,7 @@ ADDRESS_HELP = (
 
 
 _STATE_DIR_DEFAULT = (
-    "~/.local/state/tracker-daemon ($XDG_STATE_HOME/tracker-daemon), "
+    "$XDG_STATE_HOME/tracker-daemon (else ~/.local/state/tracker-daemon), "
     "/var/lib/tracker-daemon as root"
 )
 _ADDRESS_DEFAULT = (

@@ -126,6 +126,7 @@ class ClientInfo:
     routing_id: bytes = b""  # the connection it last used
     claimed_pid: int = 0
     gone: bool = False  # its process exited: does not count, holds no binding
+    features: frozenset[str] = frozenset()  # what its last hello announced (PROTOCOL.md 11.1)
 
 
 class ClientTable:
@@ -168,6 +169,12 @@ class ClientTable:
 
     def __len__(self) -> int:
         return len(self.clients)
+
+    def announced(self, client_id: str) -> frozenset[str]:
+        """The features the last hello of ``client_id`` announced (none for a client the daemon
+        has not heard a hello from): only those may reach it (PROTOCOL.md section 11.1)."""
+        info = self.clients.get(client_id)
+        return info.features if info is not None else frozenset()
 
     def touch(self, client_id: str, now: float) -> ClientInfo:
         """The entry of ``client_id`` (created unbound if new), seen at ``now``. For messages

@@ -78,6 +78,7 @@ class Control:
         queue: int = CONTROL_QUEUE,
         slots: RequestSlots | None = None,
         started: Callable[[p.StartRun, str], None] = lambda msg, run_id: None,
+        announced: Callable[[str], frozenset[str]] = lambda client_id: frozenset(),
     ) -> None:
         self.runs = runs
         self.ledger = ledger  # failures taken at a barrier
@@ -90,6 +91,7 @@ class Control:
         self._calls = calls  # None until MLflow is loaded
         self.barrier_timeout_s = barrier_timeout_s
         self._last_sink_error = last_sink_error
+        self._announced = announced  # client id -> the features its hello announced
         self.refused = 0  # requests answered REQUEST_LIMIT_EXCEEDED (queue full)
         self.stats = CallStats()  # calls by kind: counts, failures, latency
         self.slots = slots if slots is not None else RequestSlots()  # requests in progress
@@ -192,7 +194,11 @@ class Control:
         ending = self.endings.receive(msg)  # the one submit took (None: applied already)
         if ending is not None:
             await ending.durable.wait()
-            if ending.saved and self.ledger.received_upto(msg.client_id) >= msg.seq:
+            if (
+                ending.saved
+                and self.ledger.received_upto(msg.client_id) >= msg.seq
+                and p.FEATURE_ACCEPTED in self._announced(msg.client_id)  # else not a known kind
+            ):
                 await self._send(identity, p.Accepted(msg.req))  # the process may exit now
             with anyio.move_on_after(self.barrier_timeout_s):
                 await ending.done.wait()

@@ -273,6 +273,7 @@ class Daemon:
             last_sink_error=lambda: self.counters.last_sink_error,
             slots=RequestSlots(cfg.max_requests_per_client, cfg.max_requests),
             started=self._run_started,
+            announced=self.table.announced,
         )
         welcome = Welcome(
             __version__, str(self.staging_dir), self.max_frame, str(self.spool_dir), self.hostname

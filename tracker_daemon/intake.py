@@ -131,6 +131,7 @@ class Intake:
         # the limits admitted it: this peer is the one the id is bound to (or the daemon itself)
         info = self.clients.touch(msg.client_id, now)
         info.claimed_pid, info.version = msg.pid, msg.version
+        info.features = frozenset(msg.features)  # what may be sent to it (control.py: accepted)
         if info.owner is not None and info.owner[0] in ("key", "conn"):  # no kernel pid: the claim
             info.host = msg.host
             if msg.host == self.welcome.hostname and info.pid != msg.pid:

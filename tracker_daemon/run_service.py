@@ -277,9 +277,7 @@ class RunService:
 
     async def _create(self, msg: p.StartRun, exp_id: str) -> RunHandle:
         start = msg.start_time or time.time_ns() // 1_000_000
-        tags = dict(msg.tags)
-        if msg.offline_id:
-            tags["tracker.offline_id"] = msg.offline_id
+        tags = dict(msg.tags)  # no tag of its own: PROTOCOL.md section 5.1, `tracker.offline_id`
         parent = await self.resolve(msg.parent_run_id) if msg.parent_run_id else None
         return await self._write(
             self.sink.create_run, exp_id, start, tags, msg.run_name, parent, retry_for=5.0

@@ -27,7 +27,7 @@ from . import validation as v
 from .address import client_default_address
 from .curve import apply_curve, curve_hint
 from .errors import CommitError, DaemonError, DaemonUnavailable, RecordsDropped, TrackerError
-from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT, Run, RunLink
+from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT, OFFLINE_TAG, Run, RunLink
 from .source import default_tags
 from .spool import default_spool_dir
 from .staging import stage
@@ -239,6 +239,7 @@ class Tracker:
                 raise DaemonUnavailable(self._transport.no_answer(timeout)) from None
             run = Run(self._link, offline_id, experiment_id or "", "", run_name or "")
             run.offline_id = offline_id
+            run.set_tag(OFFLINE_TAG, offline_id)  # only a run that really went offline has it
             fut.add_done_callback(run._adopt)
             self._open_runs[offline_id] = run
             _log.warning(

@@ -37,6 +37,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "DEFAULT_MAX_RECORDS",
     "FEATURES",
+    "FEATURE_ACCEPTED",
     "FEATURE_UNITS",
     "OPTIONAL_FIELDS",
     "SENT_WHEN_SET",
@@ -88,7 +89,12 @@ DEFAULT_MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 FEATURE_UNITS: Final = "units"  # data.units: records committed all-or-nothing (section 5.2)
 # start_run.system_metrics: the daemon samples the run's processes (section 11.1)
 FEATURE_SYSTEM_METRICS: Final = "system_metrics"
-FEATURES: Final = (FEATURE_UNITS, FEATURE_SYSTEM_METRICS)
+FEATURE_ACCEPTED: Final = "accepted"  # the interim reply `accepted` to end_run (sections 5.5, 6.8)
+FEATURES: Final = (
+    FEATURE_UNITS,
+    FEATURE_SYSTEM_METRICS,
+    FEATURE_ACCEPTED,
+)
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1

@@ -19,10 +19,13 @@ from typing import Any, Protocol
 from . import protocol as p
 from . import validation as v
 
-__all__ = ["BARRIER_TIMEOUT", "CONNECT_TIMEOUT", "Run", "RunLink"]
+__all__ = ["BARRIER_TIMEOUT", "CONNECT_TIMEOUT", "OFFLINE_TAG", "Run", "RunLink"]
 
 CONNECT_TIMEOUT = float(os.environ.get("TRACKER_CONNECT_TIMEOUT", "10"))
 BARRIER_TIMEOUT = float(os.environ.get("TRACKER_FLUSH_TIMEOUT", "120"))
+# The tag of a run that really went offline (no daemon answered its start_run in time, or its
+# start_run was imported from a spool): its value is the offline id (PROTOCOL.md section 5.1).
+OFFLINE_TAG = "tracker.offline_id"
 
 # The log_metric hot path looks these up as module globals, not attributes.
 _time_ns = time.time_ns

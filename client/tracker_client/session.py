@@ -271,7 +271,8 @@ class Session:
             if held is None:
                 return []
             self.accepted.add(msg.req)
-            return [Accepted(held[0])]
+            # PROTOCOL.md 6.8: an ack of every sequenced message (of all runs) up to its seq
+            return [self._acked(held[2]), Accepted(held[0])]
         if isinstance(msg, p.RunStarted | p.Done | p.StatusReply | p.Result):
             self.accepted.discard(msg.req)
             entry = self.pending.pop(msg.req, None)

@@ -37,6 +37,7 @@ A refusal that retrying cannot cure raises :class:`~tracker_client.spool.ImportR
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import os
 import threading
@@ -51,6 +52,7 @@ import zmq
 from . import protocol as p
 from .curve import CurveKeys, apply_curve
 from .outbox import RECORDS_PER_FRAME
+from .run import OFFLINE_TAG
 from .spool import ImportRefused, ImportResult, Oversized, Spool, record_value_budget
 
 __all__ = ["count_records", "derived_client_id", "run_import", "split_records"]
@@ -225,6 +227,11 @@ class _Importer:
             if isinstance(msg, p.Data | p.LogArtifact):
                 self._send_sequenced(index, msg, frame)
                 continue
+            if isinstance(msg, p.StartRun) and msg.offline_id and OFFLINE_TAG not in msg.tags:
+                # a start_run no daemon took before: its run really was offline
+                tags = {**msg.tags, OFFLINE_TAG: msg.offline_id}
+                msg = dataclasses.replace(msg, tags=tags)
+                frame = p.encode(msg)
             if len(frame) > self.max_frame:
                 self._skip(f"frame {index} ({type(msg).__name__}): {len(frame)} bytes > max_frame")
                 continue

@@ -177,7 +177,12 @@ def test_offline_run_that_exits_is_imported_by_the_daemon(tmp_path: Path) -> Non
     frames = [p.decode(f, max_frame=2**31) for f in s.read_all()]
     s.close(remove_if_empty=False)
     data = [m for m in frames if isinstance(m, p.Data)]
-    assert sum(len(m.records) for m in data) == 100_000
+    records = [r for m in data for r in m.records]
+    assert sum(isinstance(r, p.Metric) for r in records) == 100_000
+    # and the run's offline tag, the one record that is not a metric (set when it went offline)
+    assert [(r.key, r.value) for r in records if not isinstance(r, p.Metric)] == [
+        ("tracker.offline_id", offline_id)
+    ]
     assert max(len(m.records) for m in data) <= 1000  # within every daemon's limits
     d.start()
     try:

@@ -79,6 +79,7 @@ class Harness:
         self._got = anyio.Event()
         self.committed = anyio.Event()  # the END barrier, while barrier_ok is False
         self.synced = 0
+        self.plain: set[str] = set()  # client ids whose hello announced no features
         self.endings = Endings(
             self.w.runs,
             self.supervisor,
@@ -101,6 +102,7 @@ class Harness:
             last_sink_error=lambda: "",
             queue=queue,
             slots=slots,
+            announced=lambda cid: frozenset() if cid in self.plain else frozenset(p.FEATURES),
         )
 
     async def send(self, identity: bytes, msg: p.DaemonMessage) -> None:
@@ -206,6 +208,15 @@ async def test_an_end_run_whose_records_are_missing_is_not_accepted(tmp_path: Pa
         h.control.submit(ID, p.EndRun(4, "c1", 3, "r1", "FINISHED", 77))
         assert await h.replies(1) == [p.Done(4, ())]  # no accepted; done once committed
         assert h.w.runbook.ended.keys() == {"c1:4"}
+
+
+async def test_no_accepted_for_a_client_that_did_not_announce_it(tmp_path: Path) -> None:
+    async with running(tmp_path) as h:
+        h.plain.add("c1")  # a client of the first edition of version 1: `accepted` is unknown
+        h.received("c1", 2)
+        h.control.submit(ID, p.EndRun(4, "c1", 2, "r1", "FINISHED", 77))
+        assert await h.replies(1) == [p.Done(4, ())]  # the end_run is held all the same
+        assert h.w.runbook.ended.keys() == {"c1:4"} and h.synced == 1
 
 
 async def test_a_held_end_run_times_out_but_is_applied_once_committed(tmp_path: Path) -> None:

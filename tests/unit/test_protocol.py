@@ -6,12 +6,14 @@ import dataclasses
 import math
 import random
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
 
+from tracker_client import protocol as p
 from tracker_client.entities import decode_value, encode_value
 from tracker_client.framing import encode_frame
 from tracker_client.protocol import (
@@ -95,7 +97,7 @@ EXPECTED: dict[str, Message] = {
         host="gpu-node-01",
         version="0.1.0",
         acked_floor=0,
-        features=("units",),
+        features=("units", "accepted"),
     ),
     "welcome_features": Welcome(
         req=1,
@@ -104,7 +106,7 @@ EXPECTED: dict[str, Message] = {
         staging_dir=STAGING,
         max_frame=4194304,
         spool_dir=SPOOL,
-        features=("units",),
+        features=("units", "accepted"),
     ),
     "data_units": Data(
         client_id=CID,
@@ -1283,3 +1285,30 @@ def test_peek_sequenced_reads_only_the_header() -> None:
     artifact = _body(EXPECTED["artifact"])
     reordered = dict(reversed(list(artifact.items())))
     assert peek_sequenced(_frame("artifact", reordered)) == (CID, artifact_msg.seq, 1)
+
+
+def test_invalid_request_lists_every_daemon_kind() -> None:
+    """PROTOCOL.md section 10: the daemon refuses every daemon -> client kind a client sends, so
+    the `invalid_request` row names them all (it lacked `accepted`)."""
+    (row,) = [line for line in SPEC_TEXT.splitlines() if line.startswith("| `invalid_request` |")]
+    listed = set(re.findall(r"`([a-z_]+)`", row.split("(", 1)[1].split(")", 1)[0]))
+    daemon_kinds = {k for k, cls in p._KINDS.items() if cls in typing.get_args(p.DaemonMessage)}
+    assert daemon_kinds == listed, daemon_kinds ^ listed
+
+
+def test_the_spec_settles_curve_with_one_variable_as_the_client_does() -> None:
+    """PROTOCOL.md 1.1: only one CURVE variable set is an error naming the missing one; the
+    spec quotes the reference client's message exactly."""
+    from tracker_client.curve import CurveConfigError, curve_from_env
+
+    with pytest.raises(CurveConfigError) as err:
+        curve_from_env({"TRACKER_CURVE_SERVER_KEY": "/etc/server.key"})
+    assert f"`{err.value}`" in " ".join(SPEC_TEXT.split())
+
+
+def test_the_spec_answers_both_by_name_questions() -> None:
+    """PROTOCOL.md 5.4 (tested against a real daemon in tests/integration/test_resume_by_name.py):
+    a found run takes the new offline id, and experiment_tags apply to it."""
+    text = " ".join(SPEC_TEXT.split())
+    assert "its `experiment_tags` **are** set on that experiment, whether the run is found" in text
+    assert "its `offline_id` names the found run" in text

@@ -400,10 +400,26 @@ def test_an_accepted_end_run_is_no_longer_spooled_but_still_answered() -> None:
     (req,) = s.pending
     assert s.receive(p.Ack(1)) == [Acked(1)]
     assert s.unsettled() is True  # an end_run nobody holds yet
-    assert s.receive(p.Accepted(req)) == [Accepted(end)]
+    assert s.receive(p.Accepted(req)) == [Acked(1), Accepted(end)]
     assert s.receive(p.Accepted(999)) == []  # not a pending request: nothing
     assert s.unsettled() is False
     assert s.in_send_order(held=False) == []  # what goes to the spool
     assert len(s.in_send_order()) == 1  # what a reconnect resends
     assert s.receive(p.Done(req)) == [Acked(1), Answered(end, p.Done(req))]
     assert not s.pending and not s.accepted
+
+
+def test_accepted_acknowledges_every_run_s_messages_up_to_the_end_run_s_seq() -> None:
+    """PROTOCOL.md 6.8: ``accepted`` means the daemon holds every sequenced message of this
+    client with seq <= the end_run's seq — of all runs, the counter is shared — so the client
+    forgets exactly those (and does not spool the end_run); a later seq stays kept."""
+    s = Session(CID, pid=1, host="h", version="v")
+    for seq, run in ((1, "run-a"), (2, "run-b"), (3, "run-a")):
+        s.unacked[seq] = p.encode_data(CID, seq, [["m", run, "k", 1.0, 5, seq, None, None, None]])
+    end = p.EndRun(7, CID, 3, "run-b", "FINISHED", 5)
+    s.pending[7] = (None, p.encode(end), 3)
+    s.unacked[4] = p.encode_data(CID, 4, [["m", "run-a", "k", 1.0, 5, 4, None, None, None]])
+    s.seq = 4
+    assert s.receive(p.Accepted(7)) == [Acked(3), Accepted(None)]
+    assert list(s.unacked) == [4] and s.acked_upto == 3  # run-a's seqs 1 and 3 too
+    assert s.in_send_order(held=False) == [s.unacked[4]]  # what goes to the spool
