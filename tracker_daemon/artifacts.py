@@ -2,7 +2,7 @@
 
     submit ─► ready queue ─► attempt: check artifact_path, snapshot the slot (staging.py),
                              upload the copy (worker thread), delete the copy
-              ▲                 │ done / permanent failure ─► delete the slot, settle
+              ▲                 │ done / any failure but a retry ─► delete the slot, then settle
               └── later heap ◄──┘ retryable failure: back off, out of line (others go first),
                                   until RETRY_FOR_S after the first attempt, then a failure
 
@@ -60,6 +60,7 @@ class _Job:
     attempts: int = 0
     backoff: float = FIRST_BACKOFF_S
     finished: bool = False
+    ref: SlotRef | None = None  # the sender's own slot, once the staged path is accepted
 
 
 class ArtifactLane:
@@ -127,8 +128,9 @@ class ArtifactLane:
                 await self._attempt(job)
             except Exception as exc:  # contained: the lane must outlive any one artifact
                 log.exception("event=artifact_lane_error")
-                if not job.finished:
-                    await self._finish(job, self._failure(job.msg, "INTERNAL_ERROR", repr(exc)))
+                if not job.finished:  # the slot goes too, before the failure is reported
+                    failure = self._failure(job.msg, "INTERNAL_ERROR", repr(exc))
+                    await self._finish(job, failure, job.ref)
 
     async def _next(self) -> _Job:
         while True:
@@ -151,6 +153,7 @@ class ArtifactLane:
         except StagingRefused as exc:  # not this client's slot: touch nothing
             await self._finish(job, self._failure(msg, "INVALID_PARAMETER_VALUE", str(exc)))
             return
+        job.ref = ref
         problem = artifact_path_problem(msg.artifact_path) if msg.artifact_path else None
         if problem is not None:  # MLflow's rule, exactly
             reason = f"refused artifact_path: {problem}"
@@ -210,6 +213,8 @@ class ArtifactLane:
     async def _finish(
         self, job: _Job, failure: p.Failure | None, ref: SlotRef | None = None
     ) -> None:
+        """Settle the artifact: first delete its slot (when it is the sender's own), then report,
+        so that a ``done`` or ``result`` carrying the outcome finds the slot gone."""
         job.finished = True
         if ref is not None:
             await anyio.to_thread.run_sync(self.staging.discard, ref)

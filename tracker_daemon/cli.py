@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from .cli_help import (
     RUN_TEXT,
     STATUS_TEXT,
     add_config_args,
+    settings_epilog,
 )
 from .config import Config, load_config
 from .errors import AlreadyRunning, ConfigError, SinkError
@@ -144,10 +146,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tracker_client.address import client_default_address
+    from tracker_client.curve import curve_from_env
     from tracker_client.spool import ImportRefused, SpoolBusy, import_spool
 
     from .progress import Progress
 
+    curve = curve_from_env()  # a configuration error leaves every spool file untouched
     address = args.address or client_default_address()
     paths = [Path(x) for x in args.paths]
     code = 0
@@ -158,7 +162,9 @@ def _cmd_import(args: argparse.Namespace) -> int:
             continue
         shown = Progress.to_stream("import", "records", 0, extra=f"path={json.dumps(str(path))}")
         try:
-            result = import_spool(path, address, timeout=args.timeout, progress=shown.update)
+            result = import_spool(
+                path, address, timeout=args.timeout, progress=shown.update, curve=curve
+            )
             shown.finish()
         except SpoolBusy:
             shown.end()  # a line left on the terminal ends before the message
@@ -188,14 +194,31 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return code
 
 
-def _sub(sub: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+def _sub(
+    sub: Any, name: str, summary: str, description: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(
         name,
         help=summary,
         description=description,
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, extras: Sequence[str]) -> str:
+    """``unrecognized argument --x; did you mean --y?``: the first unknown option (else the
+    first extra argument) and the closest option of ``parser``, if one is close."""
+    options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    flags = [x for x in extras if x.startswith("-")]
+    first = (flags or list(extras))[0]
+    text = f"unrecognized argument {first}"
+    if first.startswith("-"):
+        close = difflib.get_close_matches(first.split("=", 1)[0], options, n=1)
+        if close:
+            text += f"; did you mean {close[0]}?"
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"tracker-daemon {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = _sub(sub, "run", "run the daemon in the foreground", RUN_TEXT)
+    run = _sub(sub, "run", "run the daemon in the foreground", RUN_TEXT, settings_epilog())
     add_config_args(run)
     run.add_argument(
         "--until-idle",
@@ -217,7 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         "then exit 0 (default: off)",
     )
     run.set_defaults(func=_cmd_run)
-    check = _sub(sub, "check-config", "print the effective configuration and exit", CHECK_TEXT)
+    check = _sub(
+        sub,
+        "check-config",
+        "print the effective configuration and exit",
+        CHECK_TEXT,
+        settings_epilog(),
+    )
     add_config_args(check)
     check.set_defaults(func=_cmd_check_config)
     st = _sub(sub, "status", "show a running daemon's counters and health", STATUS_TEXT)
@@ -268,11 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as _add_bench_parser
 
     _add_bench_parser(sub)
+    for parser in sub.choices.values():  # an unknown option is reported with its command's usage
+        parser.set_defaults(command_parser=parser)
     return ap
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = build_parser()
+    args, extras = ap.parse_known_args(argv)
+    if extras:
+        parser = getattr(args, "command_parser", ap)
+        parser.error(_unrecognized(parser, extras))  # usage of that command, then exit 2
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         code = args.func(args)
     except (ConfigError, CurveConfigError) as exc:

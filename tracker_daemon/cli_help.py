@@ -7,6 +7,8 @@ is for developers and is not shown by ``--help``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 
 from .config import ENV_PREFIX, SINKS, Config
 
@@ -21,6 +23,8 @@ __all__ = [
     "RUN_TEXT",
     "STATUS_TEXT",
     "add_config_args",
+    "flagless_settings",
+    "settings_epilog",
 ]
 
 DEFAULT_CONFIG_FILE = "/etc/tracker-daemon/config.toml"
@@ -262,3 +266,32 @@ def add_config_args(ap: argparse.ArgumentParser) -> None:
             choices=_CHOICES.get(key),
             help=f"{text} (default: {shown}; env {env})".replace("%", "%%"),
         )
+
+
+def flagless_settings() -> list[str]:
+    """The keys of :class:`Config` that have no command-line flag, in the dataclass's order."""
+    flagged = {key for key, *_ in _RUN_FLAGS}
+    return [f.name for f in dataclasses.fields(Config) if f.name not in flagged]
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    return json.dumps(value)
+
+
+def settings_epilog() -> str:
+    """The ``run``/``check-config`` epilog: every setting without a flag, with its TOML key (and
+    default) and its environment variable, generated from :class:`Config` so that it cannot
+    drift."""
+    defaults = Config()
+    rows = [(f"{key} = {_toml_value(getattr(defaults, key))}", key) for key in flagless_settings()]
+    width = max(len(left) for left, _ in rows)
+    lines = [
+        "Settings without a flag: set them in the TOML file (--config; key = default shown) or",
+        "in the environment (docs/configuration.md describes each):",
+    ]
+    lines += [f"  {left:<{width}}  env {ENV_PREFIX}{key.upper()}" for left, key in rows]
+    return "\n".join(lines)

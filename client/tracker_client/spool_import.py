@@ -50,7 +50,7 @@ import msgpack
 import zmq
 
 from . import protocol as p
-from .curve import CurveKeys, apply_curve
+from .curve import CurveKeys, apply_curve, curve_from_env
 from .outbox import RECORDS_PER_FRAME
 from .run import OFFLINE_TAG
 from .spool import ImportRefused, ImportResult, Oversized, Spool, record_value_budget
@@ -73,6 +73,8 @@ def run_import(
     max_record: int = p.DEFAULT_MAX_FRAME_BYTES,
     connection_id: Callable[[int], bytes] | None = None,
 ) -> ImportResult:
+    if curve == "env":  # a configuration error is raised before the file is touched
+        curve = curve_from_env()
     spool = Spool(path)
     spool.open()  # raises SpoolBusy while the writer lives
     ctx = zmq.Context()
@@ -84,7 +86,7 @@ def run_import(
     try:
         importer = _Importer(ctx, address, curve, ImportResult(path), timeout, stop, ids, bounds)
     except BaseException:
-        spool.close()
+        spool.close(remove_if_empty=False)  # the import never started: leave the file as it was
         ctx.term()
         raise
     try:

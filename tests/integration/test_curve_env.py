@@ -50,3 +50,28 @@ def test_import_with_one_curve_variable_is_a_configuration_error(tmp_path: Path)
     assert r.stderr.strip().splitlines()[-1] == (
         f"tracker-daemon: configuration error: CURVE: {CLIENT} is not set; {BOTH}"
     )
+
+
+@pytest.mark.parametrize("content", [b"", b"not a spool at all"], ids=["empty", "garbage"])
+def test_import_configuration_error_leaves_the_spool_file_untouched(
+    tmp_path: Path, content: bytes
+) -> None:
+    """A configuration error is raised before any spool is opened: the user's file (even an
+    empty one, which a started import would remove) is still there, byte for byte."""
+    spool = tmp_path / ("b" * 32 + ".spool")
+    spool.write_bytes(content)
+    before = spool.stat()
+    r = daemon_cli(
+        "import",
+        str(spool),
+        "--address",
+        f"ipc://{tmp_path}/none.sock",
+        env={CLIENT: str(tmp_path / "client.key_secret")},
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"tracker-daemon: configuration error: CURVE: {SERVER} is not set; {BOTH}"
+    )
+    assert spool.exists(), "the configuration error removed the user's spool file"
+    assert spool.read_bytes() == content
+    assert spool.stat().st_mtime_ns == before.st_mtime_ns

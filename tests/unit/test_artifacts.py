@@ -369,3 +369,51 @@ def test_lane_missing_slots_and_contained_errors(area: StagingArea, tmp_path: Pa
     assert done[2][1] is not None and done[2][1].code == "INTERNAL_ERROR"
     assert done[2][1].message.startswith("artifact 'boom.txt': RuntimeError('unexpected')")
     assert uploaded == ["ok.txt"]
+
+
+def test_the_slot_is_gone_before_any_outcome_is_reported(area: StagingArea, tmp_path: Path) -> None:
+    """Refused, failed (an unexpected error included) or uploaded: when ``done`` is called (the
+    outcome then reaches the barrier's reply), the sender's slot no longer exists."""
+    cid = "5" * 32
+    slots = {1: "d" * 32, 2: "e" * 32, 3: "f" * 32}
+    for slot in slots.values():
+        (_slot(area, cid, slot) / "m.txt").write_text("m")
+    seen: dict[int, tuple[bool, str | None]] = {}
+
+    async def uri_of(run_id: str) -> str:
+        return "file:///nowhere"
+
+    def upload(uri: str, local: str, artifact_path: str | None) -> None:
+        if artifact_path == "boom":
+            raise RuntimeError("unexpected")
+
+    def on_done(origin: Origin, run_id: str, failure: p.Failure | None) -> None:
+        exists = (area.root / cid / slots[origin.seq]).exists()
+        seen[origin.seq] = (exists, failure.code if failure else None)
+
+    lane = ArtifactLane(
+        area,
+        artifact_root=str(tmp_path / "none"),
+        uri_of=uri_of,
+        upload=upload,
+        done=on_done,
+        on_retry=lambda exc: None,
+    )
+
+    async def main() -> None:
+        for seq, artifact_path in ((1, "a//b"), (2, "boom"), (3, "ok")):
+            staged = f"{area.root}/{cid}/{slots[seq]}/m.txt"
+            lane.submit(Origin(cid, seq), p.LogArtifact(cid, seq, "run", staged, artifact_path))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lane.run)
+            with anyio.fail_after(10):
+                while len(seen) < 3:  # noqa: ASYNC110 (a stand-in's results)
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert seen == {
+        1: (False, "INVALID_PARAMETER_VALUE"),
+        2: (False, "INTERNAL_ERROR"),
+        3: (False, None),
+    }
