@@ -150,7 +150,7 @@ with mlflow.start_run(log_system_metrics=True) as run:
 """
 
 
-@pytest.mark.compat  # MLflow's monitor thread is found by its name at runtime: every MLflow of the range
+@pytest.mark.compat  # MLflow's monitor thread is found by name at runtime: every MLflow
 @pytest.mark.timeout(120)
 def test_mlflow_log_system_metrics_through_tracker_uri_is_sampled_by_the_daemon(
     tmp_path: Path,
