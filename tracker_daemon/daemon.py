@@ -40,15 +40,17 @@ import anyio.abc
 from tracker_client import protocol as p
 
 from . import __version__
-from .artifact_roots import ArtifactRoots
-from .artifact_writer import ArtifactWriter
-from .artifacts import ArtifactLane
-from .backend import ThreadBackend
-from .barriers import Barriers
-from .batcher import Origin
-from .calls import StoreCalls
-from .clients import ClientTable, Peer
-from .committer import Committer
+from .artifacts.artifact_roots import ArtifactRoots
+from .artifacts.artifact_writer import ArtifactWriter
+from .artifacts.lane import ArtifactLane
+from .artifacts.staging import StagingArea
+from .commit.backend import ThreadBackend
+from .commit.barriers import Barriers
+from .commit.batcher import Origin
+from .commit.committer import Committer
+from .commit.lanes import Lanes
+from .commit.ledger import Ledger
+from .commit.pacing import CommitPacer
 from .config import (
     MIN_RECORDS_PER_FRAME,
     Config,
@@ -56,35 +58,33 @@ from .config import (
     metrics_host_port,
     redact_uri,
 )
-from .control import Control
-from .diskspace import DiskProblems
-from .endings import Endings
-from .experiments import Experiments
-from .feeder import Feeder
-from .hints import mlflow_ui_command
-from .intake import DataPath, Intake, Welcome
-from .journal import Journal, Position
-from .journal_sync import JournalSync
-from .lanes import Lanes
-from .ledger import Ledger
-from .limits import Limits
-from .liveness import PidWatcher
-from .notify import Notifier
-from .orphans import Orphans
-from .pacing import CommitPacer
-from .progress import Progress, to_log
-from .request_slots import RequestSlots
-from .run_service import RunService
-from .runs import RunBook
-from .server import CurveSetup, Server, check_tcp_free
-from .settlement import Settlement
-from .sink import Sink
-from .spool_imports import SpoolImports, acting_uid
-from .staging import StagingArea
-from .statelock import StateLock
-from .status import Counters, StatusReporter
-from .supervise import Supervisor, Tasks
-from .system_metrics import ProcessReader, SystemMetrics, targets_of
+from .intake.clients import ClientTable, Peer
+from .intake.intake import DataPath, Intake, Welcome
+from .intake.limits import Limits
+from .intake.liveness import PidWatcher
+from .intake.request_slots import RequestSlots
+from .intake.server import CurveSetup, Server, check_tcp_free
+from .journal.diskspace import DiskProblems
+from .journal.feeder import Feeder
+from .journal.journal import Journal, Position
+from .journal.journal_sync import JournalSync
+from .journal.settlement import Settlement
+from .journal.statelock import StateLock
+from .ops.hints import mlflow_ui_command
+from .ops.notify import Notifier
+from .ops.progress import Progress, to_log
+from .ops.status import Counters, StatusReporter
+from .ops.supervise import Supervisor, Tasks
+from .runs.control import Control
+from .runs.endings import Endings
+from .runs.orphans import Orphans
+from .runs.run_service import RunService
+from .runs.runs import RunBook
+from .runs.spool_imports import SpoolImports, acting_uid
+from .runs.system_metrics import ProcessReader, SystemMetrics, targets_of
+from .store.calls import StoreCalls
+from .store.experiments import Experiments
+from .store.sink import Sink
 
 __all__ = ["Daemon", "run_daemon"]
 
@@ -490,7 +490,7 @@ class Daemon:
 
     def _start_metrics(self) -> None:
         """Serve Prometheus metrics; each scrape builds the status document on this loop."""
-        from .metrics import MetricsServer
+        from .ops.metrics import MetricsServer
 
         token = anyio.lowlevel.current_token()
 

@@ -12,10 +12,20 @@ from pathlib import Path
 import pytest
 
 from tests.support.disk import mounted_tmpfs
-from tracker_daemon.artifact_roots import ArtifactRoots, LocalPlace, LocationRefused, local_path
-from tracker_daemon.artifact_writer import ArtifactWriter, NameLimits, name_problem, write_local
+from tracker_daemon.artifacts.artifact_roots import (
+    ArtifactRoots,
+    LocalPlace,
+    LocationRefused,
+    local_path,
+)
+from tracker_daemon.artifacts.artifact_writer import (
+    ArtifactWriter,
+    NameLimits,
+    name_problem,
+    write_local,
+)
+from tracker_daemon.artifacts.staging import PARTIAL_PREFIX
 from tracker_daemon.errors import PermanentSinkError
-from tracker_daemon.staging import PARTIAL_PREFIX
 
 # ------------------------------------------------------------------ artifact_roots (pure)
 

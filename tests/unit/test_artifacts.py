@@ -14,10 +14,8 @@ import anyio
 import pytest
 
 from tracker_client import protocol as p
-from tracker_daemon.artifacts import ArtifactLane, label
-from tracker_daemon.batcher import Origin
-from tracker_daemon.errors import RetryableSinkError, SinkError
-from tracker_daemon.staging import (
+from tracker_daemon.artifacts.lane import ArtifactLane, label
+from tracker_daemon.artifacts.staging import (
     MAX_DEPTH,
     PARTIAL_PREFIX,
     SlotMissing,
@@ -27,6 +25,8 @@ from tracker_daemon.staging import (
     clean_partial_uploads,
     parse_staged,
 )
+from tracker_daemon.commit.batcher import Origin
+from tracker_daemon.errors import RetryableSinkError, SinkError
 
 CID = "c" * 32
 SLOT = "a" * 32

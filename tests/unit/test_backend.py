@@ -12,12 +12,12 @@ import anyio
 import pytest
 
 from tracker_client import protocol as p
-from tracker_daemon.artifacts import ArtifactLane
-from tracker_daemon.backend import READ_RETRY_FOR_S, Backoff, ThreadBackend
-from tracker_daemon.batcher import Origin
+from tracker_daemon.artifacts.lane import ArtifactLane
+from tracker_daemon.artifacts.staging import StagingArea
+from tracker_daemon.commit.backend import READ_RETRY_FOR_S, Backoff, ThreadBackend
+from tracker_daemon.commit.batcher import Origin
 from tracker_daemon.errors import PermanentSinkError, RetryableSinkError
-from tracker_daemon.staging import StagingArea
-from tracker_daemon.status import Counters
+from tracker_daemon.ops.status import Counters
 
 pytestmark = pytest.mark.anyio
 

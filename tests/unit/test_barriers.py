@@ -10,7 +10,7 @@ import time
 import anyio
 import pytest
 
-from tracker_daemon.barriers import COMPACT_MIN, Barriers, WaiterQueue
+from tracker_daemon.commit.barriers import COMPACT_MIN, Barriers, WaiterQueue
 
 
 def test_pop_done_wakes_only_the_done_waiters_in_seq_order() -> None:

@@ -1,11 +1,11 @@
-"""Unit tests for tracker_daemon.batcher (synchronous; time is passed explicitly)."""
+"""Unit tests for tracker_daemon.commit.batcher (synchronous; time is passed explicitly)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tracker_client.protocol import Failure, Metric, Param, Record, Tag
-from tracker_daemon.batcher import Batch, Batcher, Origin, Settled
+from tracker_daemon.commit.batcher import Batch, Batcher, Origin, Settled
 
 T0 = 1000.0
 O1 = Origin("client-1", 1)

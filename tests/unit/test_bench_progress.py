@@ -12,7 +12,7 @@ import pytest
 
 from tracker_daemon.bench import command
 from tracker_daemon.bench.harness import Ctx, Skipped
-from tracker_daemon.cli import build_parser
+from tracker_daemon.cli.cli import build_parser
 
 values = itertools.count(1000)
 

@@ -9,9 +9,9 @@ import logging
 import pytest
 from prometheus_client.core import Metric
 
-from tracker_daemon.call_stats import CallStats
-from tracker_daemon.metrics import metric_families
-from tracker_daemon.status import format_status
+from tracker_daemon.ops.call_stats import CallStats
+from tracker_daemon.ops.metrics import metric_families
+from tracker_daemon.ops.status import format_status
 
 
 class Clock:

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tracker_daemon.cli import build_parser
+from tracker_daemon.cli.cli import build_parser
 from tracker_daemon.config import Config
 
 # reST roles and literals, and sentences of the developer docstrings of cli.py and bench/

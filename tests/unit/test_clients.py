@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tracker_daemon.clients import ClientTable, Peer, id_prefix, peer_from
+from tracker_daemon.intake.clients import ClientTable, Peer, id_prefix, peer_from
 
 A = Peer(b"conn-a", uid=1000, pid=111)
 A2 = Peer(b"conn-a2", uid=1000, pid=111)  # the same process on a new connection
@@ -138,7 +138,7 @@ def test_an_id_a_spool_used_stays_its_owners() -> None:
 
 
 def test_a_daemon_peer_acts_for_a_spool_owner_only_by_its_routing_id() -> None:
-    from tracker_daemon.spool_imports import acting_uid, connection_id
+    from tracker_daemon.runs.spool_imports import acting_uid, connection_id
 
     rid = connection_id(1234)
     assert acting_uid(rid) == 1234 and connection_id(1234) != rid

@@ -12,12 +12,12 @@ import pytest
 
 from tests.support.fakes import FakeBackend
 from tracker_client import protocol as p
-from tracker_daemon.batcher import Origin
-from tracker_daemon.committer import Committer
+from tracker_daemon.commit.batcher import Origin
+from tracker_daemon.commit.committer import Committer
+from tracker_daemon.commit.lanes import Lanes
+from tracker_daemon.commit.offline_ids import Waiting
 from tracker_daemon.errors import PermanentSinkError, RetryableSinkError, RunGone
-from tracker_daemon.lanes import Lanes
-from tracker_daemon.offline_ids import Waiting
-from tracker_daemon.status import Counters
+from tracker_daemon.ops.status import Counters
 
 pytestmark = pytest.mark.anyio
 
@@ -223,7 +223,7 @@ async def take_and_commit(committer: Committer, lanes: Lanes) -> None:
 
 
 async def test_the_batches_of_many_runs_commit_in_one_transaction() -> None:
-    from tracker_daemon.sqlwriter import RunFailed
+    from tracker_daemon.store.sqlwriter import RunFailed
 
     def answer(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         assert fn is write_entries
@@ -294,7 +294,7 @@ async def test_a_transaction_the_database_refuses_falls_back_to_log_batch() -> N
 
 
 async def test_one_transaction_takes_at_most_txn_records() -> None:
-    from tracker_daemon.committer import TXN_RECORDS
+    from tracker_daemon.commit.committer import TXN_RECORDS
 
     lanes = Lanes(1, max_age=60.0)
     committer, _, _ = sql_committer(lanes, FakeBackend())

@@ -16,14 +16,14 @@ import pytest
 
 from tests.support.run_fakes import Wiring
 from tracker_client import protocol as p
-from tracker_daemon.clients import Refusal
-from tracker_daemon.control import Control
-from tracker_daemon.endings import Endings
+from tracker_daemon.commit.ledger import Ledger
 from tracker_daemon.errors import PermanentSinkError
-from tracker_daemon.ledger import Ledger
-from tracker_daemon.request_slots import RequestSlots
-from tracker_daemon.run_service import creation_key
-from tracker_daemon.supervise import Supervisor
+from tracker_daemon.intake.clients import Refusal
+from tracker_daemon.intake.request_slots import RequestSlots
+from tracker_daemon.ops.supervise import Supervisor
+from tracker_daemon.runs.control import Control
+from tracker_daemon.runs.endings import Endings
+from tracker_daemon.runs.run_service import creation_key
 
 pytestmark = pytest.mark.anyio
 

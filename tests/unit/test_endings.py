@@ -15,12 +15,12 @@ import pytest
 
 from tests.support.run_fakes import Wiring
 from tracker_client import protocol as p
-from tracker_daemon.endings import Ending, Endings
+from tracker_daemon.commit.ledger import Ledger
 from tracker_daemon.errors import PermanentSinkError, SinkError
-from tracker_daemon.ledger import Ledger
-from tracker_daemon.runs import EndIntent, RunBook
-from tracker_daemon.sink import RunHandle
-from tracker_daemon.supervise import Supervisor
+from tracker_daemon.ops.supervise import Supervisor
+from tracker_daemon.runs.endings import Ending, Endings
+from tracker_daemon.runs.runs import EndIntent, RunBook
+from tracker_daemon.store.sink import RunHandle
 
 pytestmark = pytest.mark.anyio
 

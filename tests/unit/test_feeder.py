@@ -10,16 +10,16 @@ import pytest
 
 from tests.support.fakes import FakeBackend
 from tracker_client import protocol as p
-from tracker_daemon.barriers import Barriers
-from tracker_daemon.batcher import Origin
-from tracker_daemon.clients import ClientInfo
-from tracker_daemon.committer import Committer
-from tracker_daemon.feeder import KIND_SEQUENCED, Feeder
-from tracker_daemon.journal import Journal, Position
-from tracker_daemon.lanes import Lanes
-from tracker_daemon.ledger import Ledger
-from tracker_daemon.settlement import Settlement
-from tracker_daemon.status import Counters
+from tracker_daemon.commit.barriers import Barriers
+from tracker_daemon.commit.batcher import Origin
+from tracker_daemon.commit.committer import Committer
+from tracker_daemon.commit.lanes import Lanes
+from tracker_daemon.commit.ledger import Ledger
+from tracker_daemon.intake.clients import ClientInfo
+from tracker_daemon.journal.feeder import KIND_SEQUENCED, Feeder
+from tracker_daemon.journal.journal import Journal, Position
+from tracker_daemon.journal.settlement import Settlement
+from tracker_daemon.ops.status import Counters
 
 pytestmark = pytest.mark.anyio
 

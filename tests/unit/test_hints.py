@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tracker_daemon.hints import mlflow_ui_command
+from tracker_daemon.ops.hints import mlflow_ui_command
 
 URI = "sqlite:////var/lib/tracker-daemon/mlflow.db"
 

@@ -12,12 +12,12 @@ import pytest
 
 from tests.support.run_fakes import Wiring
 from tracker_client import protocol as p
-from tracker_daemon.clients import ClientInfo, ClientTable, Peer
-from tracker_daemon.intake import KIND_SEQUENCED, DataPath, Intake, Welcome
-from tracker_daemon.journal import Journal, Position
-from tracker_daemon.ledger import Ledger
-from tracker_daemon.limits import LIMIT_LOG_INTERVAL_S, Limits
-from tracker_daemon.status import Counters
+from tracker_daemon.commit.ledger import Ledger
+from tracker_daemon.intake.clients import ClientInfo, ClientTable, Peer
+from tracker_daemon.intake.intake import KIND_SEQUENCED, DataPath, Intake, Welcome
+from tracker_daemon.intake.limits import LIMIT_LOG_INTERVAL_S, Limits
+from tracker_daemon.journal.journal import Journal, Position
+from tracker_daemon.ops.status import Counters
 
 A = Peer(b"conn-a", uid=1000, pid=111)
 B = Peer(b"conn-b", uid=1000, pid=222)

@@ -1,4 +1,4 @@
-"""Unit tests for tracker_daemon.journal: real files under tmp_path, no daemon."""
+"""Unit tests for tracker_daemon.journal.journal: real files under tmp_path, no daemon."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tracker_client.framing import HEADER, encode_frame
-from tracker_daemon.journal import Journal, JournalFull, Position
+from tracker_daemon.journal.journal import Journal, JournalFull, Position
 
 SEG = 256  # small segments: a few frames each, so rotation happens early and often
 
@@ -398,7 +398,7 @@ def test_disk_full_mid_frame_leaves_no_partial_frame(tmp_path: Path) -> None:
         """
         import resource, signal, sys
         from pathlib import Path
-        from tracker_daemon.journal import Journal, JournalFull
+        from tracker_daemon.journal.journal import Journal, JournalFull
         d = Path(sys.argv[1])
         j = Journal(d, segment_bytes=1 << 20)
         j.open()

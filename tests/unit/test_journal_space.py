@@ -13,10 +13,10 @@ import pytest
 
 from tests.support.disk import fill_disk, mounted_tmpfs
 from tracker_client.framing import HEADER
-from tracker_daemon.diskspace import DiskProblems
-from tracker_daemon.journal import MIN_SEGMENT_BYTES, Journal, JournalFull, Position
-from tracker_daemon.runs import RunBook
-from tracker_daemon.sink import RunHandle
+from tracker_daemon.journal.diskspace import DiskProblems
+from tracker_daemon.journal.journal import MIN_SEGMENT_BYTES, Journal, JournalFull, Position
+from tracker_daemon.runs.runs import RunBook
+from tracker_daemon.store.sink import RunHandle
 
 MiB = 1024 * 1024
 BIG_DISK = 1 << 40

@@ -14,12 +14,12 @@ import anyio
 import pytest
 
 from tracker_client import protocol as p
-from tracker_daemon.clients import ClientInfo
-from tracker_daemon.diskspace import DiskProblems
-from tracker_daemon.journal import Journal
-from tracker_daemon.journal_sync import CLIENT_MEMORY_S, JournalSync
-from tracker_daemon.ledger import Ledger
-from tracker_daemon.status import Counters
+from tracker_daemon.commit.ledger import Ledger
+from tracker_daemon.intake.clients import ClientInfo
+from tracker_daemon.journal.diskspace import DiskProblems
+from tracker_daemon.journal.journal import Journal
+from tracker_daemon.journal.journal_sync import CLIENT_MEMORY_S, JournalSync
+from tracker_daemon.ops.status import Counters
 
 pytestmark = pytest.mark.anyio
 

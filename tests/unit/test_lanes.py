@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tracker_client.protocol import Metric
-from tracker_daemon.batcher import Origin
-from tracker_daemon.lanes import Lanes
+from tracker_daemon.commit.batcher import Origin
+from tracker_daemon.commit.lanes import Lanes
 
 
 def _metric(run: str, step: int) -> Metric:

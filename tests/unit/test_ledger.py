@@ -1,9 +1,9 @@
-"""Unit tests for tracker_daemon.ledger (pure per-client sequence bookkeeping)."""
+"""Unit tests for tracker_daemon.commit.ledger (pure per-client sequence bookkeeping)."""
 
 from __future__ import annotations
 
 from tracker_client.protocol import Failure, Metric, Param
-from tracker_daemon.ledger import ClientBook, Ledger, Progress
+from tracker_daemon.commit.ledger import ClientBook, Ledger, Progress
 
 C = "client-a"
 

@@ -10,10 +10,10 @@ import pytest
 
 from tests.support.run_fakes import Wiring
 from tracker_client import protocol as p
-from tracker_daemon.clients import ClientTable, Peer
-from tracker_daemon.limits import LIMIT_LOG_INTERVAL_S, Limits
-from tracker_daemon.sink import RunHandle
-from tracker_daemon.status import Counters
+from tracker_daemon.intake.clients import ClientTable, Peer
+from tracker_daemon.intake.limits import LIMIT_LOG_INTERVAL_S, Limits
+from tracker_daemon.ops.status import Counters
+from tracker_daemon.store.sink import RunHandle
 
 A = Peer(b"conn-a", uid=1000, pid=111)
 B = Peer(b"conn-b", uid=1000, pid=222)

@@ -10,7 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from tracker_daemon.liveness import PidWatcher, alive
+from tracker_daemon.intake.liveness import PidWatcher, alive
 
 pytestmark = pytest.mark.anyio
 

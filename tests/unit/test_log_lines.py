@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.support.daemon import REPO
 from tests.support.logs import LOG_LINE
-from tracker_daemon.cli import KeyValueFormatter
+from tracker_daemon.cli.cli import KeyValueFormatter
 
 
 def test_formatter_makes_one_key_value_line_per_event() -> None:

@@ -1,4 +1,5 @@
-"""MLflow 2.x store calls on the daemon's MLflow 3 store (tracker_daemon/mlflow2.py), on a real
+"""MLflow 2.x store calls on the daemon's MLflow 3 store (tracker_daemon/store/mlflow2.py), on a
+real
 SQLite ``SqlAlchemyStore``: tracing's v2 API by MLflow 2's signatures, and trace infos encoded as
 MLflow 2's ``TraceInfo`` class (the ``mlflow.TraceInfo`` protobuf both versions share)."""
 
@@ -15,8 +16,8 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from tracker_client import mlflow_store
 from tracker_client.entities import EXT_PROTO, decode_value, encode_value
-from tracker_daemon import mlflow2
-from tracker_daemon.calls import StoreCalls
+from tracker_daemon.store import mlflow2
+from tracker_daemon.store.calls import StoreCalls
 
 T0 = 1_700_000_000_000
 

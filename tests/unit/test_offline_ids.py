@@ -4,8 +4,8 @@ replayed records only — for a resend after the restart, or never started (at o
 
 from __future__ import annotations
 
+from tracker_daemon.commit.offline_ids import OfflineIds, Waiting, is_offline
 from tracker_daemon.errors import RunGone
-from tracker_daemon.offline_ids import OfflineIds, Waiting, is_offline
 
 WAIT = 30.0
 

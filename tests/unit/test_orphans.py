@@ -13,12 +13,12 @@ import anyio
 import pytest
 
 from tests.support.run_fakes import Wiring
-from tracker_daemon.clients import ClientTable, Peer
 from tracker_daemon.errors import RetryableSinkError, SinkError
-from tracker_daemon.orphans import ORPHAN_BARRIER_S, Orphans
-from tracker_daemon.sink import RunHandle
-from tracker_daemon.status import Counters
-from tracker_daemon.supervise import Supervisor
+from tracker_daemon.intake.clients import ClientTable, Peer
+from tracker_daemon.ops.status import Counters
+from tracker_daemon.ops.supervise import Supervisor
+from tracker_daemon.runs.orphans import ORPHAN_BARRIER_S, Orphans
+from tracker_daemon.store.sink import RunHandle
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker_daemon.pacing import CommitPacer
+from tracker_daemon.commit.pacing import CommitPacer
 
 
 def steady(pacer: CommitPacer, rate: float, seconds: float, start: float = 0.0) -> float:

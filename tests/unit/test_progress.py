@@ -1,4 +1,5 @@
-"""The progress reporter (tracker_daemon/progress.py): formatting, and what it writes on a terminal
+"""The progress reporter (tracker_daemon/ops/progress.py): formatting, and what it writes on a
+terminal
 and elsewhere. Pure: a fake clock and a list as the writer (no real time or terminal needed)."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import logging
 
 import pytest
 
-from tracker_daemon.progress import (
+from tracker_daemon.ops.progress import (
     ENV_INTERVAL,
     Progress,
     plain_line,

@@ -3,7 +3,7 @@ request over a cap is refused naming the cap and its value; answering frees the 
 
 from __future__ import annotations
 
-from tracker_daemon.request_slots import RequestSlots
+from tracker_daemon.intake.request_slots import RequestSlots
 
 
 def test_per_client_cap_names_the_limit() -> None:

@@ -11,11 +11,11 @@ import pytest
 
 from tests.support.run_fakes import Wiring
 from tracker_client import protocol as p
-from tracker_daemon.clients import ClientInfo
+from tracker_daemon.commit.offline_ids import Waiting
 from tracker_daemon.errors import PermanentSinkError, RunGone
-from tracker_daemon.offline_ids import Waiting
-from tracker_daemon.run_service import creation_key
-from tracker_daemon.runs import RunBook
+from tracker_daemon.intake.clients import ClientInfo
+from tracker_daemon.runs.run_service import creation_key
+from tracker_daemon.runs.runs import RunBook
 
 pytestmark = pytest.mark.anyio
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tracker_client import protocol as p
-from tracker_daemon.clients import ClientInfo
-from tracker_daemon.runs import OpenRun
-from tracker_daemon.sampler import (
+from tracker_daemon.intake.clients import ClientInfo
+from tracker_daemon.runs.runs import OpenRun
+from tracker_daemon.runs.sampler import (
     TAG,
     GpuReading,
     HostReading,
@@ -16,8 +16,8 @@ from tracker_daemon.sampler import (
     Sampler,
     process_figures,
 )
-from tracker_daemon.sink import RunHandle
-from tracker_daemon.system_metrics import targets_of
+from tracker_daemon.runs.system_metrics import targets_of
+from tracker_daemon.store.sink import RunHandle
 
 
 def host(busy: float, total: float, gpus: tuple[GpuReading, ...] = ()) -> HostReading:

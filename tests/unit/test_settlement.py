@@ -11,12 +11,12 @@ import anyio
 import pytest
 
 from tracker_client import protocol as p
-from tracker_daemon.barriers import Barriers
-from tracker_daemon.batcher import Origin
-from tracker_daemon.journal import Journal
-from tracker_daemon.ledger import Ledger
-from tracker_daemon.settlement import Settlement
-from tracker_daemon.status import Counters
+from tracker_daemon.commit.barriers import Barriers
+from tracker_daemon.commit.batcher import Origin
+from tracker_daemon.commit.ledger import Ledger
+from tracker_daemon.journal.journal import Journal
+from tracker_daemon.journal.settlement import Settlement
+from tracker_daemon.ops.status import Counters
 
 pytestmark = pytest.mark.anyio
 

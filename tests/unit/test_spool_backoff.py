@@ -1,11 +1,11 @@
-"""When the daemon tries a failed spool import again (tracker_daemon.spool_backoff)."""
+"""When the daemon tries a failed spool import again (tracker_daemon.runs.spool_backoff)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from tracker_daemon.spool_backoff import MAX_DELAY_S, SpoolBackoff
+from tracker_daemon.runs.spool_backoff import MAX_DELAY_S, SpoolBackoff
 
 
 def test_failures_back_off_doubling_up_to_the_cap(tmp_path: Path) -> None:

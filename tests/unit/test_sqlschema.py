@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from tests.support.daemon import REPO
 from tests.support.mlflow_tables import rebuild_sqlite_table, sqlite_store, sqlite_template
-from tracker_daemon.sqlschema import WRITER_TABLES, schema_problem
+from tracker_daemon.store.sqlschema import WRITER_TABLES, schema_problem
 
 pytestmark = pytest.mark.compat
 

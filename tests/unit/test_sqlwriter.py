@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from tests.support.mlflow_tables import sqlite_store, sqlite_template, table_rows
 from tests.support.store import sqlite_locked
 from tracker_client.protocol import Metric, Param, Record, Tag
-from tracker_daemon.sqlwriter import RunFailed, SqlWriter
+from tracker_daemon.store.sqlwriter import RunFailed, SqlWriter
 
 MAX = 1.7976931348623157e308
 PROVISIONAL = "provisional-id"  # what record.run_id may hold; the writer must use the entry's

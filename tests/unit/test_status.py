@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tracker_daemon.status import Counters, format_status, health
+from tracker_daemon.ops.status import Counters, format_status, health
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.run_fakes import Wiring
-from tracker_daemon.clients import ClientTable, Peer
-from tracker_daemon.journal import Journal
-from tracker_daemon.status import Counters, StatusReporter
-from tracker_daemon.supervise import Supervisor
+from tracker_daemon.intake.clients import ClientTable, Peer
+from tracker_daemon.journal.journal import Journal
+from tracker_daemon.ops.status import Counters, StatusReporter
+from tracker_daemon.ops.supervise import Supervisor
 
 # every key of the status document (docs/operations.md, "Status, metrics and logs"; metrics.py
 # reads them)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tracker_daemon.status_cli import CLEAR, Refresh, watch
+from tracker_daemon.cli.status_cli import CLEAR, Refresh, watch
 
 UP = Refresh({"healthy": True, "reachable": True, "version": "x", "received": 7}, "")
 DOWN = Refresh({"reachable": False, "healthy": False, "unhealthy_reasons": ["unreachable: t"]}, "t")

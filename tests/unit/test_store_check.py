@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tracker_daemon.errors import ConfigError
-from tracker_daemon.store_check import SQLITE_MAGIC, check_sqlite_store, sqlite_file
+from tracker_daemon.store.store_check import SQLITE_MAGIC, check_sqlite_store, sqlite_file
 
 
 def test_the_file_of_a_sqlite_uri() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for tracker_daemon.supervise: a failing task is logged, counted and (a loop)
+"""Unit tests for tracker_daemon.ops.supervise: a failing task is logged, counted and (a loop)
 restarted; it never ends the task group; cancellation passes through. anyio, no sockets."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from tracker_daemon import supervise
-from tracker_daemon.supervise import Supervisor, Tasks
+from tracker_daemon.ops import supervise
+from tracker_daemon.ops.supervise import Supervisor, Tasks
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tracker_daemon.throttle import LogThrottle, RateBudget
+from tracker_daemon.ops.throttle import LogThrottle, RateBudget
 
 
 def test_one_line_per_key_per_interval_with_the_count_held_back() -> None:
