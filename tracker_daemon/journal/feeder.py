@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import anyio
 
@@ -29,7 +30,6 @@ from tracker_client.validation import record_problem
 from ..commit.batcher import Origin, unit_failure
 from ..commit.committer import Committer
 from ..commit.wakeup import Wakeup
-from ..intake.clients import ClientInfo
 from ..ops.status import Counters
 from .journal import SEGMENT_SUFFIX, Journal, Position
 from .settlement import Settlement
@@ -37,6 +37,14 @@ from .settlement import Settlement
 __all__ = ["KIND_SEQUENCED", "READ_CHUNK_BYTES", "Feeder"]
 
 log = logging.getLogger("tracker_daemon")
+
+
+class ClientInfo(Protocol):
+    """What replay updates in a client-table entry (intake/clients.py: ClientInfo): the runs it
+    touched; a protocol, so the journal layer does not import intake."""
+
+    @property
+    def runs(self) -> set[str]: ...
 
 
 KIND_SEQUENCED = b"D"  # journal entry: a sequenced client frame (data or artifact), verbatim

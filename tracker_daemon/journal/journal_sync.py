@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 import anyio
 
 from tracker_client import protocol as p
 
 from ..commit.wakeup import Wakeup
-from ..intake.clients import ClientInfo
 from ..ops.status import Counters
 from .diskspace import DiskProblems, is_disk_error
 from .journal import Journal
@@ -28,6 +28,14 @@ __all__ = ["CLIENT_MEMORY_S", "DISK_RETRY_S", "JournalSync"]
 
 CLIENT_MEMORY_S = 7 * 24 * 3600  # how long the mark remembers an idle client's seq
 DISK_RETRY_S = 1.0  # how often a write that failed for lack of space is tried again
+
+
+class ClientInfo(Protocol):
+    """What the mark loop reads of a client-table entry (intake/clients.py: ClientInfo); a
+    protocol, so the journal layer does not import intake."""
+
+    @property
+    def last_seen(self) -> float: ...
 
 
 class JournalSync:
