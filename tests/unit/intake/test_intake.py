@@ -145,7 +145,8 @@ def test_a_frame_is_journaled_then_accepted_then_delivered_and_acked_later(
 
 def test_an_empty_frame_is_handed_on_with_its_count(tmp_path: Path) -> None:
     """A frame of no records is done as soon as it is accepted: the data path gets its count
-    with its position, so it can settle the entry at once (tests/unit/test_settlement.py)."""
+    with its position, so it can settle the entry at once
+    (tests/unit/journal/test_settlement.py)."""
     rig = Rig(tmp_path)
     rig.handle(data(1, n=0))
     events = [e for e in rig.rec.events if e[0] != "watch_bound"]
