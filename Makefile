@@ -59,6 +59,7 @@ lock:
 lint: setup
 	$(BIN)/ruff check tracker_daemon client tests
 	$(BIN)/ruff format --check tracker_daemon client tests
+	$(BIN)/lint-imports --no-cache --no-logo
 
 typecheck: setup
 	$(BIN)/mypy tracker_daemon client/tracker_client

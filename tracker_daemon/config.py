@@ -112,7 +112,7 @@ class Config:
     def local_artifact_roots(self) -> list[str]:
         """The local artifact roots: the default artifact root when it is local, then
         ``artifact_roots`` (artifact_roots.py places every local upload below one of them)."""
-        from .artifact_roots import local_path
+        from .artifacts.artifact_roots import local_path
 
         default = local_path(self.artifact_root)
         first = [os.path.abspath(default)] if default is not None else []
@@ -241,7 +241,7 @@ def _check_sink(cfg: Config) -> None:
 
 
 def _check_artifact_roots(cfg: Config) -> None:
-    from .artifact_roots import LocationRefused, root_path
+    from .artifacts.artifact_roots import LocationRefused, root_path
 
     for entry in cfg.artifact_roots:
         try:

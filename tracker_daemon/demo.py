@@ -27,7 +27,7 @@ from pathlib import Path
 
 import tracker_client
 
-from .hints import mlflow_ui_command
+from .ops.hints import mlflow_ui_command
 
 EXPERIMENT = "tracker-daemon-demo"
 MARKER = ".tracker-daemon-demo"  # lets a rerun delete the state dir it made, and nothing else

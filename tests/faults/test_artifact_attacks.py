@@ -26,7 +26,7 @@ from tests.support.net import raw_dealer, recv_reply
 from tests.support.store import sqlite_locked
 from tests.support.waiting import wait_for
 from tracker_client import protocol as p
-from tracker_daemon.staging import PARTIAL_PREFIX
+from tracker_daemon.artifacts.staging import PARTIAL_PREFIX
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import pytest
 
 from tests.integration.test_observability import cli_status, metric, scrape
 from tests.support.daemon import daemon_env, running_daemon
-from tracker_daemon.calls import StoreCalls
+from tracker_daemon.store.calls import StoreCalls
 
 pytestmark = pytest.mark.integration
 

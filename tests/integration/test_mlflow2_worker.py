@@ -1,7 +1,8 @@
 """An MLflow 2.x worker (``mlflow-skinny<3`` in its own venv, tests/support/mlflow2_venv.py) logs
 through ``tracker://`` to a daemon on MLflow 3: experiment tags, params, metrics, tags, an
 artifact, a nested run, reads, and ``@mlflow.trace`` — whose v2 store calls the daemon translates
-(tracker_daemon/mlflow2.py), so the traces are stored, readable by both MLflow versions. Skipped
+(tracker_daemon/store/mlflow2.py), so the traces are stored, readable by both MLflow versions.
+Skipped
 only when the package registry cannot be reached to build the venv (and none is cached)."""
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ from tests.postgres import postgres
 from tests.support.mlflow_tables import sql_store, sqlite_store, sqlite_template, table_rows
 from tracker_client.protocol import Metric, Param, Record, Tag
 from tracker_daemon.errors import RetryableSinkError, RunGone
-from tracker_daemon.sink import classify
-from tracker_daemon.sqlwriter import RunFailed, SqlWriter, schema_problem
+from tracker_daemon.store.sink import classify
+from tracker_daemon.store.sqlwriter import RunFailed, SqlWriter, schema_problem
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]
 

@@ -98,7 +98,7 @@ def test_experiments_against_a_real_mlflow_store(tmp_path: Path) -> None:
     from mlflow.tracking._tracking_service.utils import _get_store
 
     from tracker_daemon.errors import PermanentSinkError
-    from tracker_daemon.experiments import Experiments
+    from tracker_daemon.store.experiments import Experiments
 
     store = _get_store(f"sqlite:///{tmp_path / 'm.db'}", str(tmp_path / "art"))
     ex = Experiments(lambda: store)

@@ -15,7 +15,7 @@ import pytest
 
 import tracker_client
 from tests.support.daemon import REPO, daemon_cli, daemon_env, running_daemon, short_tmpdir
-from tracker_daemon.hints import mlflow_ui_command
+from tracker_daemon.ops.hints import mlflow_ui_command
 
 pytestmark = pytest.mark.integration
 

@@ -41,7 +41,7 @@ def daemon_command(state_dir: Path, address: str, *args: str, prelude: str = "")
     produced for real, e.g. an MLflow version the daemon was not tested with)."""
     start = ["-m", "tracker_daemon.cli"]
     if prelude:
-        start = ["-c", f"{prelude}\nfrom tracker_daemon.cli import main\nmain()"]
+        start = ["-c", f"{prelude}\nfrom tracker_daemon.cli.cli import main\nmain()"]
     return [
         sys.executable,
         *start,

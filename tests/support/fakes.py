@@ -1,6 +1,7 @@
 """Stand-ins for unit tests of the data path (no threads, no MLflow).
 
-``FakeBackend(handler)`` implements tracker_daemon.backend.Backend: every ``write``/``read`` is
+``FakeBackend(handler)`` implements tracker_daemon.commit.backend.Backend: every
+``write``/``read`` is
 recorded and answered by ``handler(fn, args)`` (return a value or raise a SinkError). Outcomes
 are recorded as ``errors`` (retryable ones only, as ThreadBackend) and ``oks``. It does not
 retry: the retry policy is ThreadBackend's, tested on its own in test_backend.py.

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tracker_daemon.clients import ClientInfo
 from tracker_daemon.errors import SinkError
-from tracker_daemon.run_service import RunService
-from tracker_daemon.runs import RunBook
-from tracker_daemon.sink import RunHandle
+from tracker_daemon.intake.clients import ClientInfo
+from tracker_daemon.runs.run_service import RunService
+from tracker_daemon.runs.runs import RunBook
+from tracker_daemon.store.sink import RunHandle
 
 T = TypeVar("T")
 

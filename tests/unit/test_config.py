@@ -547,7 +547,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from tracker_daemon.cli import main
+    from tracker_daemon.cli.cli import main
 
     with pytest.raises(SystemExit) as exc:
         main(args)

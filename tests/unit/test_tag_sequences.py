@@ -19,8 +19,8 @@ from mlflow.entities import RunTag
 
 from tests.support.mlflow_tables import sqlite_store, sqlite_template, table_rows
 from tracker_client.protocol import Tag
-from tracker_daemon.batcher import Batcher, Origin
-from tracker_daemon.sqlwriter import SqlWriter
+from tracker_daemon.commit.batcher import Batcher, Origin
+from tracker_daemon.store.sqlwriter import SqlWriter
 
 NAME = "mlflow.runName"
 

@@ -24,8 +24,8 @@ from tests.support.mlflow_tables import sqlite_store, sqlite_template, table_row
 from tracker_client import protocol as p
 from tracker_client.outbox import FrameMaker, UnitRecords
 from tracker_client.session import Rehello, Session, Welcomed
-from tracker_daemon.batcher import Batcher, Origin
-from tracker_daemon.sqlwriter import SqlWriter, UnitFailed
+from tracker_daemon.commit.batcher import Batcher, Origin
+from tracker_daemon.store.sqlwriter import SqlWriter, UnitFailed
 
 CID = "c" * 32
 RUN = "r" * 32

@@ -17,7 +17,7 @@ from typing import Any
 import tracker_client
 
 from .. import __version__
-from ..progress import Progress
+from ..ops.progress import Progress
 from . import __doc__ as _PACKAGE_DOC
 from .everyday import EVERYDAY_RATES
 from .harness import BenchError, Ctx, Procs, Skipped
