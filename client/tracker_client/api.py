@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol as p
-from . import validation as v
-from .address import client_default_address
-from .curve import apply_curve, curve_hint
+from .delivery.spool import default_spool_dir
+from .delivery.staging import stage
+from .delivery.transport import Transport
 from .errors import CommitError, DaemonError, DaemonUnavailable, RecordsDropped, TrackerError
 from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT, OFFLINE_TAG, Run, RunLink
 from .source import default_tags
-from .spool import default_spool_dir
-from .staging import stage
-from .transport import Transport
+from .wire import validation as v
+from .wire.address import client_default_address
+from .wire.curve import apply_curve, curve_hint
 
 __all__ = ["Run", "RunLink", "Tracker", "connect", "default_tags", "query_status"]
 

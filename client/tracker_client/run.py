@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from . import protocol as p
-from . import validation as v
+from .wire import validation as v
 
 __all__ = ["BARRIER_TIMEOUT", "CONNECT_TIMEOUT", "OFFLINE_TAG", "Run", "RunLink"]
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tracker_client import protocol as p
-from tracker_client.transport import Transport
+from tracker_client.delivery.transport import Transport
 
 RUN = "r" * 32
 

@@ -30,7 +30,7 @@ from typing import Any, TypeAlias
 
 import msgpack
 
-from . import protocol as p
+from .. import protocol as p
 from .outbox import RECORDS_PER_FRAME, Unit
 
 __all__ = [

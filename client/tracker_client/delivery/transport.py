@@ -36,10 +36,10 @@ from typing import Any
 
 import zmq
 
-from . import protocol as p
-from .address import no_answer
-from .curve import apply_curve, curve_from_env, curve_hint
-from .errors import DaemonError, DaemonUnavailable
+from .. import protocol as p
+from ..errors import DaemonError, DaemonUnavailable
+from ..wire.address import no_answer
+from ..wire.curve import apply_curve, curve_from_env, curve_hint
 from .outbox import POLICIES, RECORDS_PER_FRAME, Call, FrameMaker, MakeMessage, Outbox
 from .session import (
     Accepted,
@@ -477,7 +477,7 @@ def _send(sock: zmq.Socket[bytes], frame: bytes) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
