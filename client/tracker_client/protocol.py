@@ -9,7 +9,9 @@ there is here too. ``client/PROTOCOL.md`` is the language-neutral specification.
 
 from __future__ import annotations
 
+from .wire import codec as _codec
 from .wire import messages as _messages
+from .wire.codec import *  # noqa: F403
 from .wire.messages import *  # noqa: F403
 
-__all__ = [*_messages.__all__]
+__all__ = [*_messages.__all__, *_codec.__all__]
