@@ -439,7 +439,7 @@ def _send(sock: zmq.Socket[bytes], frame: bytes) -> None:
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__
 
