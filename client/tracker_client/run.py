@@ -32,8 +32,8 @@ _time_ns = time.time_ns
 _check_metric = v.check_metric
 _metric_wire = p.metric_wire
 # A plain metric (no model or dataset) is built inline on the hot path, in exactly the layout of
-# protocol.metric_wire (tests/unit/test_run.py checks they agree): the call would add ~45 ns, a
-# tenth of log_metric's own cost.
+# protocol.metric_wire (tests/unit/client/test_run.py checks they agree): the call would add
+# ~45 ns, a tenth of log_metric's own cost.
 
 
 class RunLink(Protocol):

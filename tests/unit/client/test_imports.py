@@ -38,6 +38,14 @@ print(json.dumps({{"module": sys.modules[sys.argv[1]].__name__, "heavy": heavy}}
         "tracker_client.delivery.spill",
         "tracker_client.address",
         "tracker_client.errors",
+        "tracker_client.wire.messages",
+        "tracker_client.wire.codec",
+        "tracker_client.delivery.spool_import",
+        # MLflow loads the entry points while `import mlflow` runs: they must not import it
+        "tracker_client.mlflow_plugin",
+        "tracker_client.mlflow.plugin",
+        "tracker_client.mlflow.uri",
+        "tracker_client.mlflow.entities",
     ],
 )
 def test_import_does_not_pull_mlflow_or_anyio(module: str) -> None:

@@ -54,7 +54,7 @@ from tracker_client.protocol import (
 from tracker_client.wire import messages
 from tracker_client.wire.framing import encode_frame
 
-SPEC = Path(__file__).resolve().parents[2] / "client" / "PROTOCOL.md"
+SPEC = Path(__file__).resolve().parents[4] / "client" / "PROTOCOL.md"
 
 ALL_CLASSES = {
     Hello,

@@ -23,7 +23,7 @@ from mlflow.utils import validation as mv
 from tracker_client.protocol import Metric, Param, Tag
 from tracker_client.wire import validation as v
 
-CLIENT_DIR = Path(__file__).resolve().parents[2] / "client"
+CLIENT_DIR = Path(__file__).resolve().parents[4] / "client"
 RUN_ID = "0123456789abcdef0123456789abcdef"
 TS = 1_700_000_000_000
 INT64_MAX = 2**63 - 1
