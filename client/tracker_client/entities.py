@@ -5,7 +5,12 @@ the new path, a contract in client/importlinter-client.ini)."""
 from __future__ import annotations
 
 from .mlflow.entities import (
+    EXT_DICT,
+    EXT_ENUM,
+    EXT_PAGED,
     EXT_PROTO,
+    EXT_SET,
+    EXT_STATE,
     EXTRA_CLASSES,
     MAX_EXT_DEPTH,
     DecodeError,
@@ -17,7 +22,12 @@ from .mlflow.entities import (
 )
 
 __all__ = [
+    "EXT_DICT",
+    "EXT_ENUM",
+    "EXT_PAGED",
     "EXT_PROTO",
+    "EXT_SET",
+    "EXT_STATE",
     "DecodeError",
     "EXTRA_CLASSES",
     "MAX_EXT_DEPTH",
