@@ -23,15 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from . import protocol as p
-from . import validation as v
-from .address import client_default_address
-from .curve import apply_curve, curve_hint
+from .delivery.spool import default_spool_dir
+from .delivery.staging import stage
+from .delivery.transport import Transport
 from .errors import CommitError, DaemonError, DaemonUnavailable, RecordsDropped, TrackerError
 from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT, OFFLINE_TAG, Run, RunLink
 from .source import default_tags
-from .spool import default_spool_dir
-from .staging import stage
-from .transport import Transport
+from .wire import validation as v
+from .wire.address import client_default_address
+from .wire.curve import apply_curve, curve_hint
 
 __all__ = ["Run", "RunLink", "Tracker", "connect", "default_tags", "query_status"]
 
@@ -248,7 +248,7 @@ class Tracker:
                 "the mapping; the run carries the tag tracker.offline_id)",
                 self._transport.no_answer(timeout),
                 offline_id,
-                self._transport.spool_dir or default_spool_dir(),
+                self._transport.spiller.spool_dir or default_spool_dir(),
             )
             return run
         assert isinstance(reply, p.RunStarted)
@@ -287,7 +287,7 @@ class Tracker:
         """Flush (bounded by ``timeout``) and stop the I/O thread. Open runs stay open."""
         deadline = time.monotonic() + timeout
         try:
-            if self._transport.buffered or self._transport.unacked:
+            if self._transport.outbox.queue or self._transport.session.unacked:
                 self.flush(timeout)
         finally:
             self._transport.close(max(0.0, deadline - time.monotonic()))
@@ -329,7 +329,7 @@ class Tracker:
         err: TrackerError | None = None
         if lost:
             more = f"; and: {cause}" if cause is not None else ""
-            err = RecordsDropped(lost, self._transport.lost_reason, more)
+            err = RecordsDropped(lost, self._transport.outbox.lost_reason, more)
         elif failure is not None:
             err = TrackerError(
                 f"tracker-client: the I/O thread met an unexpected error: {failure!r}"
@@ -414,7 +414,7 @@ class Tracker:
         up to EXIT_SPOOL_GRACE_S more to finish).
         Never raises, never hangs."""
         deadline = time.monotonic() + EXIT_TIMEOUT
-        connected = self._transport.connected
+        connected = self._transport.session.connected
         for run in list(self._open_runs.values()):
             try:
                 left = max(0.1, deadline - time.monotonic()) if connected else 0.0
@@ -433,14 +433,12 @@ class Tracker:
             _TRACKERS.discard(self)
             lost, failure = transport.take_problems()
             if lost:
+                reason = transport.outbox.lost_reason
+                sys.stderr.write(f"tracker-client: at exit: {RecordsDropped(lost, reason)}\n")
+            if unspooled := transport.spiller.unspooled:
                 sys.stderr.write(
-                    f"tracker-client: at exit: {RecordsDropped(lost, transport.lost_reason)}\n"
-                )
-            if transport.unspooled:
-                sys.stderr.write(
-                    f"tracker-client: at exit: {transport.unspooled} record(s) not taken by a "
-                    f"daemon could not be written to the spool ({transport.spool_error}); they "
-                    "are lost\n"
+                    f"tracker-client: at exit: {unspooled} record(s) not taken by a daemon could "
+                    f"not be written to the spool ({transport.outbox.spool_error}); they are lost\n"
                 )
 
 

@@ -1,64 +1,12 @@
-"""Entry points for MLflow: ``MLFLOW_TRACKING_URI=tracker://`` routes unmodified MLflow code
-through the daemon.
-
-MLflow loads these entry points while ``import mlflow`` is still running, so this module imports
-nothing from mlflow: the store classes live in :mod:`tracker_client.mlflow_store`, imported when
-MLflow first asks for a store.
-
-URIs: ``tracker://`` (the default daemon address), ``tracker:///abs/path/tracker.sock`` (an ipc
-socket), ``tracker+tcp://127.0.0.1:PORT`` (tcp).
+"""Entry points for MLflow (``tracker_client.mlflow_plugin:tracking_store`` and
+``:registry_store``, named in client/pyproject.toml): ``MLFLOW_TRACKING_URI=tracker://`` routes
+unmodified MLflow code through the daemon. The plugin is :mod:`tracker_client.mlflow.plugin`;
+this path stays for the entry points and for code that imports it. Imports nothing from mlflow.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from .mlflow.plugin import registry_store, tracking_store
+from .mlflow.uri import address_of
 
 __all__ = ["address_of", "registry_store", "tracking_store"]
-
-
-def address_of(store_uri: str | None) -> str:
-    """The ZeroMQ address a ``tracker`` URI names."""
-    from .address import client_default_address
-
-    uri = store_uri or "tracker://"
-    if uri.startswith("tracker+tcp://"):
-        return "tcp://" + uri[len("tracker+tcp://") :].rstrip("/")
-    if uri.startswith("tracker:"):
-        rest = uri[len("tracker:") :]
-        if rest.startswith("//"):
-            rest = rest[2:]
-        if rest in ("", "/"):
-            return client_default_address()
-        if rest.startswith("/"):
-            return f"ipc://{rest}"
-    raise ValueError(
-        f"tracking URI {store_uri!r}: expected tracker://, tracker:///ABSOLUTE/PATH.sock or "
-        "tracker+tcp://HOST:PORT"
-    )
-
-
-def _skip_spark_probe() -> None:
-    """MLflow builds an ``MlflowClient`` per fluent call and each one tries ``import pyspark``;
-    when pyspark is not installed that failed import searches sys.path every time (~60 µs of a
-    ~110 µs ``mlflow.log_metric``). A ``None`` entry in ``sys.modules`` makes the import fail at
-    once — only done when pyspark is truly absent, so nothing that could import it changes."""
-    import importlib.util
-    import sys
-
-    if "pyspark" not in sys.modules and importlib.util.find_spec("pyspark") is None:
-        sys.modules["pyspark"] = None  # type: ignore[assignment]
-
-
-def tracking_store(store_uri: str | None = None, artifact_uri: str | None = None) -> Any:
-    from .mlflow_store import TrackerStore
-
-    _skip_spark_probe()
-
-    # abstract only to mypy: the forwarders are attached when mlflow_store is imported
-    return TrackerStore(store_uri or "tracker://", artifact_uri)  # type: ignore[abstract]
-
-
-def registry_store(store_uri: str | None = None, tracking_uri: str | None = None) -> Any:
-    from .mlflow_store import TrackerRegistryStore
-
-    return TrackerRegistryStore(store_uri or tracking_uri or "tracker://")  # type: ignore[abstract]

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from . import protocol as p
-from . import validation as v
+from .wire import validation as v
 
 __all__ = ["BARRIER_TIMEOUT", "CONNECT_TIMEOUT", "OFFLINE_TAG", "Run", "RunLink"]
 
@@ -32,8 +32,8 @@ _time_ns = time.time_ns
 _check_metric = v.check_metric
 _metric_wire = p.metric_wire
 # A plain metric (no model or dataset) is built inline on the hot path, in exactly the layout of
-# protocol.metric_wire (tests/unit/test_run.py checks they agree): the call would add ~45 ns, a
-# tenth of log_metric's own cost.
+# protocol.metric_wire (tests/unit/client/test_run.py checks they agree): the call would add
+# ~45 ns, a tenth of log_metric's own cost.
 
 
 class RunLink(Protocol):

@@ -28,8 +28,10 @@ def test_spool_policy_keeps_everything_while_the_daemon_is_down(tmp_path: Path) 
         for i in range(N):  # never blocks: the overflow goes to the spool file
             run.log_metric("k", float(i), step=i)
         transport = t._transport
-        wait_for(lambda: transport.spooled_frames > 0, 30, "the overflow to reach the spool")
-        assert transport.buffered <= 2 * 1000
+        wait_for(
+            lambda: transport.spiller.spooled_frames > 0, 30, "the overflow to reach the spool"
+        )
+        assert len(transport.outbox.queue) <= 2 * 1000
         d.start()
         # the spool is sent first, then the queue; the barrier waits for the commit
         assert run.end(timeout=120) is True
@@ -47,7 +49,7 @@ def test_drop_oldest_policy_counts_what_it_drops(tmp_path: Path) -> None:
         d.kill()
         for i in range(N):
             run.log_metric("k", float(i), step=i)
-        dropped = t._transport.dropped
+        dropped = t._transport.outbox.dropped
         assert dropped > 0
         d.start()
         run.end(timeout=120)
@@ -73,7 +75,7 @@ def test_block_policy_waits_for_room_then_delivers_all(tmp_path: Path) -> None:
 
         producer = threading.Thread(target=produce, daemon=True)
         producer.start()
-        wait_for(lambda: t._transport.buffered >= 1000, 30, "the buffer to fill")
+        wait_for(lambda: len(t._transport.outbox.queue) >= 1000, 30, "the buffer to fill")
         assert not done.is_set()  # the producer is blocked, not dropping
         d.start()
         assert done.wait(60), "the producer was not released once the daemon came back"

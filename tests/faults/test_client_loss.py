@@ -45,7 +45,7 @@ except tracker_client.RecordsDropped as exc:
     out.update(flush="RecordsDropped", count=exc.count, message=str(exc))
 except Exception as exc:
     out["flush"] = repr(exc)
-out["dropped"] = t._transport.dropped
+out["dropped"] = t._transport.outbox.dropped
 print(json.dumps(out), flush=True)
 sys.stdin.readline()
 t._transport.wait_welcome(30)  # the daemon is up: wait for ZeroMQ to reconnect (<= 2 s)
@@ -313,7 +313,7 @@ def test_an_unexpected_io_thread_error_is_raised_by_flush(tmp_path: Path) -> Non
     with pytest.raises(TrackerError, match="injected"):
         t.flush(timeout=1.0)
     assert transport._thread is not None and transport._thread.is_alive()  # it kept running
-    assert transport.unacked == 1  # and sent the record after the error
+    assert len(transport.session.unacked) == 1  # and sent the record after the error
     transport.close(1.0)
     tracker_client.api._TRACKERS.discard(t)
 

@@ -243,8 +243,8 @@ def test_kill9_during_sink_write(tmp_path: Path) -> None:
                 lambda: (
                     (s := d.status())["received"] == total
                     and s["queue_depth"] == 0
-                    and transport.unacked == 0
-                    and transport.buffered == 0
+                    and len(transport.session.unacked) == 0
+                    and len(transport.outbox.queue) == 0
                     and s
                 ),
                 30,
@@ -280,13 +280,13 @@ def test_kill9_inside_fsync_window(tmp_path: Path) -> None:
         sent = log_points(run, steps)
         total = steps * len(KEYS)
         wait_for(
-            lambda: d.status()["received"] == total and transport.unacked > 0,
+            lambda: d.status()["received"] == total and len(transport.session.unacked) > 0,
             2.5,
             "the burst to be received but not acked (inside the 3 s fsync window)",
         )
         d.kill()
         window_used = time.monotonic() - first_log
-        unacked_at_kill = transport.unacked
+        unacked_at_kill = len(transport.session.unacked)
         assert unacked_at_kill > 0, "the acks arrived before the kill"
         d.start()
         assert run.end(timeout=60) is True  # committed (and ended) within the timeout

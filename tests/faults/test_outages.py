@@ -47,7 +47,9 @@ def _journal_frames(journal: Path) -> list[tuple[Path, int, bytes]]:
 def _journaled_and_acked(d: Daemon, t: tracker_client.Tracker, n: int) -> bool:
     """The daemon journaled ``n`` records and the client holds nothing unacked."""
     return bool(
-        d.status()["received"] == n and t._transport.buffered == 0 and t._transport.unacked == 0
+        d.status()["received"] == n
+        and len(t._transport.outbox.queue) == 0
+        and len(t._transport.session.unacked) == 0
     )
 
 
@@ -129,7 +131,7 @@ def test_backend_locked_30s_workers_unaffected_nothing_lost(tmp_path: Path) -> N
             assert last["journal_full"] == ""
             logged_then = during[-1][2]
             assert last["received"] >= logged_then - 4 * PER_TICK * 100  # within ~4 s of logging
-            assert t._transport.unacked < t._transport.max_inflight  # acks kept coming
+            assert len(t._transport.session.unacked) < t._transport.max_inflight  # acks kept coming
             outage_s = time.monotonic() - locked_at
 
         released = time.monotonic()
@@ -267,7 +269,7 @@ def test_journal_full_stops_acking_and_loses_nothing(tmp_path: Path) -> None:
                 time.sleep(0.5)
                 s = d.status()
                 assert s["journal_full"], s
-                assert transport.unacked > 0
+                assert len(transport.session.unacked) > 0
             assert s["received"] < step
         released = time.monotonic()
         assert run.end(timeout=90) is True  # everything was accepted and committed

@@ -24,7 +24,9 @@ def test_until_idle_commits_the_journal_of_a_killed_daemon_and_exits(tmp_path: P
             for i in range(3000):
                 run.log_metric("loss", float(i), step=i)
             wait_for(lambda: d.status()["received"] == 3000, 60, "the daemon to journal 3000")
-            wait_for(lambda: t._transport.unacked == 0, 30, "acks (journaled and fsynced)")
+            wait_for(
+                lambda: len(t._transport.session.unacked) == 0, 30, "acks (journaled and fsynced)"
+            )
             assert d.status()["committed"] == 0
             d.kill()  # SIGKILL while the backend is locked: all 3000 only in the journal
         t._transport.close(1.0)

@@ -28,7 +28,7 @@ import collections, json, sys
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-import tracker_client.mlflow_store as store
+import tracker_client.mlflow.store as store
 
 made = collections.Counter()  # every store call the plugin sends to the daemon, by method
 _real = store._call

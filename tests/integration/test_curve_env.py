@@ -31,7 +31,7 @@ def test_a_client_with_one_curve_variable_names_the_missing_one(
     )
     assert r.returncode == 1
     assert r.stderr.splitlines()[-1] == (
-        f"tracker_client.curve.CurveConfigError: CURVE: {missing} is not set; {BOTH}"
+        f"tracker_client.wire.curve.CurveConfigError: CURVE: {missing} is not set; {BOTH}"
     )
 
 

@@ -577,7 +577,7 @@ def test_errors_have_mlflow_codes(tmp_path: Path) -> None:
         evil_error = (err.value.code, err.value.message)
 
         # the same through the plugin's own call path: an MlflowException with that code
-        from tracker_client.mlflow_store import _call
+        from tracker_client.mlflow.store import _call
 
         with pytest.raises(MlflowException) as mlerr:
             _call(t, "tracking", "__class__", [], {})

@@ -44,7 +44,9 @@ def test_until_idle_over_200k_journaled_records_shows_progress_to_the_total(
             for i in range(n):
                 run.log_metric("loss", float(i), step=i)
             wait_for(lambda: d.status()["received"] == n, 120, "the daemon to journal them all")
-            wait_for(lambda: t._transport.unacked == 0, 60, "acks (journaled and fsynced)")
+            wait_for(
+                lambda: len(t._transport.session.unacked) == 0, 60, "acks (journaled and fsynced)"
+            )
             assert d.status()["committed"] == 0
             d.kill()  # SIGKILL while the backend is locked: all of them only in the journal
         t._transport.close(1.0)

@@ -418,7 +418,7 @@ def test_operations_values_out_of_range(overrides: dict[str, object], message: s
 def test_limit_floor_covers_the_reference_client() -> None:
     """A frame of the reference client must never be over max_records_per_frame: it would be
     refused and resent forever."""
-    from tracker_client.transport import Transport
+    from tracker_client.delivery.transport import Transport
     from tracker_daemon.config import MIN_RECORDS_PER_FRAME
 
     assert Transport("ipc:///tmp/unused.sock").frame_records <= MIN_RECORDS_PER_FRAME

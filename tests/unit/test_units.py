@@ -22,8 +22,8 @@ from mlflow.exceptions import MlflowException
 
 from tests.support.mlflow_tables import sqlite_store, sqlite_template, table_rows
 from tracker_client import protocol as p
-from tracker_client.outbox import FrameMaker, UnitRecords
-from tracker_client.session import Rehello, Session, Welcomed
+from tracker_client.delivery.outbox import FrameMaker, UnitRecords
+from tracker_client.delivery.session import Rehello, Session, Welcomed
 from tracker_daemon.commit.batcher import Batcher, Origin
 from tracker_daemon.store.sqlwriter import SqlWriter, UnitFailed
 

@@ -24,7 +24,7 @@ from mlflow.store.model_registry.abstract_store import AbstractStore as Registry
 from mlflow.store.tracking.abstract_store import AbstractStore as TrackingStore
 from mlflow.tracing.analysis import TraceFilterCorrelationResult
 
-from tracker_client.entities import (
+from tracker_client.mlflow.entities import (
     EXT_DICT,
     EXT_ENUM,
     EXT_PROTO,

@@ -1,4 +1,4 @@
-"""The client's sans-I/O session (tracker_client.session) against a fake daemon, no sockets.
+"""The client's sans-I/O session (delivery.session) against a fake daemon, no sockets.
 
 ``SessionPair`` wires a :class:`Session` and the outbox's :class:`FrameMaker` (the client side,
 exactly as the I/O thread uses them) to ``FakeDaemon``, a few lines of pure Python that keep
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tracker_client import protocol as p
-from tracker_client.outbox import FrameMaker
-from tracker_client.session import (
+from tracker_client.delivery.outbox import FrameMaker
+from tracker_client.delivery.session import (
     JOURNAL_FULL_RETRY_S,
     Accepted,
     Acked,

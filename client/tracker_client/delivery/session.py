@@ -6,7 +6,8 @@ ids, the floor it announces in ``hello``. The I/O thread feeds it every reply th
 (:meth:`Session.receive`) and acts on the events it returns; it asks the session which frames to
 send again after a reconnect (:meth:`Session.hello`, then the ``Welcomed`` event) or after a
 ``journal_full`` refusal (:meth:`Session.resend_due`). No sockets, no threads, no clock of its own
-(``now`` is passed in): ``tests/unit/test_session.py`` drives it against a fake daemon.
+(``now`` is passed in): ``tests/unit/client/delivery/test_session.py`` drives it against a fake
+daemon.
 
 A sequenced frame the daemon refuses whole (it does not decode, or is over ``max_frame``: an
 ``error`` with ``req`` nil and one of :data:`FRAME_REFUSALS`) would never be acknowledged, and
@@ -30,7 +31,7 @@ from typing import Any, TypeAlias
 
 import msgpack
 
-from . import protocol as p
+from .. import protocol as p
 from .outbox import RECORDS_PER_FRAME, Unit
 
 __all__ = [

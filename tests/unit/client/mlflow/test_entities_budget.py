@@ -11,8 +11,7 @@ import pytest
 from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
 from mlflow.store.entities.paged_list import PagedList
 
-from tracker_client.bounds import DEFAULT_MAX_RECORDS, value_budget
-from tracker_client.entities import (
+from tracker_client.mlflow.entities import (
     EXT_PROTO,
     EXT_SET,
     MAX_EXT_DEPTH,
@@ -22,6 +21,7 @@ from tracker_client.entities import (
     encode_value,
     result_value_budget,
 )
+from tracker_client.wire.bounds import DEFAULT_MAX_RECORDS, value_budget
 
 pytestmark = pytest.mark.compat
 

@@ -1,4 +1,4 @@
-"""The client's spool side (tracker_client.spill) with real spool files in tmp_path, no sockets:
+"""The client's spool side (delivery.spill) with real spool files in tmp_path, no sockets:
 the overflow goes to the file in order and only then uses its seqs, a failed write gives
 everything back, the exit spool holds unsettled frames before the queue, and a reopened spool
 is replayed in order into the session."""
@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from tracker_client import protocol as p
-from tracker_client.framing import scan
-from tracker_client.outbox import Call, FrameMaker, Outbox
-from tracker_client.session import Session
-from tracker_client.spill import Spiller
+from tracker_client.delivery.outbox import Call, FrameMaker, Outbox
+from tracker_client.delivery.session import Session
+from tracker_client.delivery.spill import Spiller
+from tracker_client.wire.framing import scan
 
 CID = "5" * 32
 RUN = "r" * 32
@@ -90,7 +90,7 @@ def test_a_failed_spill_gives_everything_back_and_retries_later(
     spiller.spool_dir = tmp_path / "spool"  # the disk is back
     spiller.spill()  # too early: not tried again yet
     assert queued_steps(outbox) == list(range(6)) and spiller.retry_at() == retry
-    monkeypatch.setattr("tracker_client.spill.time.monotonic", lambda: retry + 0.001)
+    monkeypatch.setattr("tracker_client.delivery.spill.time.monotonic", lambda: retry + 0.001)
     spiller.spill()
     assert queued_steps(outbox) == [4, 5] and session.seq == 2
     assert outbox.spool_error is None and spiller.retry_at() == 0.0

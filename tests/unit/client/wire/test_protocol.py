@@ -14,8 +14,7 @@ import msgpack
 import pytest
 
 from tracker_client import protocol as p
-from tracker_client.entities import decode_value, encode_value
-from tracker_client.framing import encode_frame
+from tracker_client.mlflow.entities import decode_value, encode_value
 from tracker_client.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     OPTIONAL_FIELDS,
@@ -52,8 +51,10 @@ from tracker_client.protocol import (
     record_to_wire,
     value_budget,
 )
+from tracker_client.wire import messages
+from tracker_client.wire.framing import encode_frame
 
-SPEC = Path(__file__).resolve().parents[2] / "client" / "PROTOCOL.md"
+SPEC = Path(__file__).resolve().parents[4] / "client" / "PROTOCOL.md"
 
 ALL_CLASSES = {
     Hello,
@@ -1292,14 +1293,16 @@ def test_invalid_request_lists_every_daemon_kind() -> None:
     the `invalid_request` row names them all (it lacked `accepted`)."""
     (row,) = [line for line in SPEC_TEXT.splitlines() if line.startswith("| `invalid_request` |")]
     listed = set(re.findall(r"`([a-z_]+)`", row.split("(", 1)[1].split(")", 1)[0]))
-    daemon_kinds = {k for k, cls in p._KINDS.items() if cls in typing.get_args(p.DaemonMessage)}
+    daemon_kinds = {
+        k for k, cls in messages._KINDS.items() if cls in typing.get_args(p.DaemonMessage)
+    }
     assert daemon_kinds == listed, daemon_kinds ^ listed
 
 
 def test_the_spec_settles_curve_with_one_variable_as_the_client_does() -> None:
     """PROTOCOL.md 1.1: only one CURVE variable set is an error naming the missing one; the
     spec quotes the reference client's message exactly."""
-    from tracker_client.curve import CurveConfigError, curve_from_env
+    from tracker_client.wire.curve import CurveConfigError, curve_from_env
 
     with pytest.raises(CurveConfigError) as err:
         curve_from_env({"TRACKER_CURVE_SERVER_KEY": "/etc/server.key"})

@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from . import protocol as p
+from .. import protocol as p
 from .outbox import Outbox, Unit, records_in
 from .session import Session
 from .spool import SUFFIX, Spool, SpoolBusy, default_spool_dir

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tracker_client import protocol as p
-from tracker_client.transport import Transport
+from tracker_client.delivery.transport import Transport
 
 RUN = "r" * 32
 
@@ -45,14 +45,14 @@ def test_a_refused_zero_copy_send_is_sent_with_a_copy() -> None:
     assert [copy for _, copy in sock.sent] == [True, True]
     frames = [p.decode(f) for f, _ in sock.sent]
     assert [len(m.records) for m in frames if isinstance(m, p.Data)] == [1000, 500]
-    assert list(t.session.unacked) == [1, 2] and t.buffered == 0
+    assert list(t.session.unacked) == [1, 2] and len(t.outbox.queue) == 0
 
 
 def test_a_frame_whose_send_fails_unexpectedly_goes_back_to_the_queue() -> None:
     t = queued(1500)
     with pytest.raises(ValueError, match="broken socket"):
         t._drain(FakeSocket(broken=True))  # type: ignore[arg-type]
-    assert t.buffered == 1500 and not t.session.unacked and t.session.seq == 0
+    assert len(t.outbox.queue) == 1500 and not t.session.unacked and t.session.seq == 0
     sock = FakeSocket()
     assert t._drain(sock) == 2  # type: ignore[arg-type]  # nothing was lost
     steps: list[Any] = [r.step for f, _ in sock.sent for r in p.decode(f).records]  # type: ignore[union-attr]

@@ -8,7 +8,7 @@ import os
 import stat
 from pathlib import Path
 
-from tracker_client.staging import DIR_MODE, FILE_MODE, stage
+from tracker_client.delivery.staging import DIR_MODE, FILE_MODE, stage
 
 CID = "6f1c2a9e0b3d4c5e8f7a1b2c3d4e5f60"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from tracker_client import protocol as p
-from tracker_client.bounds import value_budget
-from tracker_client.framing import HEADER, encode_frame
-from tracker_client.spool import Oversized, Spool, record_value_budget
-from tracker_client.spool_import import count_records
+from tracker_client.delivery.spool import Oversized, Spool, record_value_budget
+from tracker_client.delivery.spool_import import count_records
+from tracker_client.wire.bounds import value_budget
+from tracker_client.wire.framing import HEADER, encode_frame
 
 CID = "c" * 32
 MB = 1024 * 1024

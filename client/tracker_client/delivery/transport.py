@@ -31,15 +31,14 @@ import weakref
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from pathlib import Path
 from typing import Any
 
 import zmq
 
-from . import protocol as p
-from .address import no_answer
-from .curve import apply_curve, curve_from_env, curve_hint
-from .errors import DaemonError, DaemonUnavailable
+from .. import protocol as p
+from ..errors import DaemonError, DaemonUnavailable
+from ..wire.address import no_answer
+from ..wire.curve import apply_curve, curve_from_env, curve_hint
 from .outbox import POLICIES, RECORDS_PER_FRAME, Call, FrameMaker, MakeMessage, Outbox
 from .session import (
     Accepted,
@@ -186,43 +185,6 @@ class Transport:
         self._closing = True
         self._wake()
         thread.join(timeout)
-
-    # what the rest of the client and the tests read
-    @property
-    def buffered(self) -> int:
-        return len(self.outbox.queue)
-
-    @property
-    def unacked(self) -> int:
-        return len(self.session.unacked)
-
-    @property
-    def connected(self) -> bool:
-        return self.session.connected
-
-    @property
-    def dropped(self) -> int:
-        return self.outbox.dropped
-
-    @property
-    def lost_reason(self) -> str:
-        return self.outbox.lost_reason
-
-    @property
-    def spool_error(self) -> str | None:
-        return self.outbox.spool_error
-
-    @property
-    def spool_dir(self) -> Path | None:
-        return self.spiller.spool_dir
-
-    @property
-    def spooled_frames(self) -> int:
-        return self.spiller.spooled_frames
-
-    @property
-    def unspooled(self) -> int:
-        return self.spiller.unspooled
 
     def no_answer(self, timeout: float) -> str:
         """Why no daemon answered within ``timeout``, with the likely cause when one is known."""
@@ -477,7 +439,7 @@ def _send(sock: zmq.Socket[bytes], frame: bytes) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from .._version import __version__
 
     return __version__
 

@@ -34,7 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import protocol as p
+from .. import protocol as p
 
 __all__ = [
     "POLICIES",

@@ -7,7 +7,7 @@ from __future__ import annotations
 from mlflow.entities.span import LiveSpan, Span
 from opentelemetry.sdk.trace import TracerProvider
 
-from tracker_client.entities import decode_value, encode_value
+from tracker_client.mlflow.entities import decode_value, encode_value
 
 
 def test_a_live_span_arrives_as_the_span_it_became() -> None:

@@ -32,13 +32,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.abstract_store import AbstractStore as _RegistryBase
 from mlflow.store.tracking.abstract_store import AbstractStore as _TrackingBase
 
-from . import protocol as p
-from . import validation as v
-from .api import Tracker
+from .. import protocol as p
+from ..api import Tracker
+from ..errors import DaemonError, DaemonUnavailable, TrackerError
+from ..run import BARRIER_TIMEOUT, CONNECT_TIMEOUT
+from ..wire import validation as v
 from .entities import decode_value, encode_value, result_value_budget
-from .errors import DaemonError, DaemonUnavailable, TrackerError
-from .mlflow_plugin import address_of
-from .run import BARRIER_TIMEOUT, CONNECT_TIMEOUT
+from .uri import address_of
 
 __all__ = [
     "MLFLOW2_METHODS",

@@ -1,4 +1,4 @@
-"""Tests for tracker_client.validation: every rule accepted and rejected, plus a differential test
+"""Tests for wire.validation: every rule accepted and rejected, plus a differential test
 against MLflow's own validators (``mlflow.utils.validation``)."""
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.utils import validation as mv
 
-from tracker_client import validation as v
 from tracker_client.protocol import Metric, Param, Tag
+from tracker_client.wire import validation as v
 
-CLIENT_DIR = Path(__file__).resolve().parents[2] / "client"
+CLIENT_DIR = Path(__file__).resolve().parents[4] / "client"
 RUN_ID = "0123456789abcdef0123456789abcdef"
 TS = 1_700_000_000_000
 INT64_MAX = 2**63 - 1
@@ -85,7 +85,7 @@ def test_import_does_not_pull_in_mlflow_or_anyio() -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CLIENT_DIR), env.get("PYTHONPATH")]))
     code = (
-        "import tracker_client.validation, sys; "
+        "import tracker_client.wire.validation, sys; "
         "assert 'mlflow' not in sys.modules, 'mlflow imported'; "
         "assert 'anyio' not in sys.modules, 'anyio imported'"
     )
@@ -369,7 +369,7 @@ def test_long_value_truncated_with_warning(
     assert callable(check)
     if env is not None:
         monkeypatch.setenv("MLFLOW_TRUNCATE_LONG_VALUES", env)
-    with caplog.at_level(logging.WARNING, logger="tracker_client.validation"):
+    with caplog.at_level(logging.WARNING, logger="tracker_client.wire.validation"):
         key, value = check("lr", "y" * (limit + 1))
     assert key == "lr" and value == "y" * limit
     (record,) = caplog.records

@@ -12,7 +12,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from tracker_client import protocol as p
-from tracker_client.mlflow_store import deferred_failures, metric_wire, param_wire, tag_wire
+from tracker_client.mlflow.store import deferred_failures, metric_wire, param_wire, tag_wire
 
 RUN = "r" * 32
 

@@ -1,4 +1,4 @@
-"""Import of a dead client's spool (:func:`tracker_client.spool.import_spool`).
+"""Import of a dead client's spool (:func:`import_spool`).
 
 The importer replays the spool's frames over an ordinary connection, in order, and waits for
 the acks and replies. Two things it does beyond replaying (PROTOCOL.md section 12):
@@ -49,16 +49,57 @@ from typing import Any, Literal
 import msgpack
 import zmq
 
-from . import protocol as p
-from .curve import CurveKeys, apply_curve, curve_from_env
+from .. import protocol as p
+from ..run import OFFLINE_TAG
+from ..wire.curve import CurveKeys, apply_curve, curve_from_env
 from .outbox import RECORDS_PER_FRAME
-from .run import OFFLINE_TAG
 from .spool import ImportRefused, ImportResult, Oversized, Spool, record_value_budget
 
-__all__ = ["count_records", "derived_client_id", "run_import", "split_records"]
+__all__ = ["count_records", "derived_client_id", "import_spool", "run_import", "split_records"]
 
 TRANSIENT = ("journal_full",)
 SHOWN = 5  # frames not imported named in the error of a refused import
+
+
+def import_spool(
+    path: Path,
+    address: str,
+    *,
+    timeout: float = 120.0,
+    log: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+    curve: CurveKeys | None | Literal["env"] = "env",
+    progress: Callable[[int, int], None] | None = None,
+    max_record: int = p.DEFAULT_MAX_FRAME_BYTES,
+    connection_id: Callable[[int], bytes] | None = None,
+) -> ImportResult:
+    """Send a dead client's spool to the daemon at ``address``; empty it once committed.
+
+    Runs started offline and never ended in the spool (the process died) are ended FAILED. A data
+    frame over the protocol's limits (written by an older client) is sent as several frames
+    (see this module's docstring). ``stop`` (set from another thread) abandons the import; nothing
+    is removed then. ``curve``: the CURVE keys to connect with (default: ``TRACKER_CURVE_*`` from
+    the environment). Raises :class:`SpoolBusy` while the writer lives, ``TimeoutError`` when
+    the daemon does not take the data now (try again later), :class:`ImportRefused` when it
+    refuses a frame for good. ``progress(done, total)`` is called as the daemon acks: records
+    it holds (journaled) of the records in the spool.
+
+    The file is read one record at a time: a record over ``max_record`` bytes is skipped unread
+    and reported, and each record is decoded within :func:`record_value_budget`.
+    ``connection_id(owner_uid)``, when given, is called with the file's owner (fstat of the open
+    file) for each connection the import opens and returns its ZeroMQ routing id (the daemon's
+    own imports: it binds the spool's client ids to that owner)."""
+    return run_import(
+        path,
+        address,
+        timeout=timeout,
+        log=log,
+        stop=stop,
+        curve=curve,
+        progress=progress,
+        max_record=max_record,
+        connection_id=connection_id,
+    )
 
 
 def run_import(

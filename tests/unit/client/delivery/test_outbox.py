@@ -1,4 +1,4 @@
-"""The client's outbox (tracker_client.outbox): the one queue -> frames path (limits by record
+"""The client's outbox (delivery.outbox): the one queue -> frames path (limits by record
 count and by bytes, order, seqs, give-back), the importer's split of an oversized frame, and the
 bounded queue's three policies (pure: the I/O thread is played by the test)."""
 
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from tracker_client import protocol as p
-from tracker_client.outbox import RECORDS_PER_FRAME, FrameMaker, Outbox, Unit, records_in
-from tracker_client.spool_import import derived_client_id, split_records
+from tracker_client.delivery.outbox import RECORDS_PER_FRAME, FrameMaker, Outbox, Unit, records_in
+from tracker_client.delivery.spool_import import derived_client_id, split_records
 
 CID = "6f1c2a9e0b3d4c5e8f7a1b2c3d4e5f60"
 RUN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"

@@ -1,0 +1,132 @@
+"""The client's tree keeps its shape: the import contracts of .importlinter
+hold (no circles, wire/ < delivery/ < mlflow/, pure modules without I/O libraries), no module
+is over 500 lines, no class over 30 methods, and every public name imports from the path the
+docs give it (issue 20)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import REPO
+
+CLIENT = REPO / "client" / "tracker_client"
+MAX_LINES = 500
+MAX_METHODS = 30
+
+
+def _modules() -> list[Path]:
+    return sorted(CLIENT.rglob("*.py"))
+
+
+def test_no_client_module_over_500_lines() -> None:
+    sizes = {str(p.relative_to(CLIENT)): len(p.read_text().splitlines()) for p in _modules()}
+    assert len(sizes) > 20  # the walk saw the tree
+    assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_no_client_class_over_30_methods() -> None:
+    counts: dict[str, int] = {}
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                methods = [
+                    n for n in node.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+                ]
+                counts[f"{path.relative_to(CLIENT)}:{node.name}"] = len(methods)
+    assert counts["delivery/transport.py:Transport"] > 10  # the count sees methods
+    assert {c: n for c, n in counts.items() if n > MAX_METHODS} == {}
+
+
+@pytest.mark.timeout(60)
+def test_client_import_contracts_hold() -> None:
+    pytest.importorskip("importlinter")
+    lint = Path(sys.executable).with_name("lint-imports")
+    proc = subprocess.run(
+        [str(lint), "--no-cache"], capture_output=True, text=True, timeout=50, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for contract in (
+        "tracker_client: no import circles",
+        "tracker_client.wire imports nothing",
+        "tracker_client.delivery imports nothing",
+        "only tracker_client.mlflow imports mlflow",
+    ):
+        assert contract in proc.stdout, proc.stdout
+    assert "Contracts: 10 kept, 0 broken." in proc.stdout, proc.stdout
+
+
+PUBLIC = {
+    "tracker_client": [
+        "connect",
+        "query_status",
+        "Tracker",
+        "Run",
+        "TrackerError",
+        "DaemonUnavailable",
+        "DaemonError",
+        "CommitError",
+        "RecordsDropped",
+        "default_tags",
+        "__version__",
+    ],
+    "tracker_client.errors": [
+        "TrackerError",
+        "DaemonUnavailable",
+        "DaemonError",
+        "CommitError",
+        "RecordsDropped",
+    ],
+    "tracker_client.run": ["Run"],
+    "tracker_client.api": ["Tracker", "connect", "query_status"],
+    "tracker_client.mlflow_plugin": ["tracking_store", "registry_store", "address_of"],
+    "tracker_client.protocol": ["encode", "decode", "Metric", "Hello", "FEATURES", "ProtocolError"],
+    "tracker_client.spool": ["import_spool", "Spool", "SpoolBusy", "ImportRefused", "SUFFIX"],
+    "tracker_client.framing": ["encode_frame", "scan", "HEADER"],
+    "tracker_client.address": ["client_default_address", "daemon_default_address", "ipc_path"],
+    "tracker_client.curve": ["CurveKeys", "CurveConfigError", "curve_from_env"],
+    "tracker_client.validation": ["record_problem", "artifact_path_problem"],
+    "tracker_client.entities": ["encode_value", "decode_value", "EXT_PROTO", "EXT_ENUM", "EXT_SET"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_names_import_from_their_documented_path(module: str) -> None:
+    mod = importlib.import_module(module)
+    missing = [name for name in PUBLIC[module] if not hasattr(mod, name)]
+    assert missing == []
+    if module != "tracker_client":
+        exported = set(getattr(mod, "__all__", ()))
+        assert set(PUBLIC[module]) - {"__version__"} <= exported | {"SUFFIX"}
+
+
+def test_protocol_namespace_is_messages_plus_codec() -> None:
+    from tracker_client import protocol as p
+    from tracker_client.wire import codec, messages
+
+    assert sorted(p.__all__) == sorted({*messages.__all__, *codec.__all__})
+    assert all(getattr(p, name) is getattr(messages, name) for name in messages.__all__)
+    assert all(getattr(p, name) is getattr(codec, name) for name in codec.__all__)
+
+
+def test_tracker_uri_entry_points_resolve() -> None:
+    """client/pyproject.toml's entry points (what mlflow.set_tracking_uri("tracker://") loads)."""
+    from tracker_client.mlflow.plugin import registry_store, tracking_store
+
+    found = {
+        (group, ep.name): ep
+        for group in ("mlflow.tracking_store", "mlflow.model_registry_store")
+        for ep in entry_points(group=group)
+        if ep.name in ("tracker", "tracker+tcp")
+    }
+    assert len(found) == 4
+    for (group, _), ep in found.items():
+        assert ep.value.startswith("tracker_client.mlflow_plugin:")
+        want = tracking_store if group == "mlflow.tracking_store" else registry_store
+        assert ep.load() is want
