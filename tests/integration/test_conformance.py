@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from tests.support.daemon import REPO, running_daemon
 from tests.support.prereq import require
-from tests.unit.test_protocol import VALID_VECTORS
+from tests.unit.client.wire.test_protocol import VALID_VECTORS
 
 pytestmark = pytest.mark.integration
 
