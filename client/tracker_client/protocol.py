@@ -664,7 +664,9 @@ def decode(
             peek_req(frame),
         )
     try:
-        if max_values is None:
+        # each value takes a byte at least and the budget counts a value at most twice (as an
+        # element, and as an array or map): a frame this short cannot exceed it, skip the hooks
+        if max_values is None or 2 * len(frame) <= max_values:
             obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
         else:
             budget = Budget(max_values)
