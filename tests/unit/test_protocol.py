@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from tracker_client.bounds import Budget, OverBudget
 from tracker_client.entities import decode_value, encode_value
 from tracker_client.framing import encode_frame
 from tracker_client.protocol import (
@@ -1283,3 +1284,24 @@ def test_peek_sequenced_reads_only_the_header() -> None:
     artifact = _body(EXPECTED["artifact"])
     reordered = dict(reversed(list(artifact.items())))
     assert peek_sequenced(_frame("artifact", reordered)) == (CID, artifact_msg.seq, 1)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [[[[[[]]]]]] * 50,  # nested empty arrays: the most values per byte
+        [{}] * 100,
+        [{"a": [], "b": {}}] * 30,
+        [1, [2, [3, [4, {"k": [None] * 20}]]]] * 10,
+    ],
+)
+def test_a_frame_of_at_most_half_the_budget_in_bytes_never_exceeds_it(doc: object) -> None:
+    """decode skips the budget hooks for frames of at most max_values / 2 bytes: the count the
+    hooks keep never exceeds twice the frame's length."""
+    frame = msgpack.packb(doc, use_bin_type=True)
+    budget = Budget(2 * len(frame))
+    msgpack.unpackb(frame, list_hook=budget.array, object_hook=budget.map)
+    assert budget.left >= 0
+    tight = Budget(len(frame) // 4)  # and the hooks do bound a frame over its budget
+    with pytest.raises(OverBudget):
+        msgpack.unpackb(frame, list_hook=tight.array, object_hook=tight.map)
