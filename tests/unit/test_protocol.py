@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from tracker_client import protocol as p
 from tracker_client.bounds import Budget, OverBudget
 from tracker_client.entities import decode_value, encode_value
 from tracker_client.framing import encode_frame
@@ -1305,3 +1306,15 @@ def test_a_frame_of_at_most_half_the_budget_in_bytes_never_exceeds_it(doc: objec
     tight = Budget(len(frame) // 4)  # and the hooks do bound a frame over its budget
     with pytest.raises(OverBudget):
         msgpack.unpackb(frame, list_hook=tight.array, object_hook=tight.map)
+
+
+def test_the_fast_path_builds_the_same_frozen_metric_as_the_constructor() -> None:
+    frame = p.encode_data("c1", 1, [["m", "r1", "loss", 0.5, 7, 3, None, None, None]])
+    msg = p.decode(frame, p.DEFAULT_MAX_FRAME_BYTES, p.value_budget(10))
+    assert isinstance(msg, p.Data)
+    (rec,) = msg.records
+    expected = p.Metric("r1", "loss", 0.5, 7, 3)
+    assert type(rec) is p.Metric
+    assert rec == expected and hash(rec) == hash(expected) and repr(rec) == repr(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.value = 1.0  # type: ignore[misc]
