@@ -363,7 +363,9 @@ class Server:
             in_a_row = 0
             while True:
                 try:
-                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)  # frames: the peer
+                    parts = [sock.recv(zmq.NOBLOCK, copy=False)]  # frames: to read the peer
+                    while parts[-1].more:  # (recv_multipart reads RCVMORE through getsockopt)
+                        parts.append(sock.recv(zmq.NOBLOCK, copy=False))
                 except zmq.Again:
                     readable.clear()
                     if not self._pollin():  # reading EVENTS re-arms the FD's edge
