@@ -36,7 +36,7 @@ consume the edge, so every send checks ``EVENTS`` afterwards and wakes the reade
 waits. (One awaited recv per frame, pyzmq's asyncio socket, cost a future and its callbacks per
 frame: the largest fixed cost per frame at everyday rates.)
 
-Peers. Each message is dispatched with a :class:`~tracker_daemon.clients.Peer` read from the
+Peers. Each message is dispatched with a :class:`~tracker_daemon.intake.clients.Peer` read from the
 frame's ZeroMQ properties: ``Peer-Address`` (on ipc the uid and pid the kernel reported for the
 connection) and, with CURVE, ``User-Id`` (the client's public key). The client table binds
 client ids to peers.

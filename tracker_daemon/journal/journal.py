@@ -25,7 +25,7 @@ of the room the journal has: free space plus its own segments, at least ``MIN_SE
 so committed segments can be deleted while the journal still has room. When an append finds no
 room (``JournalFull``) and everything written is committed, ``roll_if_settled`` starts a new
 segment so the next mark drops the old one: a journal on a disk smaller than one segment keeps
-flowing. Disk errors (:data:`~tracker_daemon.diskspace.DISK_ERRNOS`) of an append are reported
+flowing. Disk errors (:data:`.diskspace.DISK_ERRNOS`) of an append are reported
 as ``JournalFull`` with nothing written; the entry is refused, never half-written.
 
 ``mark.json`` and ``quarantine/`` are written by :mod:`.journal_files`.
