@@ -64,7 +64,7 @@ import zmq.asyncio
 from zmq.auth.thread import ThreadAuthenticator
 
 from tracker_client import protocol as p
-from tracker_client.address import ipc_path
+from tracker_client.wire.address import ipc_path
 
 from ..errors import AlreadyRunning
 from ..ops.throttle import LogThrottle, RateBudget

@@ -2,7 +2,7 @@
 
 Layout (``<state_dir>/journal/``)::
 
-    0000000001.seg ...   segments: frames of ``tracker_client.framing`` (u32 len, u32 crc, payload)
+    0000000001.seg ...   segments: frames of ``wire.framing`` (u32 len, u32 crc, payload)
     mark.json            low-water mark {segment, offset, clients}: everything before it is
                          committed to MLflow; replay starts there
     quarantine/          bytes cut from torn or corrupt segment tails, for inspection
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracker_client.framing import HEADER, encode_frame, scan
+from tracker_client.wire.framing import HEADER, encode_frame, scan
 
 from ..errors import JournalFull
 from .diskspace import DISK_ERRNOS, fs_room, is_disk_error

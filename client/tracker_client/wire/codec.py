@@ -16,7 +16,6 @@ however it nests (msgpack's own parser refuses nesting deeper than 1024).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, Final
 
@@ -46,6 +45,7 @@ from .messages import (
     Record,
     Tag,
     Unreadable,
+    new_metric,
 )
 
 __all__ = [
@@ -256,33 +256,6 @@ def _check_array(base: str, v: object, where: str) -> object:
     return tuple(out)
 
 
-def _metric_maker() -> Callable[[str, str, float, int, int], Metric]:
-    """``Metric(run_id, key, value, timestamp, step)`` at half the cost of the frozen dataclass's
-    ``__init__`` (eight ``object.__setattr__`` calls): the slots are set through their
-    descriptors. For the decoder's fast path, whose arguments are checked already."""
-    new = object.__new__
-    set_run, set_key, set_value, set_ts, set_step, set_model, set_dsn, set_dsd = (
-        getattr(Metric, name).__set__ for name in Metric.__slots__
-    )
-
-    def make(run_id: str, key: str, value: float, ts: int, step: int) -> Metric:
-        m = new(Metric)
-        set_run(m, run_id)
-        set_key(m, key)
-        set_value(m, value)
-        set_ts(m, ts)
-        set_step(m, step)
-        set_model(m, None)
-        set_dsn(m, None)
-        set_dsd(m, None)
-        return m
-
-    return make
-
-
-_make_metric: Final = _metric_maker()
-
-
 def _decode_records(items: list[Any], where: str) -> tuple[Record | Unreadable, ...]:
     """decode_record for each item; a plain metric (the common case) takes a fast path that
     checks exactly the same rules, anything else (and every error) the general one. An item
@@ -305,7 +278,7 @@ def _decode_records(items: list[Any], where: str) -> tuple[Record | Unreadable, 
                 and ds_name is None
                 and ds_digest is None
             ):
-                append(_make_metric(run_id, key, value, ts, step))
+                append(new_metric(run_id, key, value, ts, step))
                 continue
         try:
             append(decode_record(item, f"{where}[{i}]"))
