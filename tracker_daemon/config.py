@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracker_client.address import daemon_default_address
 from tracker_client.protocol import DEFAULT_MAX_FRAME_BYTES
+from tracker_client.wire.address import daemon_default_address
 
 from .errors import ConfigError
 

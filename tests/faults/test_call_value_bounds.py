@@ -1,7 +1,7 @@
 """A ``call``'s ``args``/``kwargs`` decode within a budget of values, against a real daemon.
 
 The wire frame is decoded within a value budget, but a call's arguments are a msgpack document
-inside it, decoded afterwards by ``tracker_client.entities`` — before, without any bound: one call
+inside it, decoded afterwards by ``mlflow.entities`` (client) — before, without any bound: one call
 whose args were a 4 MB array of 4 M empty arrays took the daemon ~275 MB (x69) and seconds; a
 ``Run`` entity holding 2 M empty metrics in 4 MB of protobuf took ~680 MB and ~16 s; and 300 ext
 values nested in each other (2 KB) overflowed the C stack: the daemon died of SIGSEGV. Now each of
@@ -25,7 +25,7 @@ from tests.support import workers
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.net import raw_dealer, recv_reply
 from tracker_client import protocol as p
-from tracker_client.entities import (
+from tracker_client.mlflow.entities import (
     EXT_PROTO,
     EXT_SET,
     MAX_EXT_DEPTH,

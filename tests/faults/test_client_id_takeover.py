@@ -80,7 +80,7 @@ SPOOL = (
     CLIENT
     + """
 from pathlib import Path
-from tracker_client.framing import encode_frame
+from tracker_client.wire.framing import encode_frame
 victim, run_id = sys.argv[2:4]
 me = os.urandom(16).hex()
 s.send(p.encode(p.Hello(1, me, os.getpid(), host, "x", 0)))

@@ -19,7 +19,7 @@ from tests.support.daemon import REPO, Daemon, daemon_cli, daemon_env, short_tmp
 from tests.support.disk import fill_disk, mounted_tmpfs
 from tests.support.waiting import wait_for
 from tracker_client import protocol as p
-from tracker_client.spool import Spool
+from tracker_client.delivery.spool import Spool
 
 pytestmark = pytest.mark.integration
 

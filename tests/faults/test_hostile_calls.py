@@ -20,7 +20,7 @@ from tests.support import workers
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.net import raw_dealer, recv_reply
 from tracker_client import protocol as p
-from tracker_client.entities import EXT_DICT, EXT_ENUM, EXT_PROTO, encode_value
+from tracker_client.mlflow.entities import EXT_DICT, EXT_ENUM, EXT_PROTO, encode_value
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from tests.support.stats import percentile
 from tests.support.store import points, sqlite_locked
 from tests.support.waiting import wait_for
 from tracker_client import protocol as p
-from tracker_client.framing import HEADER, scan
+from tracker_client.wire.framing import HEADER, scan
 
 pytestmark = pytest.mark.integration
 

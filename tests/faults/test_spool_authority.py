@@ -60,7 +60,7 @@ ATTACKER = """
 import json, os, sys, zmq
 from pathlib import Path
 from tracker_client import protocol as p
-from tracker_client.framing import HEADER, encode_frame
+from tracker_client.wire.framing import HEADER, encode_frame
 address, attack, victim = sys.argv[1:4]
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)

@@ -25,7 +25,7 @@ from tests.support.daemon import REPO, Daemon, daemon_env, running_daemon, short
 from tests.support.net import free_port, raw_dealer
 from tests.support.waiting import wait_for
 from tracker_client import protocol as p
-from tracker_client.curve import ENV_CLIENT_KEY, ENV_SERVER_KEY
+from tracker_client.wire.curve import ENV_CLIENT_KEY, ENV_SERVER_KEY
 
 pytestmark = pytest.mark.integration
 

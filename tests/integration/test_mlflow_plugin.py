@@ -21,7 +21,7 @@ from tests.support.daemon import REPO, Daemon, daemon_env, running_daemon
 from tests.support.net import free_port
 from tests.support.waiting import wait_for
 from tracker_client import protocol as p
-from tracker_client.entities import EXT_ENUM, encode_value
+from tracker_client.mlflow.entities import EXT_ENUM, encode_value
 
 pytestmark = pytest.mark.integration
 

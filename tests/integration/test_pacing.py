@@ -64,3 +64,40 @@ def test_a_barrier_is_answered_at_once_with_a_long_commit_interval(tmp_path: Pat
         finally:
             tracker.close(5)
     assert took < 5.0, took
+
+
+@pytest.mark.timeout(120)
+def test_light_load_fsyncs_a_few_times_a_second_and_every_frame_is_acked(tmp_path: Path) -> None:
+    """Group fsync pacing (journal_sync.py): at 50 frames/s the journal is fsynced about 5 times
+    a second (not every 50 ms) and the mark written about once a second (not after every
+    commit); every frame is still acked (the client closes with nothing left to spool)."""
+    with running_daemon(tmp_path) as d:
+        tracker = tracker_client.connect(d.address, policy="block", offline=False)
+        try:
+            run = tracker.start_run("fsync-paced")
+            run.flush()
+            time.sleep(1.5)  # the start's own fsyncs and mark are not the load's
+            before, t0 = d.status(), time.monotonic()
+            n = 0
+            for tick in range(150):  # 500 points/s: 10 points every 20 ms for 3 s
+                due = t0 + tick * 0.02
+                time.sleep(max(0.0, due - time.monotonic()))
+                for _ in range(10):
+                    run.log_metric(f"k{n % 5}", n * 0.5, n // 5)
+                    n += 1
+            after, t1 = d.status(), time.monotonic()
+            wait_for(lambda: d.status()["committed"] >= n, timeout=30, what="all committed")
+            # acked after a group fsync, however stretched: nothing is left for the spool
+            wait_for(lambda: tracker._transport.unacked == 0, timeout=10, what="every frame acked")
+            run.end()
+        finally:
+            tracker.close(5)
+    seconds = t1 - t0
+    fsyncs = (after["fsyncs"] - before["fsyncs"]) / seconds
+    marks = (after["mark_writes"] - before["mark_writes"]) / seconds
+    frames = (after["frames"] - before["frames"]) / seconds
+    assert frames >= 20, frames  # the load really was many small frames
+    # 50 ms apart would be ~20/s; stretched to 200 ms: ~5/s
+    assert fsyncs <= 8, (fsyncs, frames)
+    # after every commit (~2/s at this rate) it was; MARK_DELAY_S apart: ~1/s
+    assert marks <= 1.5, marks

@@ -93,7 +93,7 @@ def test_an_artifact_failure_is_reported_under_its_run_and_its_slot_removed(
 
 @pytest.mark.timeout(60)
 def test_experiments_against_a_real_mlflow_store(tmp_path: Path) -> None:
-    """tracker_daemon.experiments on MLflow's SQLite store (no daemon): names are matched
+    """tracker_daemon.store.experiments on MLflow's SQLite store (no daemon): names are matched
     exactly (quotes, no LIKE wildcards), the latest live run wins, locations and tags."""
     from mlflow.tracking._tracking_service.utils import _get_store
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tracker_client.address import daemon_default_address
 from tracker_client.protocol import DEFAULT_MAX_FRAME_BYTES
+from tracker_client.wire.address import daemon_default_address
 from tracker_daemon.config import Config, default_state_dir, load_config
 from tracker_daemon.errors import ConfigError
 

@@ -11,7 +11,7 @@ location (possibly a local one) and are never a run's own store.
 
 A root is trusted as the administrator configured it (its own path may pass through a link);
 everything below it is walked by fd without following links
-(:mod:`~tracker_daemon.artifact_writer`).
+(:mod:`~tracker_daemon.artifacts.artifact_writer`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The destination side of the artifact lane: an upload goes to a local artifact root written by
 fd, following no link, or to a remote store through MLflow (blocking; run in worker threads).
 
-The run's artifact URI is placed below a root (:mod:`~tracker_daemon.artifact_roots`; a local
+The run's artifact URI is placed below a root (:mod:`.artifact_roots`; a local
 location outside every root is refused, however the run got it). The names are checked against the
 root's limits (NAME_MAX per name, PATH_MAX for the whole path, read with ``pathconf``) before
 anything is written. Then, from the root's fd (the root itself is trusted as configured), each

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import anyio
 
 from tracker_client import protocol as p
-from tracker_client.validation import artifact_path_problem
+from tracker_client.wire.validation import artifact_path_problem
 
 from ..commit.batcher import Origin
 from ..errors import PermanentSinkError, RetryableSinkError, SinkError

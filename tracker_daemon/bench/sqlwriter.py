@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     args = ap.parse_args(argv)
     from mlflow.entities import Metric as MlflowMetric
 
-    from tracker_daemon.sqlwriter import SqlWriter
+    from tracker_daemon.store.sqlwriter import SqlWriter
 
     records = args.transactions * args.runs * args.per_run
     with tempfile.TemporaryDirectory(prefix="sqlw-bench-") as tmp:
@@ -148,7 +148,7 @@ def _postgres(url: str, transactions: int, runs: int, per_run: int) -> dict[str,
     import sqlalchemy as sa
     from mlflow.entities import Metric as MlflowMetric
 
-    from tracker_daemon.sqlwriter import SqlWriter
+    from tracker_daemon.store.sqlwriter import SqlWriter
 
     records = transactions * runs * per_run
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")

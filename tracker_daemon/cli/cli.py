@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tracker_client.curve import CurveConfigError
+from tracker_client.wire.curve import CurveConfigError
 
 from .. import __version__
 from ..config import Config, load_config
@@ -145,9 +145,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tracker_client.address import client_default_address
-    from tracker_client.curve import curve_from_env
-    from tracker_client.spool import ImportRefused, SpoolBusy, import_spool
+    from tracker_client.delivery.spool import ImportRefused, SpoolBusy
+    from tracker_client.delivery.spool_import import import_spool
+    from tracker_client.wire.address import client_default_address
+    from tracker_client.wire.curve import curve_from_env
 
     from ..ops.progress import Progress
 

@@ -182,7 +182,13 @@ _RUN_FLAGS: tuple[tuple[str, str, type, str, str], ...] = (
         "once written (survives a daemon crash, not a power loss)",
         "",
     ),
-    ("fsync_interval_ms", "MS", int, "period of the group fsync of the journal (1 to 10000)", ""),
+    (
+        "fsync_interval_ms",
+        "MS",
+        int,
+        "period of the group fsync of the journal (1 to 10000; up to 4 periods at low rates)",
+        "",
+    ),
     (
         "max_buffered_records",
         "N",

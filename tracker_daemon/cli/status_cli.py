@@ -39,7 +39,7 @@ class Refresh:
 
 def query(address: str | None, timeout: float) -> Refresh:
     import tracker_client
-    from tracker_client.address import client_default_address
+    from tracker_client.wire.address import client_default_address
 
     address = address or client_default_address()
     missing = _no_socket(address)
@@ -64,7 +64,7 @@ def query(address: str | None, timeout: float) -> Refresh:
 def _no_socket(address: str) -> str:
     """Why no daemon can answer on an ipc ``address`` (its socket is missing or closed to this
     user), or "" when one may."""
-    from tracker_client.address import access_problem, ipc_path
+    from tracker_client.wire.address import access_problem, ipc_path
 
     path = ipc_path(address)
     if path is None:

@@ -1,4 +1,4 @@
-"""The backend: the one place where the blocking :class:`~tracker_daemon.sink.Sink` is called.
+"""The backend: the one place where the blocking :class:`~tracker_daemon.store.sink.Sink` is called.
 
     write(fn, *args, retry_for=None) ─► worker thread under the writer limiter (``writers`` slots)
     read(fn)                          ─► worker thread under the reader limiter (4 slots)
@@ -6,7 +6,7 @@
         jittered) for ``retry_for`` s (writes: forever by default; reads: READ_RETRY_FOR_S)
 
 Health accounting lives here too: every call's outcome is noted (``note_ok``/``note_error``) in
-the daemon's :class:`~tracker_daemon.status.Counters` (``last_sink_ok_at``, ``last_sink_error``,
+the daemon's :class:`~tracker_daemon.ops.status.Counters` (``last_sink_ok_at``, ``last_sink_error``,
 ``last_sink_error_at``, ``sink_retries``), which is what ``sink_failing_now`` and the
 ``sink_stalled`` health reason are computed from. Calls made elsewhere (the artifact lane's
 uploads) report their outcome through ``note_ok``/``note_error`` so that a failure is cleared by

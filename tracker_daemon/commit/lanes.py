@@ -3,7 +3,7 @@ least loaded lane and stays there until it is released), so up to ``n`` ``log_ba
 at once (REST backends) while the batches of any one run stay strictly in order (one lane per
 run). SQLite uses one lane: it has one writer.
 
-:class:`Lanes` offers the :class:`~tracker_daemon.batcher.Batcher` calls the daemon makes for
+:class:`Lanes` offers the :class:`~tracker_daemon.commit.batcher.Batcher` calls the daemon makes for
 all runs; ``pop_ready``/``next_deadline`` are per lane.
 """
 

@@ -28,7 +28,15 @@ configured (:class:`CurveSetup`), every connection is encrypted and a ZAP handle
 whenever the directory changes), plus the daemon's own key (for its spool imports and for
 administrators who hold the daemon's secret key).
 
-Peers. Each message is dispatched with a :class:`~tracker_daemon.clients.Peer` read from the
+Receiving. The socket is used synchronously from the event loop: a reader on its ZeroMQ FD wakes
+the loop, which then reads every queued frame without waiting (``NOBLOCK``), yielding to the
+other tasks every ``DRAIN_BATCH`` frames, and waits again only once the socket reports nothing
+to read (its ``EVENTS``). The FD is edge-triggered: whatever touches the socket (a send) may
+consume the edge, so every send checks ``EVENTS`` afterwards and wakes the reader when a frame
+waits. (One awaited recv per frame, pyzmq's asyncio socket, cost a future and its callbacks per
+frame: the largest fixed cost per frame at everyday rates.)
+
+Peers. Each message is dispatched with a :class:`~tracker_daemon.intake.clients.Peer` read from the
 frame's ZeroMQ properties: ``Peer-Address`` (on ipc the uid and pid the kernel reported for the
 connection) and, with CURVE, ``User-Id`` (the client's public key). The client table binds
 client ids to peers.
@@ -56,7 +64,7 @@ import zmq.asyncio
 from zmq.auth.thread import ThreadAuthenticator
 
 from tracker_client import protocol as p
-from tracker_client.address import ipc_path
+from tracker_client.wire.address import ipc_path
 
 from ..errors import AlreadyRunning
 from ..ops.throttle import LogThrottle, RateBudget
@@ -76,6 +84,7 @@ REJECT_BUDGET_BURST = 200.0
 REJECT_COST_BYTES = 64 * 1024  # a rejected frame costs 1 + its size / this
 THROTTLED = "peer_throttled"  # the log code of frames dropped unread
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+DRAIN_BATCH = 64  # frames read in a row before the other tasks get a turn
 PEER_CACHE = 65_536  # peers remembered by routing identity (the oldest is dropped beyond)
 REPLY_QUEUE = 1000  # messages queued for one peer (SNDHWM); a peer that lets it fill is dropped
 DROPPED = "peer_dropped"  # the log code of a peer dropped for not reading its replies
@@ -154,7 +163,8 @@ class Server:
         self.max_values = p.value_budget(max_records)
         self.curve = curve
         self.ctx = zmq.asyncio.Context()
-        self.sock: zmq.asyncio.Socket | None = None
+        self.sock: zmq.Socket[bytes] | None = None  # used synchronously: see "Receiving"
+        self._readable = asyncio.Event()  # set by the reader of the socket's FD
         self.rejected = 0
         self.rejected_by_code: Counter[str] = Counter()
         self.last_rejection = ""
@@ -208,7 +218,7 @@ class Server:
         path = ipc_path(self.address)
         if path is not None:
             _prepare_ipc_path(path)
-        sock = self.ctx.socket(zmq.ROUTER)
+        sock: zmq.Socket[bytes] = zmq.Socket(self.ctx, zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, REPLY_QUEUE)
         # a full queue fails the send (send() drops that peer) and so does one to a peer that
@@ -274,12 +284,24 @@ class Server:
         if identity in self._dropped:
             return
         try:
-            await self.sock.send_multipart([identity, p.encode(msg)], flags=zmq.NOBLOCK)
+            self.sock.send_multipart([identity, p.encode(msg)], flags=zmq.NOBLOCK)
         except zmq.Again:
             self._drop_peer(identity)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:  # a gone peer (ROUTER_MANDATORY): drop the reply
                 raise
+        finally:
+            self._check_readable()
+
+    def _check_readable(self) -> None:
+        """After touching the socket: wake the reader if a frame waits (the FD's edge may have
+        been consumed by this call)."""
+        if self._pollin():
+            self._readable.set()
+
+    def _pollin(self) -> bool:
+        events = self.sock.get(zmq.EVENTS) if self.sock is not None else 0
+        return isinstance(events, int) and bool(events & zmq.POLLIN)
 
     def _drop_peer(self, identity: bytes) -> None:
         """``identity`` lets its replies pile up unread: send it nothing more, drop its frames
@@ -310,6 +332,8 @@ class Server:
             self._probe.send_multipart([identity, p.encode(notice)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             return exc.errno != zmq.EHOSTUNREACH
+        finally:
+            self._check_readable()
         return True
 
     def _peer(self, identity: bytes, frame: zmq.Frame) -> Peer:
@@ -329,38 +353,63 @@ class Server:
     async def serve(self, dispatch: Dispatch) -> None:
         """Receive forever; decode each frame, call ``dispatch(peer, message, raw, now)`` and send
         the reply it returns."""
-        assert self.sock is not None
-        while True:
-            parts = await self.sock.recv_multipart(copy=False)  # frames: to read the peer
-            identity = parts[0].bytes
-            if identity in self._dropped:
-                self.dropped_frames += 1
-                if self.dropped_frames % 16 == 0:
-                    await asyncio.sleep(0)  # dropping is cheap: yield now and then
-                continue
-            if not self._reject_budget.ready(identity, time.monotonic()):
-                await self._drop(identity)
-                continue
-            if len(parts) != 2:
-                await self._reject(identity, None, "bad_envelope", "expected exactly one frame")
-                continue
-            frames = [identity, parts[1].bytes]
-            try:
-                msg = p.decode(frames[1], self.max_frame, self.max_values)
-            except p.ProtocolError as exc:
-                await self._reject(identity, exc.req, exc.code, exc.message, len(frames[1]))
-                continue
-            if isinstance(msg, p.DaemonMessage):
-                await self._reject(
-                    identity,
-                    getattr(msg, "req", None),
-                    "invalid_request",
-                    f"{type(msg).__name__} is a daemon message; clients may not send it",
-                )
-                continue
-            reply = dispatch(self._peer(identity, parts[0]), msg, frames[1], time.monotonic())
-            if reply is not None:
-                await self.send(identity, reply)
+        sock = self.sock
+        assert sock is not None
+        loop = asyncio.get_running_loop()
+        fd: int = sock.fileno()
+        readable = self._readable
+        loop.add_reader(fd, readable.set)
+        try:
+            in_a_row = 0
+            while True:
+                try:
+                    parts = [sock.recv(zmq.NOBLOCK, copy=False)]  # frames: to read the peer
+                    while parts[-1].more:  # (recv_multipart reads RCVMORE through getsockopt)
+                        parts.append(sock.recv(zmq.NOBLOCK, copy=False))
+                except zmq.Again:
+                    readable.clear()
+                    if not self._pollin():  # reading EVENTS re-arms the FD's edge
+                        await readable.wait()
+                    in_a_row = 0
+                    continue
+                in_a_row += 1
+                if in_a_row % DRAIN_BATCH == 0:
+                    await asyncio.sleep(0)  # a long queue: let the rest of the daemon run
+                await self._frame(parts, dispatch)
+        finally:
+            loop.remove_reader(fd)
+
+    async def _frame(self, parts: list[zmq.Frame], dispatch: Dispatch) -> None:
+        """One received message: check, decode, dispatch, reply."""
+        identity = parts[0].bytes
+        if identity in self._dropped:
+            self.dropped_frames += 1
+            if self.dropped_frames % 16 == 0:
+                await asyncio.sleep(0)  # dropping is cheap: yield now and then
+            return
+        if not self._reject_budget.ready(identity, time.monotonic()):
+            await self._drop(identity)
+            return
+        if len(parts) != 2:
+            await self._reject(identity, None, "bad_envelope", "expected exactly one frame")
+            return
+        raw = parts[1].bytes
+        try:
+            msg = p.decode(raw, self.max_frame, self.max_values)
+        except p.ProtocolError as exc:
+            await self._reject(identity, exc.req, exc.code, exc.message, len(raw))
+            return
+        if isinstance(msg, p.DaemonMessage):
+            await self._reject(
+                identity,
+                getattr(msg, "req", None),
+                "invalid_request",
+                f"{type(msg).__name__} is a daemon message; clients may not send it",
+            )
+            return
+        reply = dispatch(self._peer(identity, parts[0]), msg, raw, time.monotonic())
+        if reply is not None:
+            await self.send(identity, reply)
 
     @staticmethod
     def _property(frame: zmq.Frame, name: str) -> str | None:

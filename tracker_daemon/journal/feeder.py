@@ -24,8 +24,8 @@ from typing import Protocol
 import anyio
 
 from tracker_client import protocol as p
-from tracker_client.framing import HEADER
-from tracker_client.validation import record_problem
+from tracker_client.wire.framing import HEADER
+from tracker_client.wire.validation import record_problem
 
 from ..commit.batcher import Origin, unit_failure
 from ..commit.committer import Committer

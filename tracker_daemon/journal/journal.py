@@ -2,7 +2,7 @@
 
 Layout (``<state_dir>/journal/``)::
 
-    0000000001.seg ...   segments: frames of ``tracker_client.framing`` (u32 len, u32 crc, payload)
+    0000000001.seg ...   segments: frames of ``wire.framing`` (u32 len, u32 crc, payload)
     mark.json            low-water mark {segment, offset, clients}: everything before it is
                          committed to MLflow; replay starts there
     quarantine/          bytes cut from torn or corrupt segment tails, for inspection
@@ -25,7 +25,7 @@ of the room the journal has: free space plus its own segments, at least ``MIN_SE
 so committed segments can be deleted while the journal still has room. When an append finds no
 room (``JournalFull``) and everything written is committed, ``roll_if_settled`` starts a new
 segment so the next mark drops the old one: a journal on a disk smaller than one segment keeps
-flowing. Disk errors (:data:`~tracker_daemon.diskspace.DISK_ERRNOS`) of an append are reported
+flowing. Disk errors (:data:`.diskspace.DISK_ERRNOS`) of an append are reported
 as ``JournalFull`` with nothing written; the entry is refused, never half-written.
 
 ``mark.json`` and ``quarantine/`` are written by :mod:`.journal_files`.
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tracker_client.framing import HEADER, encode_frame, scan
+from tracker_client.wire.framing import HEADER, encode_frame, scan
 
 from ..errors import JournalFull
 from .diskspace import DISK_ERRNOS, fs_room, is_disk_error

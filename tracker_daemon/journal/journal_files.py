@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from tracker_client.framing import scan
+from tracker_client.wire.framing import scan
 
 from .diskspace import is_disk_error
 

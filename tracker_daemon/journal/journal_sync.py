@@ -1,7 +1,8 @@
 """Journal durability: the group fsync and its acks, and the low-water mark.
 
-    appended ─► sync loop: one interval later, one fsync (durability = "fsync") ─► acks sent
-    settled  ─► mark loop: a little later, the mark (low water + client floors) written,
+    appended ─► sync loop: one interval later (up to FSYNC_STRETCH intervals at low rates), one
+                fsync (durability = "fsync") ─► acks sent
+    settled  ─► mark loop: MARK_DELAY_S later, the mark (low water + client floors) written,
                 committed segments deleted, then the daemon's other pending file writes
 
 Disk full (diskspace.py): a failed fsync holds the acks back (clients keep the frames) and is
@@ -24,10 +25,22 @@ from ..ops.status import Counters
 from .diskspace import DiskProblems, is_disk_error
 from .journal import Journal
 
-__all__ = ["CLIENT_MEMORY_S", "DISK_RETRY_S", "JournalSync"]
+__all__ = [
+    "CLIENT_MEMORY_S",
+    "DISK_RETRY_S",
+    "FRAMES_PER_FSYNC",
+    "FSYNC_STRETCH",
+    "FULL_MARK_DELAY_S",
+    "MARK_DELAY_S",
+    "JournalSync",
+]
 
 CLIENT_MEMORY_S = 7 * 24 * 3600  # how long the mark remembers an idle client's seq
 DISK_RETRY_S = 1.0  # how often a write that failed for lack of space is tried again
+FRAMES_PER_FSYNC = 32  # frames worth one group fsync: fewer wait up to FSYNC_STRETCH intervals
+FSYNC_STRETCH = 4  # at low rates the group fsync waits at most this many intervals
+MARK_DELAY_S = 1.0  # the mark is written this long after entries settle
+FULL_MARK_DELAY_S = 0.2  # ... while the journal refuses data (its space comes back sooner)
 
 
 class ClientInfo(Protocol):
@@ -65,9 +78,11 @@ class JournalSync:
         self._synced: list[anyio.Event] = []  # set after the next group fsync (synced())
         self.sync_wake = Wakeup()
         self.mark_wake = Wakeup()
+        self.frames = 0  # frames waiting for the next group fsync (their acks)
 
     def ack_later(self, identity: bytes, client_id: str) -> None:
         self.pending_acks[identity] = client_id
+        self.frames += 1
         self.sync_wake.set()
 
     async def synced(self) -> None:
@@ -81,10 +96,18 @@ class JournalSync:
         await event.wait()
 
     async def sync_loop(self) -> None:
-        """Group fsync: after the first append, wait one interval, fsync once, ack everyone."""
+        """Group fsync: after the first append, wait one interval, fsync once, ack everyone.
+        At low rates (fewer than FRAMES_PER_FSYNC frames waiting) the wait stretches, an
+        interval at a time, up to FSYNC_STRETCH intervals: an fsync and its acks cost the same
+        for 3 frames as for 300. A ``synced()`` waiter (an END) ends the stretch."""
         while True:
             await self.sync_wake.wait(None)
             await anyio.sleep(self.fsync_interval)
+            for _ in range(FSYNC_STRETCH - 1):
+                if self.frames >= FRAMES_PER_FSYNC or self._synced:
+                    break
+                await anyio.sleep(self.fsync_interval)
+            self.frames = 0
             if self.durability == "fsync":
                 started = time.monotonic()
                 waiters, self._synced = self._synced, []
@@ -120,7 +143,8 @@ class JournalSync:
         while True:
             retry = bool(self.journal.full_reason or self.disk)
             await self.mark_wake.wait(DISK_RETRY_S if retry else None)
-            await anyio.sleep(0.2)
+            # one mark for every commit of the next second; a full journal reclaims sooner
+            await anyio.sleep(FULL_MARK_DELAY_S if self.journal.full_reason else MARK_DELAY_S)
             if self.journal.full_reason:
                 self.journal.roll_if_settled()
             low = self.journal.low_water()

@@ -32,7 +32,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from tracker_client import protocol as p
-from tracker_client.entities import encode_value
+from tracker_client.mlflow.entities import encode_value
 
 from ..commit.ledger import Ledger
 from ..errors import SinkError

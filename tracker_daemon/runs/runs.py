@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tracker_client.framing import encode_frame, scan
+from tracker_client.wire.framing import encode_frame, scan
 
 from ..journal.diskspace import DiskProblems
 from ..store.sink import RunHandle
@@ -74,7 +74,7 @@ class RunBook:
     ``end_run`` requests held (``ending``) and applied (``ended``: a replayed copy is not applied
     again).
 
-    ``runs.log`` holds JSON entries in the framing of :mod:`tracker_client.framing`; it is
+    ``runs.log`` holds JSON entries in the framing of :mod:`tracker_client.wire.framing`; it is
     compacted at load (closed runs dropped; creations kept for ``CREATION_MEMORY_S``).
 
     A write that fails (a full disk) never fails the caller: the bookkeeping is kept in memory,

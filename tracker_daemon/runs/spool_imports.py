@@ -27,9 +27,10 @@ from pathlib import Path
 import anyio
 
 from tracker_client import protocol as p
-from tracker_client.curve import CurveKeys
-from tracker_client.spool import SUFFIX as SPOOL_SUFFIX
-from tracker_client.spool import ImportRefused, SpoolBusy, import_spool
+from tracker_client.delivery.spool import SUFFIX as SPOOL_SUFFIX
+from tracker_client.delivery.spool import ImportRefused, SpoolBusy
+from tracker_client.delivery.spool_import import import_spool
+from tracker_client.wire.curve import CurveKeys
 
 from ..intake.server import CurveSetup
 from ..ops.status import Counters

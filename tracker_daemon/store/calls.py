@@ -2,7 +2,7 @@
 
 Only methods that MLflow's own ``AbstractStore`` classes define can be called (tracking store and
 model-registry store); anything else is refused with ``ENDPOINT_NOT_FOUND``. Arguments and results
-are encoded with :mod:`tracker_client.entities` (MLflow protobuf inside msgpack; no pickle).
+are encoded with :mod:`tracker_client.mlflow.entities` (MLflow protobuf inside msgpack; no pickle).
 Blocking: the daemon runs :meth:`StoreCalls.invoke` in a worker thread.
 
 Arguments decode only into the classes of ``entities.allowed_classes`` (built here, once, when
@@ -26,7 +26,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from tracker_client.entities import (
+from tracker_client.mlflow.entities import (
     DecodeError,
     allowed_classes,
     call_value_budget,

@@ -33,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from tracker_client.entities import EXT_PROTO
+from tracker_client.mlflow.entities import EXT_PROTO
 
 __all__ = ["METHODS", "PREFIX", "encode_result", "invoke", "method_of"]
 

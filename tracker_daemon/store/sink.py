@@ -73,7 +73,7 @@ class Sink:
     """MLflow writes for one backend store. Methods block; every one raises only SinkError.
 
     ``mode`` is the ``sink`` setting: with "sql" or "auto" and a SQL store whose schema the
-    :mod:`~tracker_daemon.sqlwriter` was tested with, :attr:`writer` is set and records go through
+    :mod:`.sqlwriter` was tested with, :attr:`writer` is set and records go through
     :meth:`write_entries` (many runs per transaction); otherwise through :meth:`log_batch`.
     ``sqlite_wal`` switches a SQLite store to WAL mode at open."""
 
@@ -98,7 +98,7 @@ class Sink:
 
     def check(self) -> None:
         """Raise ConfigError naming the path and the cause if the store can never be opened
-        (a SQLite file: see :mod:`~tracker_daemon.store_check`); other faults are retried."""
+        (a SQLite file: see :mod:`~tracker_daemon.store.store_check`); other faults are retried."""
         check_sqlite_store(self.backend_uri, make_parents=self.make_parents)
 
     def open(self) -> None:

@@ -2,7 +2,7 @@
 
 A spool file ``<spool_dir>/<client_id>.spool`` holds protocol frames (hello, start_run, data,
 artifact, flush, end_run — exactly as they would have gone on the wire) in the framing of
-:mod:`tracker_client.framing`. The client process that owns it holds an exclusive ``flock`` on it;
+:mod:`..wire.framing`. The client process that owns it holds an exclusive ``flock`` on it;
 while it lives it sends the spool itself once a daemon answers. A spool left by a process that
 died is sent by ``tracker-daemon import PATH`` or by the daemon itself (it scans its spool dir):
 :func:`~tracker_client.delivery.spool_import.import_spool` replays the frames over an ordinary

@@ -20,17 +20,17 @@ the acks and replies. Two things it does beyond replaying (PROTOCOL.md section 1
 Progress: ``progress(done, total)`` after each ack: ``total`` is the records of the spool's
 sequenced frames (counted before sending), ``done`` those in frames up to the acked seq.
 
-Bounds: the file is read one record at a time (:meth:`~tracker_client.spool.Spool.records`,
+Bounds: the file is read one record at a time (:meth:`~tracker_client.delivery.spool.Spool.records`,
 twice when progress is shown: once to count); a record over ``max_record`` bytes is not read,
 reported, and makes the import refused once the rest is imported (the file is kept); each record
-is decoded within :func:`~tracker_client.spool.record_value_budget` values. Frames naming another
+is decoded within :func:`.spool.record_value_budget` values. Frames naming another
 client id than the spool's are skipped and reported.
 
 Authority: ``connection_id(owner_uid)`` gives each connection its routing id (the daemon's own
 imports: the daemon then lets the spool use only client ids of that uid, PROTOCOL.md section 12);
 a ``client_id_in_use`` refusal ends the import.
 
-A refusal that retrying cannot cure raises :class:`~tracker_client.spool.ImportRefused`;
+A refusal that retrying cannot cure raises :class:`~tracker_client.delivery.spool.ImportRefused`;
 ``journal_full`` and ``max_clients`` raise ``TimeoutError`` (try again later).
 """
 

@@ -57,6 +57,12 @@ from ..wire.bounds import DEFAULT_MAX_RECORDS, Budget, OverBudget, value_budget
 
 __all__ = [
     "EXTRA_CLASSES",
+    "EXT_DICT",
+    "EXT_ENUM",
+    "EXT_PAGED",
+    "EXT_PROTO",
+    "EXT_SET",
+    "EXT_STATE",
     "MAX_EXT_DEPTH",
     "DecodeError",
     "allowed_classes",

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # Tracking-store methods that MLflow 2.x defines differently from MLflow 3 (the daemon's
-# tracker_daemon/mlflow2.py translates them); sent as "mlflow2.<name>" by an MLflow 2 worker.
+# tracker_daemon/store/mlflow2.py translates them); sent as "mlflow2.<name>" by an MLflow 2 worker.
 MLFLOW2_METHODS = frozenset(
     {
         "start_trace",

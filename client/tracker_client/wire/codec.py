@@ -45,6 +45,7 @@ from .messages import (
     Record,
     Tag,
     Unreadable,
+    new_metric,
 )
 
 __all__ = [
@@ -277,7 +278,7 @@ def _decode_records(items: list[Any], where: str) -> tuple[Record | Unreadable, 
                 and ds_name is None
                 and ds_digest is None
             ):
-                append(Metric(run_id, key, value, ts, step))
+                append(new_metric(run_id, key, value, ts, step))
                 continue
         try:
             append(decode_record(item, f"{where}[{i}]"))
@@ -377,7 +378,9 @@ def decode(
             peek_req(frame),
         )
     try:
-        if max_values is None:
+        # each value takes a byte at least and the budget counts a value at most twice (as an
+        # element, and as an array or map): a frame this short cannot exceed it, skip the hooks
+        if max_values is None or 2 * len(frame) <= max_values:
             obj = msgpack.unpackb(frame, raw=False, strict_map_key=True, use_list=True)
         else:
             budget = Budget(max_values)

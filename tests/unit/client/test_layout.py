@@ -87,12 +87,14 @@ PUBLIC = {
     "tracker_client.api": ["Tracker", "connect", "query_status"],
     "tracker_client.mlflow_plugin": ["tracking_store", "registry_store", "address_of"],
     "tracker_client.protocol": ["encode", "decode", "Metric", "Hello", "FEATURES", "ProtocolError"],
-    "tracker_client.spool": ["import_spool", "Spool", "SpoolBusy", "ImportRefused", "SUFFIX"],
-    "tracker_client.framing": ["encode_frame", "scan", "HEADER"],
-    "tracker_client.address": ["client_default_address", "daemon_default_address", "ipc_path"],
-    "tracker_client.curve": ["CurveKeys", "CurveConfigError", "curve_from_env"],
-    "tracker_client.validation": ["record_problem", "artifact_path_problem"],
-    "tracker_client.entities": ["encode_value", "decode_value", "EXT_PROTO", "EXT_ENUM", "EXT_SET"],
+    # what the daemon imports of the client
+    "tracker_client.delivery.spool": ["Spool", "SpoolBusy", "ImportRefused", "SUFFIX"],
+    "tracker_client.delivery.spool_import": ["import_spool"],
+    "tracker_client.wire.framing": ["encode_frame", "scan", "HEADER"],
+    "tracker_client.wire.address": ["client_default_address", "daemon_default_address", "ipc_path"],
+    "tracker_client.wire.curve": ["CurveKeys", "CurveConfigError", "curve_from_env"],
+    "tracker_client.wire.validation": ["record_problem", "artifact_path_problem"],
+    "tracker_client.mlflow.entities": ["encode_value", "decode_value", "EXT_PROTO", "EXT_ENUM"],
 }
 
 

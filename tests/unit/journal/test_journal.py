@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tracker_client.framing import HEADER, encode_frame
+from tracker_client.wire.framing import HEADER, encode_frame
 from tracker_daemon.journal.journal import Journal, JournalFull, Position
 
 SEG = 256  # small segments: a few frames each, so rotation happens early and often

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.disk import fill_disk, mounted_tmpfs
-from tracker_client.framing import HEADER
+from tracker_client.wire.framing import HEADER
 from tracker_daemon.journal.diskspace import DiskProblems
 from tracker_daemon.journal.journal import MIN_SEGMENT_BYTES, Journal, JournalFull, Position
 from tracker_daemon.runs.runs import RunBook

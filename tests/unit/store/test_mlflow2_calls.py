@@ -14,8 +14,8 @@ from mlflow.entities.trace_status import TraceStatus
 from mlflow.protos.service_pb2 import TraceInfo as ProtoTraceInfo
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from tracker_client.entities import EXT_PROTO, decode_value, encode_value
 from tracker_client.mlflow import store as mlflow_store
+from tracker_client.mlflow.entities import EXT_PROTO, decode_value, encode_value
 from tracker_daemon.store import mlflow2
 from tracker_daemon.store.calls import StoreCalls
 

@@ -52,6 +52,7 @@ from tracker_client.protocol import (
     value_budget,
 )
 from tracker_client.wire import messages
+from tracker_client.wire.bounds import Budget, OverBudget
 from tracker_client.wire.framing import encode_frame
 
 SPEC = Path(__file__).resolve().parents[4] / "client" / "PROTOCOL.md"
@@ -1315,3 +1316,36 @@ def test_the_spec_answers_both_by_name_questions() -> None:
     text = " ".join(SPEC_TEXT.split())
     assert "its `experiment_tags` **are** set on that experiment, whether the run is found" in text
     assert "its `offline_id` names the found run" in text
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [[[[[[]]]]]] * 50,  # nested empty arrays: the most values per byte
+        [{}] * 100,
+        [{"a": [], "b": {}}] * 30,
+        [1, [2, [3, [4, {"k": [None] * 20}]]]] * 10,
+    ],
+)
+def test_a_frame_of_at_most_half_the_budget_in_bytes_never_exceeds_it(doc: object) -> None:
+    """decode skips the budget hooks for frames of at most max_values / 2 bytes: the count the
+    hooks keep never exceeds twice the frame's length."""
+    frame = msgpack.packb(doc, use_bin_type=True)
+    budget = Budget(2 * len(frame))
+    msgpack.unpackb(frame, list_hook=budget.array, object_hook=budget.map)
+    assert budget.left >= 0
+    tight = Budget(len(frame) // 4)  # and the hooks do bound a frame over its budget
+    with pytest.raises(OverBudget):
+        msgpack.unpackb(frame, list_hook=tight.array, object_hook=tight.map)
+
+
+def test_the_fast_path_builds_the_same_frozen_metric_as_the_constructor() -> None:
+    frame = p.encode_data("c1", 1, [["m", "r1", "loss", 0.5, 7, 3, None, None, None]])
+    msg = p.decode(frame, p.DEFAULT_MAX_FRAME_BYTES, p.value_budget(10))
+    assert isinstance(msg, p.Data)
+    (rec,) = msg.records
+    expected = p.Metric("r1", "loss", 0.5, 7, 3)
+    assert type(rec) is p.Metric
+    assert rec == expected and hash(rec) == hash(expected) and repr(rec) == repr(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rec.value = 1.0  # type: ignore[misc]
