@@ -38,7 +38,7 @@ import anyio.abc
 
 from . import __version__
 from .config import Config, metrics_host_port, redact_uri
-from .intake.server import check_tcp_free
+from .intake.endpoints import check_tcp_free
 from .ops.hints import mlflow_ui_command
 from .ops.progress import Progress, to_log
 from .ops.supervise import Tasks

@@ -40,11 +40,12 @@ from .config import (
     redact_uri,
 )
 from .intake.clients import ClientTable, Peer
+from .intake.curve_auth import CurveSetup
 from .intake.intake import DataPath, Intake, Welcome
 from .intake.limits import Limits
 from .intake.liveness import PidWatcher
 from .intake.request_slots import RequestSlots
-from .intake.server import CurveSetup, Server
+from .intake.server import Server
 from .journal.diskspace import DiskProblems
 from .journal.feeder import Feeder
 from .journal.journal import Journal, Position

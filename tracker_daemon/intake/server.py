@@ -19,11 +19,11 @@ as if it had disconnected (its routing identity no longer counts as connected) â
 bounded until it disconnects; a client that reconnects is a new connection, served again.
 
 For ipc endpoints, binding first checks that no other daemon answers on the socket path: ZeroMQ's
-bind would silently replace a live socket file.
+bind would silently replace a live socket file (endpoints.py; for tcp, that the port is free).
 
 Access control. ipc: the socket file is made mode 0660 and a socket directory the daemon creates
 0770 (whatever the umask), so only the daemon's user and group can connect. tcp: with CURVE
-configured (:class:`CurveSetup`), every connection is encrypted and a ZAP handler (pyzmq's
+configured (curve_auth.py), every connection is encrypted and a ZAP handler (pyzmq's
 ``zmq.auth`` in a thread) admits only clients whose public key is in the allowed directory (re-read
 whenever the directory changes), plus the daemon's own key (for its spool imports and for
 administrators who hold the daemon's secret key).
@@ -46,17 +46,11 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import errno
 import logging
 import os
-import socket
-import stat
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -69,14 +63,15 @@ from tracker_client.wire.address import ipc_path
 from ..errors import AlreadyRunning
 from ..ops.throttle import LogThrottle, RateBudget
 from .clients import Peer, peer_from
+from .curve_auth import AllowedKeys, CurveSetup
+from .endpoints import check_tcp_free, prepare_ipc_path, refuse_live_socket
 
-__all__ = ["CurveSetup", "Dispatch", "Server", "check_tcp_free"]
+__all__ = ["Dispatch", "Server"]
 
 log = logging.getLogger("tracker_daemon.server")
 
 # (peer, message, raw frame, monotonic now) -> the reply to send now, if any (intake.Intake.handle)
 Dispatch = Callable[[Peer, p.ClientMessage, bytes, float], p.DaemonMessage | None]
-DENIED_LOG_INTERVAL_S = 60.0  # an unknown key is logged at most this often
 REJECT_LOG_INTERVAL_S = 10.0  # one frame_rejected line per peer and code this often
 REJECT_LOG_LINES = 20  # ... and at most this many such lines per interval over all peers
 REJECT_BUDGET_PER_S = 100.0  # rejected frames a second one peer may cost before it is dropped
@@ -89,65 +84,6 @@ PEER_CACHE = 65_536  # peers remembered by routing identity (the oldest is dropp
 REPLY_QUEUE = 1000  # messages queued for one peer (SNDHWM); a peer that lets it fill is dropped
 DROPPED = "peer_dropped"  # the log code of a peer dropped for not reading its replies
 ADDRESS_FIX = "stop that process first, or give this daemon another --address"
-
-
-@dataclass(frozen=True, slots=True)
-class CurveSetup:
-    """The daemon's CURVE key pair (Z85) and the directory of allowed clients' public keys."""
-
-    public: bytes
-    secret: bytes
-    allowed_dir: Path
-
-
-class AllowedKeys:
-    """A ``zmq.auth`` credentials provider: the public keys of the ``*.key`` certificates in a
-    directory (re-read when its mtime changes) and the daemon's own key. Runs in the ZAP thread."""
-
-    def __init__(self, directory: Path, own_public: bytes) -> None:
-        self.directory = directory
-        self.own = own_public
-        self.keys: set[bytes] = set()
-        self._mtime = -1.0
-        self._lock = threading.Lock()
-        self.allowed = 0
-        self.denied = 0
-        self._denied_logged: dict[bytes, float] = {}
-        self.reload()
-
-    def reload(self) -> None:
-        from zmq.auth.certs import load_certificates
-
-        try:
-            mtime = self.directory.stat().st_mtime
-            if mtime == self._mtime:
-                return
-            keys = set(load_certificates(self.directory))
-        except (OSError, ValueError) as exc:
-            log.error("event=curve_keys_unreadable dir=%s reason=%r", self.directory, str(exc))
-            return
-        self._mtime = mtime
-        if keys != self.keys:
-            self.keys = keys
-            log.info("event=curve_keys_loaded dir=%s clients=%d", self.directory, len(keys))
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        with self._lock:
-            self.reload()
-            if key == self.own or key in self.keys:
-                self.allowed += 1
-                return True
-            self.denied += 1
-            now = time.monotonic()
-            if now - self._denied_logged.get(key, -1e9) >= DENIED_LOG_INTERVAL_S:
-                self._denied_logged[key] = now
-                log.warning(
-                    "event=auth_denied mechanism=CURVE client_key=%s denied_total=%d "
-                    "note=key_not_in_curve_allowed_clients_dir",
-                    key.decode(errors="replace"),
-                    self.denied,
-                )
-            return False
 
 
 class Server:
@@ -207,7 +143,7 @@ class Server:
         (:meth:`bind` checks again)."""
         path = ipc_path(self.address)
         if path is not None:
-            _refuse_live_socket(path)
+            refuse_live_socket(path)
             return
         host, _, port = self.address.removeprefix("tcp://").rpartition(":")
         if self.address.startswith("tcp://") and port.isdigit():
@@ -217,7 +153,7 @@ class Server:
         _return_large_buffers_to_os()
         path = ipc_path(self.address)
         if path is not None:
-            _prepare_ipc_path(path)
+            prepare_ipc_path(path)
         sock: zmq.Socket[bytes] = zmq.Socket(self.ctx, zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, REPLY_QUEUE)
@@ -472,69 +408,3 @@ def _return_large_buffers_to_os() -> None:
 def peer_name(identity: bytes) -> str:
     """A ZeroMQ routing identity for the log (hex, at most 16 bytes of it)."""
     return identity[:16].hex() or "-"
-
-
-def _prepare_ipc_path(path: Path) -> None:
-    """Create the socket's directory (0770 when this creates it, whatever the umask); refuse to
-    replace a socket another daemon still answers on."""
-    path.parent.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.parent.mkdir(mode=0o770)
-    except FileExistsError:
-        pass  # an existing directory (e.g. systemd's RuntimeDirectory=, /tmp) keeps its mode
-    else:
-        os.chmod(path.parent, 0o770)
-    if not _refuse_live_socket(path):
-        path.unlink(missing_ok=True)  # stale socket of a daemon that is gone
-
-
-def _refuse_live_socket(path: Path) -> bool:
-    """Raise AlreadyRunning if another daemon answers on ``path`` (or it is no socket); returns
-    whether a (stale) socket file is there."""
-    try:
-        st = path.lstat()
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    if not stat.S_ISSOCK(st.st_mode):
-        raise AlreadyRunning(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return True
-    except OSError:
-        pass
-    finally:
-        probe.close()
-    raise AlreadyRunning(
-        f"another tracker-daemon is listening on {path}; stop it first "
-        "(or give this one another --address and --state-dir)"
-    )
-
-
-def check_tcp_free(host: str, port: int, what: str, fix: str) -> None:
-    """Raise AlreadyRunning naming ``what`` (the setting and its value) and ``fix`` if another
-    process holds ``host:port``. A test bind with SO_REUSEADDR, as ZeroMQ and http.server bind;
-    an address this cannot resolve (an interface name) or an ephemeral port is left to the bind."""
-    if port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(
-            "0.0.0.0" if host in ("*", "") else host,  # ZeroMQ binds "*" on IPv4
-            port,
-            type=socket.SOCK_STREAM,
-            flags=socket.AI_PASSIVE,
-        )
-    except (OSError, UnicodeError):
-        return
-    family, kind, proto, _, sockaddr = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(sockaddr)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise AlreadyRunning(
-                    f"{what} is already in use by another process; {fix}"
-                ) from None

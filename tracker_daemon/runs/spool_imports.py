@@ -32,7 +32,7 @@ from tracker_client.delivery.spool import ImportRefused, SpoolBusy
 from tracker_client.delivery.spool_import import import_spool
 from tracker_client.wire.curve import CurveKeys
 
-from ..intake.server import CurveSetup
+from ..intake.curve_auth import CurveSetup
 from ..ops.status import Counters
 from .spool_backoff import SpoolBackoff
 
