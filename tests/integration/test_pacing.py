@@ -88,7 +88,9 @@ def test_light_load_fsyncs_a_few_times_a_second_and_every_frame_is_acked(tmp_pat
             after, t1 = d.status(), time.monotonic()
             wait_for(lambda: d.status()["committed"] >= n, timeout=30, what="all committed")
             # acked after a group fsync, however stretched: nothing is left for the spool
-            wait_for(lambda: tracker._transport.unacked == 0, timeout=10, what="every frame acked")
+            wait_for(
+                lambda: not tracker._transport.session.unacked, timeout=10, what="every frame acked"
+            )
             run.end()
         finally:
             tracker.close(5)
